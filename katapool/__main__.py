@@ -1,0 +1,3 @@
+from katapool.cli.main import main
+
+raise SystemExit(main())

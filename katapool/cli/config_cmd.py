@@ -1,0 +1,72 @@
+"""``katapool config generate | presets``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from katapool.cli.common import add_engine_args, engine_from_args, err, model_from_args, out
+from katapool.config.build import build_config
+from katapool.config.generate import parse_override_pairs
+from katapool.config.presets import load_preset, preset_names
+from katapool.config.settings import Mode
+from katapool.config.threads import tune_search_threads
+from katapool.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cfg = sub.add_parser("config", help="generate KataGo configs per device")
+    csub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
+    gen = csub.add_parser("generate", help="write a KataGo config for a device")
+    gen.add_argument("--mode", choices=[m.value for m in Mode], required=True)
+    gen.add_argument("--device", default="auto",
+                     help="auto, cpu, gpu:N, opencl:N, or a list such as gpu:0,gpu:1")
+    gen.add_argument("--preset", default="desktop", help="desktop, server, rpi, jetson")
+    gen.add_argument("--members", type=int, default=1,
+                     help="engine processes sharing this machine (splits the NN cache budget)")
+    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a KataGo setting (repeatable)")
+    gen.add_argument("--tune", action="store_true",
+                     help="measure the best search thread count with `katago benchmark` (cached)")
+    gen.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    add_engine_args(gen)
+    gen.set_defaults(func=cmd_generate)
+    pre = csub.add_parser("presets", help="list presets")
+    pre.set_defaults(func=cmd_presets)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.members < 1:
+        raise ConfigError(f"--members must be at least 1 (got {args.members})")
+    load_preset(args.preset)  # fail fast on a bad name, before touching the engine
+    overrides = parse_override_pairs(args.set)
+    engine = engine_from_args(args)
+    model = model_from_args(args, engine) if (args.tune or args.model) else _optional_model(args, engine)
+    threads = None
+    if args.tune:
+        threads = tune_search_threads(engine.info, model, args.device, args.preset, err)
+    built = build_config(mode=Mode(args.mode), info=engine.info, model=model,
+                         device_spec=args.device, preset=args.preset,
+                         members_on_machine=args.members, search_threads=threads,
+                         overrides=overrides)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(built.text)
+        err.print(f"wrote {args.output} ({args.mode}, {engine.info.backend.label}, "
+                  f"{', '.join(d.spec for d in built.devices)}, preset {args.preset})")
+    else:
+        out.out(built.text, end="")
+    return 0
+
+
+def _optional_model(args: argparse.Namespace, engine: object) -> Path | None:
+    try:
+        return model_from_args(args, engine)  # type: ignore[arg-type]
+    except Exception:
+        return None
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        out.print(f"[bold]{name}[/]: {load_preset(name).description}")
+    return 0

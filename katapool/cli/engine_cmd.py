@@ -1,0 +1,121 @@
+"""``katapool engine install | list | info | remove``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from katapool.cli.common import add_engine_args, engine_from_args, err, out
+from katapool.devices.discover import opencl_devices
+from katapool.engine import install as installer
+from katapool.engine.backend import Backend
+from katapool.engine.discovery import resolve_model
+from katapool.engine.manifest import load_manifest
+from katapool.errors import InstallError, KatapoolError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    engine = sub.add_parser("engine", help="install, list, inspect and remove KataGo engines")
+    esub = engine.add_subparsers(dest="engine_cmd", required=True, metavar="COMMAND")
+
+    inst = esub.add_parser("install", help="install a KataGo engine",
+                           description="Install KataGo: from the pinned KaTrain wheel on PyPI "
+                           "(default), an official release zip, or register an existing binary.")
+    inst.add_argument("--from", dest="source", choices=["katrain", "release"], default=None,
+                      help="where to get KataGo (default: katrain)")
+    inst.add_argument("--path", type=Path, help="register an existing katago binary instead")
+    inst.add_argument("--name", help="name to record (with --path)")
+    inst.add_argument("--wheel", type=Path, help="use this KaTrain wheel file instead of downloading")
+    inst.add_argument("--version", help="release version, e.g. 1.16.4 (with --from release)")
+    inst.add_argument("--backend", help="eigen|opencl|cuda|trt (with --from release)")
+    inst.add_argument("--sha256", help="expected sha256 of the release zip")
+    inst.add_argument("--base-url", help="release download base URL (mirrors, tests)")
+    inst.add_argument("--asset", help="release asset file name, overriding the guessed one")
+    inst.set_defaults(func=cmd_install)
+
+    lst = esub.add_parser("list", help="list installed engines")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+
+    info = esub.add_parser("info", help="version, backend and health of an engine")
+    add_engine_args(info)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    rm = esub.add_parser("remove", help="remove an installed engine")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_remove)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    if args.path and args.source:
+        raise InstallError("use either --path or --from, not both")
+    if args.path:
+        record = installer.install_from_path(args.path, args.name)
+    elif args.source == "release":
+        if not args.version or not args.backend:
+            raise InstallError("--from release needs --version V and --backend eigen|opencl|cuda|trt")
+        try:
+            backend = Backend.parse(args.backend)
+        except ValueError as exc:
+            raise InstallError(str(exc)) from None
+        record = installer.install_from_release(err, args.version, backend, sha256=args.sha256,
+                                                base_url=args.base_url, asset=args.asset)
+    else:
+        record = installer.install_from_katrain(err, wheel=args.wheel)
+    out.print(f"installed [bold]{record.name}[/]: KataGo {record.version} ({record.backend.label}) "
+              f"at {record.path}")
+    if record.model:
+        out.print(f"bundled network: {record.model}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    manifest = load_manifest()
+    if args.json:
+        out.print_json(manifest.model_dump_json())
+        return 0
+    if not manifest.engines:
+        out.print("no engines installed: run `katapool engine install`")
+        return 0
+    table = Table("", "name", "version", "backend", "source", "path")
+    for e in manifest.engines:
+        table.add_row("*" if e.name == manifest.default else "", e.name, e.version,
+                      e.backend.label, e.source, str(e.path))
+    out.print(table)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    choice = engine_from_args(args)
+    info = choice.info
+    data: dict[str, object] = {
+        "path": str(info.path), "origin": choice.resolved.origin, "version": info.version,
+        "backend": info.backend.label, "git_revision": info.git_revision,
+    }
+    if info.backend is Backend.OPENCL:
+        try:
+            model = resolve_model(args.model, choice.resolved)
+            devices, why = opencl_devices(info.path, model)
+            data["opencl_devices"] = [f"{d.index}: {d.name}" for d in devices]
+            if why:
+                data["opencl_problem"] = why
+        except KatapoolError as exc:
+            data["opencl_problem"] = f"device check skipped: {exc}"
+    if args.json:
+        out.print(json.dumps(data, indent=2))
+        return 0
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), "\n".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    record = installer.remove_engine(args.name)
+    out.print(f"removed {record.name}" + ("" if record.managed else " (binary left in place)"))
+    return 0

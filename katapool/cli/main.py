@@ -1,0 +1,45 @@
+"""Entry point: ``katapool COMMAND ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.text import Text
+
+from katapool import __version__
+from katapool.cli import config_cmd, devices_cmd, engine_cmd, prepare_cmd, review_cmd
+from katapool.cli.common import err
+from katapool.errors import KatapoolError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="katapool",
+        description="Supervise, route and prepare pools of native KataGo engines.",
+    )
+    parser.add_argument("--version", action="version", version=f"katapool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    engine_cmd.register(sub)
+    devices_cmd.register(sub)
+    config_cmd.register(sub)
+    prepare_cmd.register(sub)
+    review_cmd.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KatapoolError as exc:
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""``katapool prepare``."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from katapool.cli.common import add_engine_args, engine_from_args, err, model_from_args, out
+from katapool.config.build import build_config
+from katapool.config.settings import Mode
+from katapool.devices import discover_devices, parse_device_spec
+from katapool.engine.backend import Backend
+from katapool.engine.prepare import PrepareResult, prepare_opencl, prepare_tensorrt
+from katapool.engine.probe import OpenCLDevice
+from katapool.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("prepare", help="run OpenCL tuning / TensorRT cache builds ahead of time")
+    add_engine_args(p)
+    p.add_argument("--device", default=None,
+                   help="device(s) to prepare, e.g. opencl:0 or gpu:0,gpu:1 (default: all)")
+    p.add_argument("--fast", action="store_true",
+                   help="OpenCL: write the tuner's reference parameters so the engine starts at "
+                        "once, untuned (a later `katapool prepare` runs the full tune)")
+    p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
+    p.add_argument("--board-size", type=int, default=19, help="OpenCL: board size to tune for")
+    p.add_argument("--batch-size", type=int, default=None, help="OpenCL: batch size to tune for")
+    p.add_argument("--preset", default="server", help="TensorRT: preset of the production config")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if not 7 <= args.board_size <= 19:
+        raise ConfigError(f"--board-size must be 7..19 (got {args.board_size})")
+    engine = engine_from_args(args)
+    model = model_from_args(args, engine)
+    info = engine.info
+    results: list[PrepareResult] = []
+    if info.backend is Backend.OPENCL:
+        report = discover_devices(info.path, model, opencl=True)
+        if not report.opencl:
+            raise ConfigError("no OpenCL device: " + "; ".join(report.notes))
+        chosen = report.opencl
+        if args.device:
+            picked = parse_device_spec(args.device, report)
+            names = {d.name for d in picked}
+            chosen = [d for d in report.opencl if d.name in names or any(
+                n.lower() in d.name.lower() for n in names)]
+        devices = [OpenCLDevice(d.index, d.name, None) for d in chosen]
+        results = prepare_opencl(info.path, info, model, devices, err, fast=args.fast,
+                                 force=args.force, board_size=args.board_size,
+                                 batch_size=args.batch_size)
+    elif info.backend is Backend.TENSORRT:
+        report = discover_devices(info.path, model, opencl=False)
+        picked = parse_device_spec(args.device or ",".join(d.spec for d in report.nvidia) or "auto",
+                                   report)
+        with tempfile.TemporaryDirectory(prefix="katapool-trt-") as tmp:
+            configs = []
+            for dev in picked:
+                built = build_config(mode=Mode.ANALYSIS, info=info, model=model,
+                                     device_spec=dev.spec, preset=args.preset, report=report)
+                cfg = Path(tmp) / f"{dev.index}.cfg"
+                cfg.write_text(built.text)
+                configs.append((f"{dev.spec} ({dev.name})", cfg))
+            results = prepare_tensorrt(info.path, info, model, configs, err)
+    else:
+        out.print(f"nothing to prepare for the {info.backend.label} backend")
+        return 0
+    table = Table("device", "result", "file", "seconds")
+    for r in results:
+        table.add_row(r.device, r.action, str(r.file or ""), f"{r.seconds:.1f}")
+    out.print(table)
+    return 0

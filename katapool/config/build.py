@@ -1,0 +1,78 @@
+"""From "this engine, this device, this preset" to a config file on disk.
+
+The one path every command takes to a runnable config: discover devices, pick the best
+prepared OpenCL tuning (falling back to the reference parameters so the engine never
+silently tunes for minutes), size the settings, validate, write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from katapool.config.generate import ConfigRequest, generate_settings, header_for
+from katapool.config.presets import load_preset
+from katapool.config.settings import KataGoSettings, Mode
+from katapool.devices import DeviceReport, discover_devices, parse_device_spec
+from katapool.devices.model import Device
+from katapool.engine.backend import Backend
+from katapool.engine.probe import EngineInfo
+from katapool.engine.tuning import TuningEntry, load_index, save_index, write_reference_file
+
+
+@dataclass
+class BuiltConfig:
+    settings: KataGoSettings
+    text: str
+    devices: list[Device]
+    tuning: TuningEntry | None
+    report: DeviceReport
+
+
+def tuning_for(devices: list[Device], report: DeviceReport, info: EngineInfo) -> TuningEntry:
+    """The best prepared tuning for the OpenCL device(s); the reference file if none."""
+    index = load_index()
+    names = [d.name for d in report.opencl] if not devices else [
+        next((o.name for o in report.opencl if d.name.lower() in o.name.lower()), d.name)
+        for d in devices
+    ]
+    if report.opencl and devices and devices[0].kind.value == "cpu":
+        names = [next((o.name for o in report.opencl if o.is_cpu_like), report.opencl[0].name)]
+    name = names[0] if names else "unknown"
+    best = index.best(name, info.version)
+    if best is not None:
+        return best
+    entry = write_reference_file(name, info.version)
+    index.add(entry)
+    save_index(index)
+    return entry
+
+
+def build_config(
+    *,
+    mode: Mode,
+    info: EngineInfo,
+    model: Path | None,
+    device_spec: str = "auto",
+    preset: str = "desktop",
+    members_on_machine: int = 1,
+    search_threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    log_dir: Path | None = None,
+    report: DeviceReport | None = None,
+) -> BuiltConfig:
+    chosen_preset = load_preset(preset)
+    if report is None:
+        report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
+    devices = parse_device_spec(device_spec, report)
+    tuning = tuning_for(devices, report, info) if info.backend is Backend.OPENCL else None
+    req = ConfigRequest(
+        mode=mode, backend=info.backend, devices=devices, preset=chosen_preset,
+        ram_mib=report.ram_mib, members_on_machine=members_on_machine, log_dir=log_dir,
+        opencl_tuner_file=tuning.file if tuning else None, search_threads=search_threads,
+        overrides=overrides or {}, opencl_devices=report.opencl,
+    )
+    settings = generate_settings(req)
+    text = settings.render(header_for(req) + (f"\nModel: {model}" if model else ""))
+    return BuiltConfig(settings, text, devices, tuning, report)

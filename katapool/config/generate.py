@@ -1,0 +1,177 @@
+"""Per-device KataGo configs: ``katapool config generate``.
+
+Sizing follows the device class: tensor-core GPUs get FP16, batch size grows with GPU memory,
+CPU-class devices (Eigen, or OpenCL on the CPU through PoCL) get one thread per core and small
+batches, and the NN cache is sized from a RAM budget shared by all members on the machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from katapool import paths
+from katapool.config.presets import Preset
+from katapool.config.settings import KataGoSettings, Mode, settings_error
+from katapool.devices.model import Device, DeviceKind, DeviceReport
+from katapool.engine.backend import Backend
+from katapool.errors import ConfigError
+
+# KataGo's NN cache costs about 1.5-3 KB an entry; size for the upper end.
+NN_CACHE_BYTES_PER_ENTRY = 3072
+MIN_CACHE_POW, MAX_CACHE_POW = 10, 28
+DEFAULT_MAX_VISITS = 500
+
+
+@dataclass
+class ConfigRequest:
+    mode: Mode
+    backend: Backend
+    devices: list[Device]
+    preset: Preset
+    ram_mib: int
+    members_on_machine: int = 1
+    log_dir: Path | None = None
+    home_dir: Path | None = None
+    opencl_tuner_file: Path | None = None
+    search_threads: int | None = None  # e.g. from `--tune`
+    overrides: dict[str, Any] = field(default_factory=dict)
+    opencl_devices: list[Device] = field(default_factory=list)
+
+
+def cache_size_power(ram_mib: int, preset: Preset, members: int = 1) -> int:
+    budget_mib = min(ram_mib * preset.ram_budget_fraction, preset.ram_budget_max_mib)
+    per_member = budget_mib * (1 << 20) / max(members, 1)
+    entries = max(per_member / NN_CACHE_BYTES_PER_ENTRY, 1.0)
+    return max(MIN_CACHE_POW, min(MAX_CACHE_POW, int(math.floor(math.log2(entries)))))
+
+
+def _gpu_batch(device: Device, preset: Preset) -> int:
+    mem = device.memory_mib or 0
+    if mem and mem < 8 * 1024:
+        return preset.gpu_batch.small
+    if mem and mem < 24 * 1024:
+        return preset.gpu_batch.medium
+    return preset.gpu_batch.large if mem else preset.gpu_batch.medium
+
+
+def _is_cpu_class(device: Device, backend: Backend) -> bool:
+    return backend is Backend.EIGEN or device.kind is DeviceKind.CPU or device.is_cpu_like
+
+
+def _engine_device_indices(req: ConfigRequest) -> list[int]:
+    """Device indices as the engine's backend numbers them."""
+    if req.backend is Backend.EIGEN:
+        return [0]
+    out = []
+    for dev in req.devices:
+        if dev.kind is DeviceKind.CPU:
+            if req.backend is Backend.OPENCL:
+                cpu_cl = next((d for d in req.opencl_devices if d.is_cpu_like), None)
+                if cpu_cl is None:
+                    raise ConfigError("device cpu: this OpenCL engine sees no CPU OpenCL device "
+                                      "(install pocl-opencl-icd) - or use an Eigen engine")
+                out.append(cpu_cl.index)
+                continue
+            raise ConfigError(f"device cpu needs an Eigen or OpenCL engine, not {req.backend.label}")
+        if dev.kind is DeviceKind.NVIDIA and req.backend is Backend.OPENCL:
+            # OpenCL numbers devices across platforms; find this GPU there by name.
+            match = next((d for d in req.opencl_devices if dev.name.lower() in d.name.lower()), None)
+            if match is None:
+                raise ConfigError(f"GPU {dev.index} ({dev.name}) is not visible to OpenCL")
+            out.append(match.index)
+            continue
+        if dev.kind is DeviceKind.OPENCL and req.backend is not Backend.OPENCL:
+            raise ConfigError(f"device {dev.spec} needs an OpenCL engine, not {req.backend.label}")
+        out.append(dev.index)
+    return out
+
+
+def generate_settings(req: ConfigRequest) -> KataGoSettings:
+    if not req.devices:
+        raise ConfigError("no device to generate a config for")
+    primary = req.devices[0]
+    cpu_class = _is_cpu_class(primary, req.backend)
+    cores = primary.cores or 1
+    if cpu_class:
+        batch = max(1, min(16, 2 * cores)) if req.backend is Backend.OPENCL else max(1, cores)
+        threads = cores
+        fp16: bool | str = False
+    else:
+        batch = _gpu_batch(primary, req.preset) * len(req.devices)
+        threads = max(1, int(round(batch * req.preset.search_threads_per_batch)))
+        if primary.kind is DeviceKind.NVIDIA:
+            fp16 = primary.tensor_cores
+        else:
+            fp16 = "auto"
+    if req.search_threads:
+        threads = req.search_threads
+    per_position = max(1, min(req.preset.analysis_search_threads, threads))
+    cache_pow = cache_size_power(req.ram_mib, req.preset, req.members_on_machine)
+    values: dict[str, Any] = {
+        "mode": req.mode,
+        "backend": req.backend,
+        "logDir": str(req.log_dir or paths.data_dir() / "logs" / req.mode.value),
+        "homeDataDir": str(req.home_dir or paths.katago_home()),
+        "devices": _engine_device_indices(req) if req.backend is not Backend.EIGEN else [0],
+        "eigenThreads": cores if req.backend is Backend.EIGEN else None,
+        "useFP16": fp16,
+        "nnMaxBatchSize": batch,
+        "nnCacheSizePowerOfTwo": cache_pow,
+        "nnMutexPoolSizePowerOfTwo": max(8, cache_pow - 6),
+        "numSearchThreads": threads,
+        "numAnalysisThreads": max(1, threads // per_position),
+        "numSearchThreadsPerAnalysisThread": per_position,
+        "maxVisits": DEFAULT_MAX_VISITS,
+    }
+    if req.backend is Backend.OPENCL and req.opencl_tuner_file is not None:
+        values["openclTunerFile"] = str(req.opencl_tuner_file)
+    values.update(req.preset.settings)
+    if req.backend is Backend.EIGEN and values.get("useFP16") is True:
+        values["useFP16"] = False  # a GPU preset on a CPU engine: FP16 does not apply
+    values = apply_overrides(values, req.overrides)
+    try:
+        return KataGoSettings.model_validate(values)
+    except ValidationError as exc:
+        raise settings_error(exc) from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``key=value`` overrides: known settings replace computed ones, others go to ``extra``."""
+    known = set(KataGoSettings.model_fields) - {"extra", "mode", "backend"}
+    out = dict(values)
+    extra = dict(out.get("extra", {}))
+    for key, value in overrides.items():
+        if key in known:
+            out[key] = value
+        else:
+            extra[key] = value
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def parse_override_pairs(pairs: list[str]) -> dict[str, str]:
+    """``-set key=value`` items, also accepting KataGo's ``key=value, key=value`` form."""
+    out: dict[str, str] = {}
+    for chunk in pairs:
+        for item in (s.strip() for s in chunk.split(",")):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"bad override {item!r}: expected key=value")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def header_for(req: ConfigRequest, report: DeviceReport | None = None) -> str:
+    devs = ", ".join(f"{d.spec} ({d.name})" for d in req.devices)
+    return (
+        f"Generated by katapool for {req.mode.value} on {req.backend.label}.\n"
+        f"Devices: {devs}\nPreset: {req.preset.name} - {req.preset.description}"
+    )

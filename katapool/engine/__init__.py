@@ -1,0 +1,1 @@
+"""The native KataGo engine: provisioning, discovery, probing, preparation and processes."""

@@ -1,0 +1,123 @@
+"""``katago analysis`` as an asyncio object: concurrent queries, streamed responses by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from katapool.engine.process import EngineProcess
+from katapool.errors import EngineError, EngineTerminatedError
+
+READY_MARKER = "Started, ready to begin handling requests"
+
+_END = object()
+
+
+def expected_finals(query: dict[str, Any]) -> int:
+    """How many final (``isDuringSearch: false``) responses a query produces."""
+    turns = query.get("analyzeTurns")
+    return len(turns) if isinstance(turns, list) and turns else 1
+
+
+def is_final(response: dict[str, Any]) -> bool:
+    if "error" in response:
+        return True
+    if "warning" in response and "moveInfos" not in response and not response.get("noResults"):
+        return False
+    return response.get("isDuringSearch") is False or bool(response.get("noResults"))
+
+
+class AnalysisEngine:
+    """One ``katago analysis`` process; ids are katapool's, so callers never collide."""
+
+    def __init__(
+        self,
+        katago: Path,
+        config: Path,
+        model: Path,
+        *,
+        name: str = "analysis",
+        extra_args: Sequence[str] = (),
+        stderr_log: Path | None = None,
+        start_timeout: float = 600.0,
+    ) -> None:
+        argv = [str(katago), "analysis", "-config", str(config), "-model", str(model), *extra_args]
+        self.process = EngineProcess(argv, name=name, ready_marker=READY_MARKER,
+                                     start_timeout=start_timeout, stderr_log=stderr_log)
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._prefix = f"kp{id(self):x}-"
+        self.orphans: list[dict[str, Any]] = []  # responses nobody asked for (kept for diagnosis)
+
+    async def start(self) -> None:
+        await self.process.start()
+        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.process.name}-stdout")
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self.process.read_line()
+                if line is None:
+                    break
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    self.orphans.append({"unparsed": line})
+                    continue
+                queue = self._queues.get(str(msg.get("id")))
+                if queue is None:
+                    self.orphans.append(msg)
+                else:
+                    queue.put_nowait(msg)
+        finally:
+            for queue in self._queues.values():
+                queue.put_nowait(_END)
+
+    async def query(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one query; yield its responses (partial and final) until it is complete."""
+        qid = f"{self._prefix}{next(self._ids)}"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[qid] = queue
+        caller_id = query.get("id")
+        try:
+            await self.process.send_line(json.dumps({**query, "id": qid}))
+            remaining = expected_finals(query)
+            while remaining > 0:
+                msg = await queue.get()
+                if msg is _END:
+                    raise EngineTerminatedError(
+                        f"{self.process.name} exited with {remaining} result(s) outstanding"
+                    )
+                if caller_id is not None:
+                    msg["id"] = caller_id
+                if is_final(msg):
+                    remaining -= 1
+                if "error" in msg:
+                    raise EngineError(f"engine rejected the query: {msg['error']}"
+                                      + (f" (field {msg['field']})" if "field" in msg else ""))
+                yield msg
+        finally:
+            self._queues.pop(qid, None)
+
+    async def request(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return [msg async for msg in self.query(query) if is_final(msg)]
+
+    async def close(self) -> int | None:
+        code = await self.process.close()
+        if self._reader:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        return code
+
+    async def __aenter__(self) -> "AnalysisEngine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,93 @@
+"""Turn a failed KataGo start into one sentence a user can act on.
+
+Used by ``katapool engine info`` and by the pool supervisor when a member dies before it is
+ready, so a broken install is reported with its cause instead of restarted forever.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MISSING_LIB = re.compile(r"error while loading shared libraries: ([^:\s]+)")
+
+# (pattern in the engine's output, cause, advice)
+_KNOWN_FAILURES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"CL_PLATFORM_NOT_FOUND|No OpenCL platforms|clGetPlatformIDs|-1001", re.I),
+        "no OpenCL platform found: install an OpenCL driver, e.g. pocl-opencl-icd "
+        "(CPU) or your GPU vendor's OpenCL ICD",
+    ),
+    (
+        re.compile(r"no OpenCL devices|Found 0 device\(s\)", re.I),
+        "no OpenCL device found: install an OpenCL driver, e.g. pocl-opencl-icd",
+    ),
+    (
+        re.compile(r"dlopen\(\): error loading libfuse|fuse: failed|Cannot mount AppImage", re.I),
+        "the KataGo AppImage needs FUSE to run: let `katapool engine install` extract it "
+        "(it uses --appimage-extract), or install libfuse2",
+    ),
+    (
+        re.compile(r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|std::bad_alloc|CL_MEM_OBJECT_ALLOCATION", re.I),
+        "out of memory: lower nnMaxBatchSize, nnCacheSizePowerOfTwo or the number of members",
+    ),
+    (
+        re.compile(r"CUDA error|cudaError|CUDA driver version is insufficient", re.I),
+        "CUDA error: check the NVIDIA driver and that the CUDA/cuDNN versions match the build",
+    ),
+    (
+        re.compile(r"TensorRT|nvinfer", re.I),
+        "TensorRT error: check that the TensorRT version matches the KataGo build",
+    ),
+    (
+        re.compile(r"Could not find key|Config is missing|Unknown key|could not parse", re.I),
+        "bad config: KataGo rejected a key or value",
+    ),
+    (
+        re.compile(r"Could not open|Error loading model|model file|no such file.*bin\.gz", re.I),
+        "the network file could not be loaded",
+    ),
+]
+
+
+def missing_library(output: str) -> str | None:
+    m = _MISSING_LIB.search(output)
+    return m.group(1) if m else None
+
+
+def advice_for_library(lib: str) -> str:
+    if lib.startswith("libOpenCL"):
+        return "install an OpenCL ICD loader and driver, e.g. ocl-icd-libopencl1 and pocl-opencl-icd"
+    if lib.startswith(("libcudnn", "libcublas", "libcudart", "libcuda")):
+        return "install the CUDA/cuDNN runtime this KataGo build was made for"
+    if lib.startswith("libnvinfer"):
+        return "install the TensorRT runtime this KataGo build was made for"
+    if lib.startswith("libzip"):
+        return "install libzip (Debian: libzip4)"
+    return "install the package that provides it"
+
+
+def diagnose(output: str, returncode: int | None = None) -> str:
+    """The most likely cause of a failed start, from the engine's stderr/stdout text."""
+    lib = missing_library(output)
+    if lib:
+        return f"missing shared library {lib}: {advice_for_library(lib)}"
+    for pattern, cause in _KNOWN_FAILURES:
+        if pattern.search(output):
+            detail = _last_error_line(output)
+            return f"{cause}" + (f" (engine said: {detail})" if detail else "")
+    if returncode == 127:
+        return "exit 127: the binary or one of its libraries could not be loaded"
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
+    detail = _last_error_line(output)
+    if detail:
+        return f"engine failed: {detail}"
+    return f"engine exited with code {returncode}" if returncode is not None else "engine failed"
+
+
+def _last_error_line(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.search(r"error|what\(\)|exception|failed|abort", line, re.I):
+            return line[:300]
+    return lines[-1][:300] if lines else ""

@@ -1,0 +1,68 @@
+"""Find the KataGo binary: ``--katago``, ``KATAPOOL_KATAGO``, the manifest, then ``PATH``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from katapool.engine.manifest import EngineRecord, load_manifest
+from katapool.errors import EngineNotFoundError, ModelError
+
+Origin = Literal["flag", "environment", "manifest", "PATH"]
+
+
+@dataclass(frozen=True)
+class ResolvedEngine:
+    path: Path
+    origin: Origin
+    record: EngineRecord | None = None
+
+
+def resolve_engine(explicit: str | os.PathLike[str] | None = None) -> ResolvedEngine:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise EngineNotFoundError(f"--katago {path}: no such file")
+        return ResolvedEngine(path.absolute(), "flag", _record_for(path))
+    env = os.environ.get("KATAPOOL_KATAGO")
+    if env:
+        path = Path(env).expanduser()
+        if not path.exists():
+            raise EngineNotFoundError(f"KATAPOOL_KATAGO={env}: no such file")
+        return ResolvedEngine(path.absolute(), "environment", _record_for(path))
+    record = load_manifest().default_engine()
+    if record is not None:
+        if not record.path.exists():
+            raise EngineNotFoundError(
+                f"installed engine {record.name!r} is missing its binary {record.path}; "
+                f"reinstall it with `katapool engine install`"
+            )
+        return ResolvedEngine(record.path, "manifest", record)
+    on_path = shutil.which("katago")
+    if on_path:
+        return ResolvedEngine(Path(on_path), "PATH")
+    raise EngineNotFoundError(
+        "no KataGo engine found: run `katapool engine install` (or pass --katago PATH)"
+    )
+
+
+def _record_for(path: Path) -> EngineRecord | None:
+    target = path.absolute()
+    return next((e for e in load_manifest().engines if e.path == target), None)
+
+
+def resolve_model(explicit: str | os.PathLike[str] | None = None, engine: ResolvedEngine | None = None) -> Path:
+    """A network: ``--model``, ``KATAPOOL_MODEL``, else the one bundled with the engine."""
+    candidate = explicit or os.environ.get("KATAPOOL_MODEL")
+    if candidate:
+        path = Path(candidate).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model not found: {path}")
+        return path.absolute()
+    record = engine.record if engine else load_manifest().default_engine()
+    if record and record.model and record.model.is_file():
+        return record.model
+    raise ModelError("no network given and none bundled with the engine: pass --model FILE.bin.gz")

@@ -1,0 +1,225 @@
+"""``katapool engine install``: put a working KataGo under katapool's data directory.
+
+Every install stages into a temporary directory next to its destination and is moved into
+place only after the binary has answered ``katago version``; a failure removes the stage, so
+nothing half-installed is ever left behind or recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+
+from katapool import paths
+from katapool.engine.backend import Backend
+from katapool.engine.download import download, sha256_of, verify_sha256
+from katapool.engine.manifest import EngineRecord, load_manifest, save_manifest
+from katapool.engine.probe import EngineInfo, check_launchable, probe_version
+from katapool.errors import EngineStartError, InstallError
+
+# The KaTrain wheel on PyPI ships a Linux KataGo (OpenCL, AppImage) and a network.
+KATRAIN_VERSION = "1.20.0"
+KATRAIN_WHEEL = f"katrain-{KATRAIN_VERSION}-py3-none-any.whl"
+KATRAIN_SHA256 = "489caa966fa395a6ad459239641a927e4a2057963370e450109fe77120de662f"
+KATRAIN_BINARY = "katrain/KataGo/katago"
+KATRAIN_MODEL_PREFIX = "katrain/models/"
+
+RELEASE_BASE_URL = "https://github.com/lightvector/KataGo/releases/download"
+# Asset-name tags of KataGo's Linux release zips; CUDA/TensorRT tags carry toolkit versions
+# that change between releases, so `--asset` overrides the guess.
+RELEASE_TAGS = {
+    Backend.EIGEN: "eigen",
+    Backend.OPENCL: "opencl",
+    Backend.CUDA: "cuda12.5-cudnn8.9.7",
+    Backend.TENSORRT: "trt10.2.0-cuda12.5",
+}
+
+
+@contextmanager
+def _staging(final: Path) -> Iterator[Path]:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".stage-{final.name}-"))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _promote(stage: Path, final: Path) -> None:
+    """Swap the staged directory into place, replacing an older install of the same name."""
+    old = final.with_name(f".old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_executable(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _record(record: EngineRecord) -> EngineRecord:
+    manifest = load_manifest()
+    manifest.upsert(record)
+    save_manifest(manifest)
+    return record
+
+
+def fetch_katrain_wheel(console: Console) -> Path:
+    """The pinned KaTrain wheel from PyPI (cached; re-verified on every use)."""
+    cached = paths.downloads_dir() / KATRAIN_WHEEL
+    if cached.exists():
+        try:
+            verify_sha256(cached, KATRAIN_SHA256)
+            return cached
+        except InstallError:
+            cached.unlink()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".pip-") as tmp:
+        console.print(f"[bold]downloading[/] katrain=={KATRAIN_VERSION} from PyPI (engine and network only)")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", tmp, f"katrain=={KATRAIN_VERSION}"]
+        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        got = Path(tmp) / KATRAIN_WHEEL
+        if proc.returncode != 0 or not got.exists():
+            raise InstallError(f"pip could not download katrain=={KATRAIN_VERSION} from PyPI")
+        verify_sha256(got, KATRAIN_SHA256)
+        os.replace(got, cached)
+    return cached
+
+
+def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineRecord:
+    """KaTrain's bundled KataGo, extracted from its AppImage without FUSE."""
+    if wheel is not None:
+        if not wheel.is_file():
+            raise InstallError(f"wheel not found: {wheel}")
+        wheel_sha = verify_sha256(wheel, KATRAIN_SHA256)
+    else:
+        wheel = fetch_katrain_wheel(console)
+        wheel_sha = KATRAIN_SHA256
+    name = f"katrain-{KATRAIN_VERSION}"
+    final = paths.engines_dir() / name
+    with _staging(final) as stage:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                appimage = stage / "katago.AppImage"
+                appimage.write_bytes(zf.read(KATRAIN_BINARY))
+                models = [n for n in zf.namelist()
+                          if n.startswith(KATRAIN_MODEL_PREFIX) and n.endswith(".bin.gz")]
+                (stage / "models").mkdir()
+                for member in models:
+                    (stage / "models" / Path(member).name).write_bytes(zf.read(member))
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise InstallError(f"{wheel} is not a usable KaTrain wheel: {exc}") from None
+        _make_executable(appimage)
+        console.print("extracting the KataGo AppImage (no FUSE needed)")
+        proc = subprocess.run([str(appimage), "--appimage-extract"], cwd=stage,
+                              capture_output=True, text=True)
+        launcher = stage / "squashfs-root" / "AppRun"
+        if proc.returncode != 0 or not launcher.exists():
+            raise InstallError(f"could not extract the KataGo AppImage: {proc.stderr.strip()[-300:]}")
+        appimage.unlink()
+        info = _checked_probe(launcher)
+        _promote(stage, final)
+    model_files = sorted((final / "models").glob("*.bin.gz"))
+    return _record(EngineRecord(
+        name=name, version=info.version, backend=info.backend,
+        path=final / "squashfs-root" / "AppRun", sha256=wheel_sha, source="katrain",
+        managed=True, directory=final, model=model_files[0] if model_files else None,
+        git_revision=info.git_revision,
+    ))
+
+
+def release_asset(version: str, backend: Backend) -> str:
+    if backend not in RELEASE_TAGS:
+        raise InstallError(f"KataGo publishes no Linux release for backend {backend.value}")
+    return f"katago-v{version}-{RELEASE_TAGS[backend]}-linux-x64.zip"
+
+
+def install_from_release(
+    console: Console,
+    version: str,
+    backend: Backend,
+    sha256: str | None = None,
+    base_url: str | None = None,
+    asset: str | None = None,
+) -> EngineRecord:
+    """An official KataGo Linux release zip."""
+    version = version.lstrip("v")
+    asset = asset or release_asset(version, backend)
+    base = (base_url or os.environ.get("KATAPOOL_RELEASE_BASE_URL") or RELEASE_BASE_URL).rstrip("/")
+    url = f"{base}/v{version}/{asset}"
+    name = f"katago-{version}-{backend.value}"
+    final = paths.engines_dir() / name
+    with _staging(final) as stage:
+        archive = download(url, stage / asset, console)
+        if sha256:
+            digest = verify_sha256(archive, sha256)
+        else:
+            digest = sha256_of(archive)
+            console.print(f"[yellow]no sha256 given; recorded {digest} for {asset}[/]")
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(stage / "dist")
+        except zipfile.BadZipFile:
+            raise InstallError(f"{asset} from {url} is not a zip archive") from None
+        archive.unlink()
+        found = [p for p in (stage / "dist").rglob("katago") if p.is_file()]
+        if not found:
+            raise InstallError(f"{asset} holds no 'katago' binary")
+        binary = found[0]
+        _make_executable(binary)
+        info = _checked_probe(binary)
+        relative = binary.relative_to(stage)
+        _promote(stage, final)
+    models = sorted(final.rglob("*.bin.gz"))
+    return _record(EngineRecord(
+        name=name, version=info.version, backend=info.backend, path=final / relative,
+        sha256=digest, source="release", managed=True, directory=final,
+        model=models[0] if models else None, git_revision=info.git_revision,
+    ))
+
+
+def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
+    """Register an existing binary; katapool never deletes it."""
+    binary = binary.expanduser().absolute()
+    try:
+        check_launchable(binary)
+    except EngineStartError as exc:
+        raise InstallError(str(exc)) from None
+    info = _checked_probe(binary)
+    return _record(EngineRecord(
+        name=name or f"path-{info.version}-{info.backend.value}", version=info.version,
+        backend=info.backend, path=binary, sha256=sha256_of(binary.resolve()), source="path",
+        managed=False, directory=None, git_revision=info.git_revision,
+    ))
+
+
+def remove_engine(name: str) -> EngineRecord:
+    manifest = load_manifest()
+    record = manifest.remove(name)
+    if record is None:
+        known = ", ".join(e.name for e in manifest.engines) or "none installed"
+        raise InstallError(f"no engine named {name!r} (known: {known})")
+    if record.managed and record.directory and record.directory.is_relative_to(paths.engines_dir()):
+        shutil.rmtree(record.directory, ignore_errors=True)
+    save_manifest(manifest)
+    return record
+
+
+def _checked_probe(binary: Path) -> EngineInfo:
+    try:
+        return probe_version(binary)
+    except EngineStartError as exc:
+        raise InstallError(f"installed binary does not run: {exc}") from None

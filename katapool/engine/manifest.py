@@ -1,0 +1,81 @@
+"""The record of engines katapool installed or registered (``engines/manifest.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from katapool import paths
+from katapool.engine.backend import Backend
+from katapool.errors import KatapoolError
+
+Source = Literal["katrain", "release", "path"]
+
+
+class EngineRecord(BaseModel):
+    name: str
+    version: str
+    backend: Backend
+    path: Path = Field(description="the program to launch")
+    sha256: str = Field(description="sha256 of the downloaded artifact, or of the binary")
+    source: Source
+    managed: bool = Field(description="katapool owns `directory` and deletes it on remove")
+    directory: Path | None = None
+    model: Path | None = Field(default=None, description="network bundled with this engine")
+    git_revision: str | None = None
+    installed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class Manifest(BaseModel):
+    default: str | None = None
+    engines: list[EngineRecord] = []
+
+    def get(self, name: str) -> EngineRecord | None:
+        return next((e for e in self.engines if e.name == name), None)
+
+    def default_engine(self) -> EngineRecord | None:
+        if self.default:
+            found = self.get(self.default)
+            if found:
+                return found
+        return self.engines[0] if self.engines else None
+
+    def upsert(self, record: EngineRecord, make_default: bool = True) -> None:
+        self.engines = [e for e in self.engines if e.name != record.name] + [record]
+        if make_default or self.default is None:
+            self.default = record.name
+
+    def remove(self, name: str) -> EngineRecord | None:
+        found = self.get(name)
+        if found:
+            self.engines = [e for e in self.engines if e.name != name]
+            if self.default == name:
+                self.default = self.engines[-1].name if self.engines else None
+        return found
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    path = path or paths.manifest_path()
+    if not path.exists():
+        return Manifest()
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except (ValidationError, json.JSONDecodeError, OSError) as exc:
+        raise KatapoolError(f"engine manifest {path} is unreadable ({exc.__class__.__name__}); "
+                            f"remove it and reinstall") from None
+
+
+def save_manifest(manifest: Manifest, path: Path | None = None) -> None:
+    """Write atomically, so a crash never leaves a half-written manifest."""
+    path = path or paths.manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(manifest.model_dump_json(indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""Ask a KataGo binary what it is (``katago version``) and what devices it sees."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from katapool.engine.backend import Backend
+from katapool.engine.diagnose import diagnose
+from katapool.errors import EngineStartError
+
+_VERSION_RE = re.compile(r"KataGo v?(\d+\.\d+\.\d+[^\s]*)")
+_GIT_RE = re.compile(r"Git revision:\s*([0-9a-f]+)")
+_OPENCL_DEVICE_RE = re.compile(r"Found OpenCL Device (\d+): (.+?)(?: \(score (-?\d+)\))?$")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What ``katago version`` says about a binary."""
+
+    path: Path
+    version: str
+    backend: Backend
+    git_revision: str | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class OpenCLDevice:
+    """An OpenCL device, numbered as KataGo numbers them (``openclDeviceToUse``)."""
+
+    index: int
+    name: str
+    score: int | None
+
+
+def check_launchable(path: Path) -> None:
+    """Fail with a specific message if ``path`` cannot possibly be executed."""
+    if not path.exists():
+        raise EngineStartError(f"KataGo binary not found: {path} does not exist")
+    if path.is_dir():
+        raise EngineStartError(f"KataGo binary {path} is a directory, not a program")
+    if not os.access(path, os.X_OK):
+        raise EngineStartError(f"KataGo binary {path} is not executable (try: chmod +x {path})")
+
+
+def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a short KataGo command, mapping OS-level failures to :class:`EngineStartError`."""
+    check_launchable(path)
+    try:
+        return subprocess.run(
+            [str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        if exc.errno == errno.ENOEXEC:
+            raise EngineStartError(
+                f"{path} is not a program this machine can run (exec format error)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise EngineStartError(f"KataGo binary {path} is not executable") from None
+        raise EngineStartError(f"could not start {path}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise EngineStartError(f"{path} {' '.join(args)} did not finish within {timeout:.0f} s") from None
+
+
+def probe_version(path: Path, timeout: float = 60.0) -> EngineInfo:
+    """Run ``katago version``; a binary that cannot report one gets a diagnosis."""
+    proc = run_engine(path, ["version"], timeout=timeout)
+    text = proc.stdout + proc.stderr
+    match = _VERSION_RE.search(text)
+    if proc.returncode != 0 or not match:
+        raise EngineStartError(f"{path}: {diagnose(text, proc.returncode)}")
+    git = _GIT_RE.search(text)
+    return EngineInfo(
+        path=path,
+        version=match.group(1),
+        backend=Backend.from_version_text(text),
+        git_revision=git.group(1) if git else None,
+        raw=text.strip(),
+    )
+
+
+def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0) -> list[OpenCLDevice]:
+    """The OpenCL devices exactly as KataGo enumerates them.
+
+    KataGo's tuner prints every device it finds before it checks the requested index, so asking
+    it to tune a device that cannot exist lists the devices and exits at once, without tuning.
+    """
+    with tempfile.TemporaryDirectory(prefix="katapool-devices-") as tmp:
+        cfg = Path(tmp) / "probe.cfg"
+        cfg.write_text(f"logDir = {tmp}/logs\nhomeDataDir = {tmp}/home\n")
+        proc = run_engine(
+            path,
+            ["tuner", "-config", str(cfg), "-model", str(model), "-gpus", "9999",
+             "-output", f"{tmp}/none.txt"],
+            timeout=timeout,
+        )
+        text = proc.stdout + proc.stderr
+        logs = Path(tmp) / "logs"
+        if logs.is_dir():
+            for log in logs.iterdir():
+                text += log.read_text(errors="replace")
+    devices: dict[int, OpenCLDevice] = {}
+    for line in text.splitlines():
+        m = _OPENCL_DEVICE_RE.search(line.strip())
+        if m:
+            idx = int(m.group(1))
+            devices[idx] = OpenCLDevice(idx, m.group(2).strip(), int(m.group(3)) if m.group(3) else None)
+    if not devices and "valid devices range" not in text:
+        raise EngineStartError(f"OpenCL device query failed: {diagnose(text, proc.returncode)}")
+    return [devices[i] for i in sorted(devices)]

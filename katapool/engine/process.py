@@ -1,0 +1,220 @@
+"""One native KataGo process over pipes (never a PTY: a PTY truncates long JSON lines).
+
+The process gets its own session (so signals aimed at katapool's terminal do not reach it
+half-way through a batch) and ``PR_SET_PDEATHSIG`` (so it dies with katapool even when
+katapool is SIGKILLed). Stderr is drained continuously into a rotating log file and an
+in-memory tail used to diagnose failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from katapool.engine.diagnose import diagnose
+from katapool.errors import EngineStartError, EngineTerminatedError
+
+log = logging.getLogger(__name__)
+
+STREAM_LIMIT = 64 * 1024 * 1024  # one analysis line with ownership can be several MB
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            pass
+
+
+def _stderr_logger(path: Path, name: str) -> logging.Logger:
+    logger = logging.getLogger(f"katapool.engine.stderr.{name}.{id(path)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+class EngineProcess:
+    """A started KataGo command: line I/O on stdin/stdout, stderr drained in the background."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str = "katago",
+        ready_marker: str | None = None,
+        start_timeout: float = 600.0,
+        stderr_log: Path | None = None,
+        tail_lines: int = 400,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.name = name
+        self.ready_marker = ready_marker
+        self.start_timeout = start_timeout
+        self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
+        self._stderr_log = _stderr_logger(stderr_log, name) if stderr_log else None
+        self._env = env
+        self._cwd = cwd
+        self._on_stderr = on_stderr
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = asyncio.Event()
+        self._stderr_task: asyncio.Task[None] | None = None
+        self.started_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def tail_text(self, lines: int = 60) -> str:
+        return "\n".join(list(self.stderr_tail)[-lines:])
+
+    async def start(self) -> None:
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=STREAM_LIMIT,
+                preexec_fn=_child_setup,
+                start_new_session=True,
+                env=self._env,
+                cwd=self._cwd,
+            )
+        except OSError as exc:
+            raise EngineStartError(f"could not start {self.argv[0]}: {exc.strerror or exc}") from None
+        self.started_at = time.monotonic()
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{self.name}-stderr")
+        if self.ready_marker is None:
+            self._ready.set()
+            return
+        waiter = asyncio.create_task(self._ready.wait())
+        exited = asyncio.create_task(self._proc.wait())
+        done, _ = await asyncio.wait({waiter, exited}, timeout=self.start_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        exited.cancel()
+        if self._ready.is_set():
+            return
+        if self._proc.returncode is not None:
+            await self._finish_stderr()
+            cause = diagnose(self.tail_text(), self._proc.returncode)
+            raise EngineStartError(f"{self.name} died before it was ready: {cause}")
+        await self.kill()
+        raise EngineStartError(
+            f"{self.name} was not ready within {self.start_timeout:.0f} s "
+            f"(last output: {self.tail_text(1) or 'none'})"
+        )
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while True:
+            try:
+                raw = await self._proc.stderr.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.stderr_tail.append(line)
+            if self._stderr_log:
+                self._stderr_log.info(line)
+            if self._on_stderr:
+                self._on_stderr(line)
+            if self.ready_marker and self.ready_marker in line:
+                self._ready.set()
+
+    async def _finish_stderr(self) -> None:
+        if self._stderr_task:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), 2.0)
+
+    async def send_line(self, line: str) -> None:
+        if not self.alive or self._proc is None or self._proc.stdin is None:
+            raise EngineTerminatedError(f"{self.name} is not running")
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise EngineTerminatedError(f"{self.name} closed its input (it died)") from None
+
+    async def read_line(self) -> str | None:
+        """The next stdout line, or None at end of output (the process exited)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        raw = await self._proc.stdout.readline()
+        if not raw:
+            return None
+        return raw.decode(errors="replace").rstrip("\r\n")
+
+    async def wait(self) -> int:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        await self._finish_stderr()
+        return code
+
+    def signal(self, sig: int) -> None:
+        if self.alive and self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, sig)
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                await self._proc.wait()
+
+    async def close(self, grace: float = 10.0, term_grace: float = 5.0) -> int | None:
+        """Close stdin and let the engine finish; escalate to SIGTERM, then SIGKILL."""
+        if self._proc is None:
+            return None
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            with contextlib.suppress(Exception):
+                self._proc.stdin.close()
+        for sig, wait_for in ((None, grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, 30.0)):
+            if sig is not None:
+                self.signal(sig)
+            try:
+                await asyncio.wait_for(self._proc.wait(), wait_for)
+                break
+            except asyncio.TimeoutError:
+                continue
+        await self._finish_stderr()
+        if self._stderr_task and not self._stderr_task.done():
+            self._stderr_task.cancel()
+        return self._proc.returncode
+
+    async def __aenter__(self) -> "EngineProcess":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

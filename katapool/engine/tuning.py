@@ -1,0 +1,153 @@
+"""OpenCL tuning files: the tuner's reference parameters, and the record of prepared files.
+
+A tuning file holds only kernel parameters for a device, so a file tuned with one network
+serves every network on that device. KataGo's own tuner starts from a reference (untuned)
+parameter set; written as a file (format ``VERSION=13``, ``cpp/neuralnet/opencltuner.cpp``)
+it lets the engine start at once, untuned, while a full tune can run later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from katapool import paths
+
+TUNER_FORMAT_VERSION = 13
+
+_FP16_FLAGS = [
+    "canUseFP16Storage", "canUseFP16Compute", "canUseFP16TensorCores", "canUseFP16TensorCoresFor1x1",
+    "shouldUseFP16Storage", "shouldUseFP16Compute", "shouldUseFP16TensorCores",
+    "shouldUseFP16TensorCoresFor1x1",
+]
+_XGEMM = {"MWG": 8, "NWG": 8, "KWG": 8, "MDIMC": 1, "NDIMC": 1, "MDIMA": 1, "NDIMB": 1, "KWI": 1,
+          "VWM": 1, "VWN": 1, "STRM": 0, "STRN": 0, "SA": 0, "SB": 0}
+_WINOGRAD_LOCAL = {"transLocalSize0": 1, "transLocalSize1": 1, "untransLocalSize0": 1,
+                   "untransLocalSize1": 1, "untransLocalSize2": 1}
+# The kernel sections in file order, each with the tuner's untuned reference values.
+REFERENCE_SECTIONS: list[tuple[str, dict[str, int]]] = [
+    ("xGemmDirect", {"WGD": 8, "MDIMCD": 1, "NDIMCD": 1, "MDIMAD": 1, "NDIMBD": 1, "KWID": 1,
+                     "VWMD": 1, "VWND": 1, "PADA": 1, "PADB": 1}),
+    ("xGemm", _XGEMM),
+    ("xGemm16", _XGEMM),
+    ("hGemmWmma", {"MWG": 16, "NWG": 16, "KWG": 16, "MWAVE": 16, "NWAVE": 16, "MWARP": 16,
+                   "NWARP": 16, "VWM": 2, "VWN": 2, "SA": 0, "SB": 0}),
+    ("hGemmWmmaNCHW", {"MWG": 16, "NWG": 16, "KWG": 16, "MWAVE": 16, "NWAVE": 16, "MWARP": 16,
+                       "NWARP": 16, "VWM": 1, "VWN": 2, "SB": 0, "PAD_ELTS_PER_THREAD": 1,
+                       "PAD_ROWS_PER_THREAD": 1}),
+    ("conv3x3", {"INTILE_XSIZE": 4, "INTILE_YSIZE": 4, "OUTTILE_XSIZE": 2, "OUTTILE_YSIZE": 2,
+                 **_WINOGRAD_LOCAL}),
+    ("conv5x5", {"INTILE_XSIZE": 6, "INTILE_YSIZE": 6, "OUTTILE_XSIZE": 2, "OUTTILE_YSIZE": 2,
+                 **_WINOGRAD_LOCAL}),
+    ("gPool", {"XYSTRIDE": 1, "CHANNELSTRIDE": 1, "BATCHSTRIDE": 1}),
+    ("transformer", {"ATTN_BLOCK_Q": 32, "ATTN_BLOCK_KV": 32, "Q_PER_THREAD": 1, "USE_TILED_ATTN": 1}),
+    ("transformerRMSNorm", {"WG_C_SIZE": 64, "WG_XY_SIZE": 1, "C_PER_THREAD": 4}),
+    ("pointWise", {"ELTS_PER_THREAD": 1, "LOCAL_SIZE": 32}),
+    ("addChannelBiasesNCHW", {"XY_ELTS_PER_THREAD": 1, "NC_ELTS_PER_THREAD": 1}),
+    ("spatialRMSNorm", {"TILE_SIZE": 32, "APPLY_ELTS_PER_THREAD": 1}),
+]
+
+
+def reference_tuning_text() -> str:
+    """A complete, valid tuning file holding the tuner's reference (untuned) parameters."""
+    lines = [f"VERSION={TUNER_FORMAT_VERSION}"]
+    for flag in _FP16_FLAGS:
+        lines += [f"#{flag}", "0"]
+    for name, params in REFERENCE_SECTIONS:
+        lines += [f"#{name}", " ".join(f"{k}={v}" for k, v in params.items())]
+    return "\n".join(lines) + "\n"
+
+
+def tuning_file_version(path: Path) -> int | None:
+    """The format version a tuning file declares, or None if it is not a tuning file."""
+    try:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                m = re.fullmatch(r"VERSION=(\d+)", line)
+                return int(m.group(1)) if m else None
+    except OSError:
+        return None
+    return None
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:80] or "device"
+
+
+TuningKind = Literal["reference", "full"]
+
+
+class TuningEntry(BaseModel):
+    device_name: str
+    engine_version: str
+    format_version: int = TUNER_FORMAT_VERSION
+    kind: TuningKind
+    file: Path
+    board_size: int = 19
+    model: str | None = None
+    seconds: float = 0.0
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class TuningIndex(BaseModel):
+    entries: list[TuningEntry] = []
+
+    def best(self, device_name: str, engine_version: str) -> TuningEntry | None:
+        """A full tune beats the reference parameters; a missing file counts as absent."""
+        found = [e for e in self.entries
+                 if e.device_name == device_name and e.engine_version == engine_version
+                 and e.format_version == TUNER_FORMAT_VERSION and e.file.is_file()]
+        found.sort(key=lambda e: (e.kind == "full", e.board_size == 19, e.created))
+        return found[-1] if found else None
+
+    def add(self, entry: TuningEntry) -> None:
+        self.entries = [e for e in self.entries
+                        if not (e.device_name == entry.device_name
+                                and e.engine_version == entry.engine_version
+                                and e.kind == entry.kind and e.board_size == entry.board_size)]
+        self.entries.append(entry)
+
+
+def index_path() -> Path:
+    return paths.tuning_dir() / "index.json"
+
+
+def load_index() -> TuningIndex:
+    path = index_path()
+    if not path.exists():
+        return TuningIndex()
+    try:
+        return TuningIndex.model_validate_json(path.read_text())
+    except (ValueError, OSError):
+        return TuningIndex()  # a corrupt index only costs a re-prepare
+
+
+def save_index(index: TuningIndex) -> None:
+    path = index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(index.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+def write_reference_file(device_name: str, engine_version: str) -> TuningEntry:
+    target = paths.tuning_dir() / f"reference-v{TUNER_FORMAT_VERSION}.txt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = reference_tuning_text()
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return TuningEntry(device_name=device_name, engine_version=engine_version,
+                       kind="reference", file=target)
+
+
+def json_summary(entry: TuningEntry) -> str:
+    return json.dumps({"kind": entry.kind, "file": str(entry.file), "device": entry.device_name})

@@ -1,0 +1,1 @@
+"""Go game records: SGF loading and coordinates in KataGo's (GTP) notation."""

@@ -1,0 +1,100 @@
+"""A game record reduced to what KataGo's analysis queries need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgfmill import sgf  # type: ignore[import-untyped]
+
+from katapool.errors import GameRecordError
+
+GTP_COLUMNS = "ABCDEFGHJKLMNOPQRSTUVWXYZ"
+
+_RULES = {
+    "japanese": "japanese", "jp": "japanese", "korean": "korean", "chinese": "chinese",
+    "cn": "chinese", "aga": "aga", "nz": "new-zealand", "new zealand": "new-zealand",
+    "tromp-taylor": "tromp-taylor", "tt": "tromp-taylor",
+}
+
+
+def to_gtp(point: tuple[int, int] | None, size: int) -> str:
+    """sgfmill's (row, col), row 0 at the bottom, to GTP notation (``pass`` for None)."""
+    if point is None:
+        return "pass"
+    row, col = point
+    if not (0 <= row < size and 0 <= col < size):
+        raise GameRecordError(f"point {point} is off a {size}x{size} board")
+    return f"{GTP_COLUMNS[col]}{row + 1}"
+
+
+@dataclass
+class GameRecord:
+    size: int
+    komi: float
+    rules: str
+    moves: list[tuple[str, str]]  # ("B"|"W", GTP vertex or "pass")
+    initial_stones: list[tuple[str, str]] = field(default_factory=list)
+    initial_player: str | None = None
+    black: str = "Black"
+    white: str = "White"
+    result: str | None = None
+
+    def query(self, **extra: Any) -> dict[str, Any]:
+        """A KataGo analysis query for the whole game (``analyzeTurns`` is up to the caller)."""
+        q: dict[str, Any] = {
+            "moves": [[c, m] for c, m in self.moves],
+            "rules": self.rules,
+            "komi": self.komi,
+            "boardXSize": self.size,
+            "boardYSize": self.size,
+        }
+        if self.initial_stones:
+            q["initialStones"] = [[c, m] for c, m in self.initial_stones]
+        if self.initial_player:
+            q["initialPlayer"] = self.initial_player
+        q.update(extra)
+        return q
+
+
+def load_sgf(path: Path) -> GameRecord:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GameRecordError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_sgf(data, str(path))
+
+
+def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
+    try:
+        game = sgf.Sgf_game.from_bytes(data)
+    except ValueError as exc:
+        raise GameRecordError(f"{source}: not a readable SGF game ({exc})") from None
+    size = game.get_size()
+    if size > 19:
+        raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")
+    root = game.get_root()
+    komi = game.get_komi()
+    rules_prop = root.get("RU").strip().lower() if root.has_property("RU") else ""
+    rules = _RULES.get(rules_prop, "japanese" if "japan" in rules_prop else "chinese")
+    black_setup, white_setup, _empty = root.get_setup_stones()
+    initial = [("B", to_gtp(p, size)) for p in sorted(black_setup)]
+    initial += [("W", to_gtp(p, size)) for p in sorted(white_setup)]
+    moves: list[tuple[str, str]] = []
+    try:
+        for node in game.get_main_sequence()[1:]:
+            colour, point = node.get_move()
+            if colour is None:
+                continue
+            moves.append((colour.upper(), to_gtp(point, size)))
+    except ValueError as exc:
+        raise GameRecordError(f"{source}: bad move ({exc})") from None
+    first = moves[0][0] if moves else None
+    return GameRecord(
+        size=size, komi=float(komi), rules=rules, moves=moves, initial_stones=initial,
+        initial_player=first if initial else None,
+        black=root.get("PB") if root.has_property("PB") else "Black",
+        white=root.get("PW") if root.has_property("PW") else "White",
+        result=root.get("RE") if root.has_property("RE") else None,
+    )

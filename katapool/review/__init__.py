@@ -1,0 +1,1 @@
+"""Game review: every move of a game analysed, with winrate, score and mistakes."""
