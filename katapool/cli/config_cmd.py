@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="override a KataGo setting (repeatable)")
     gen.add_argument("--tune", action="store_true",
                      help="measure the best search thread count with `katago benchmark` (cached)")
+    gen.add_argument("--tune-visits", type=int, default=200, help=argparse.SUPPRESS)
+    gen.add_argument("--tune-positions", type=int, default=4, help=argparse.SUPPRESS)
     gen.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     add_engine_args(gen)
     gen.set_defaults(func=cmd_generate)
@@ -44,7 +46,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = model_from_args(args, engine) if (args.tune or args.model) else _optional_model(args, engine)
     threads = None
     if args.tune:
-        threads = tune_search_threads(engine.info, model, args.device, args.preset, err)
+        threads = tune_search_threads(engine.info, model, args.device, args.preset, err,
+                                      visits=args.tune_visits, positions=args.tune_positions)
     built = build_config(mode=Mode(args.mode), info=engine.info, model=model,
                          device_spec=args.device, preset=args.preset,
                          members_on_machine=args.members, search_threads=threads,

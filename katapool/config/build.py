@@ -74,5 +74,8 @@ def build_config(
         overrides=overrides or {}, opencl_devices=report.opencl,
     )
     settings = generate_settings(req)
+    # KataGo creates neither nested log directories nor a nested homeDataDir.
+    Path(settings.logDir).mkdir(parents=True, exist_ok=True)
+    Path(settings.homeDataDir).mkdir(parents=True, exist_ok=True)
     text = settings.render(header_for(req) + (f"\nModel: {model}" if model else ""))
     return BuiltConfig(settings, text, devices, tuning, report)

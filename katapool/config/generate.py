@@ -131,8 +131,8 @@ def generate_settings(req: ConfigRequest) -> KataGoSettings:
     if req.backend is Backend.OPENCL and req.opencl_tuner_file is not None:
         values["openclTunerFile"] = str(req.opencl_tuner_file)
     values.update(req.preset.settings)
-    if req.backend is Backend.EIGEN and values.get("useFP16") is True:
-        values["useFP16"] = False  # a GPU preset on a CPU engine: FP16 does not apply
+    if cpu_class and values.get("useFP16") is not False:
+        values["useFP16"] = False  # a GPU preset on a CPU-class device: FP16 does not apply
     values = apply_overrides(values, req.overrides)
     try:
         return KataGoSettings.model_validate(values)

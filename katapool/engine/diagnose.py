@@ -77,11 +77,11 @@ def diagnose(output: str, returncode: int | None = None) -> str:
             return f"{cause}" + (f" (engine said: {detail})" if detail else "")
     if returncode == 127:
         return "exit 127: the binary or one of its libraries could not be loaded"
-    if returncode is not None and returncode < 0:
-        return f"killed by signal {-returncode}"
     detail = _last_error_line(output)
     if detail:
         return f"engine failed: {detail}"
+    if returncode is not None and returncode < 0:
+        return f"killed by signal {-returncode}"
     return f"engine exited with code {returncode}" if returncode is not None else "engine failed"
 
 

@@ -141,6 +141,22 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
     ))
 
 
+def _extract_zip(archive: Path, dest: Path) -> None:
+    """Extract, keeping the Unix permission bits zipfile would drop, and refusing paths that
+    escape ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            target = (dest / member.filename).resolve()
+            if not target.is_relative_to(root):
+                raise InstallError(f"{archive.name} holds an unsafe path: {member.filename}")
+            zf.extract(member, dest)
+            mode = (member.external_attr >> 16) & 0o777
+            if mode and not member.is_dir():
+                target.chmod(mode)
+
+
 def release_asset(version: str, backend: Backend) -> str:
     if backend not in RELEASE_TAGS:
         raise InstallError(f"KataGo publishes no Linux release for backend {backend.value}")
@@ -170,12 +186,13 @@ def install_from_release(
             digest = sha256_of(archive)
             console.print(f"[yellow]no sha256 given; recorded {digest} for {asset}[/]")
         try:
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(stage / "dist")
+            _extract_zip(archive, stage / "dist")
         except zipfile.BadZipFile:
             raise InstallError(f"{asset} from {url} is not a zip archive") from None
         archive.unlink()
-        found = [p for p in (stage / "dist").rglob("katago") if p.is_file()]
+        # The shallowest `katago` is the program; deeper ones belong to bundled layouts.
+        found = sorted((p for p in (stage / "dist").rglob("katago") if p.is_file()),
+                       key=lambda p: len(p.parts))
         if not found:
             raise InstallError(f"{asset} holds no 'katago' binary")
         binary = found[0]

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real KataGo provisioned through katapool's own `engine install`.
+
+The engine and the KaTrain wheel are cached under `.cache/` in the checkout between runs; a
+machine that cannot provision the engine fails the run (engine tests never skip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models"
+CACHE = ROOT / ".cache"
+
+G170 = MODELS / "g170-b6c96-s175395328-d26788732.bin.gz"
+TRANSFORMER = MODELS / "b7c96h3tfrs-test5-cnorm.bin.gz"
+TRANSFORMER_KV = MODELS / "b7c96h6kv3qk32v16tflrs-fson-bnh.bin.gz"
+SAMPLE_SGF = ROOT / "examples" / "selfplay-b6c96.sgf"
+
+
+@dataclass
+class Katapool:
+    """Runs the `katapool` CLI as a user would, against one data directory."""
+
+    env: dict[str, str]
+    data_dir: Path
+
+    def run(self, *args: str, timeout: float = 600, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "katapool", *args],
+            capture_output=True, text=True, timeout=timeout, env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"katapool {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def manifest(self) -> dict[str, object]:
+        path = self.data_dir / "engines" / "manifest.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _env(data: Path, cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KATAPOOL_")}
+    env.update(KATAPOOL_DATA_DIR=str(data), KATAPOOL_CACHE_DIR=str(cache),
+               COLUMNS="200", TERM="dumb")
+    return env
+
+
+@pytest.fixture(scope="session")
+def kp() -> Katapool:
+    """The session's katapool, with KaTrain's KataGo installed by `katapool engine install`
+    and the OpenCL fast-start tuning prepared once."""
+    data, cache = CACHE / "test-data", CACHE / "test-downloads"
+    tool = Katapool(_env(data, cache), data)
+    tool.run("engine", "install", check=True, timeout=900)
+    tool.run("prepare", "--fast", "--model", str(G170), check=True)
+    return tool
+
+
+@pytest.fixture(scope="session")
+def katago(kp: Katapool) -> Path:
+    record = kp.manifest()["engines"][0]  # type: ignore[index]
+    return Path(record["path"])  # type: ignore[index]
+
+
+@pytest.fixture(scope="session")
+def models() -> dict[str, Path]:
+    found = {p.name: p for p in MODELS.glob("*.bin.gz")}
+    assert G170.name in found, f"test networks missing from {MODELS}"
+    return found
+
+
+@pytest.fixture
+def fresh_kp(tmp_path: Path) -> Katapool:
+    """An empty katapool data directory (the download cache is shared, to save time)."""
+    return Katapool(_env(tmp_path / "data", CACHE / "test-downloads"), tmp_path / "data")
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point in-process katapool calls at a private data directory."""
+    for key in list(os.environ):
+        if key.startswith("KATAPOOL_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("KATAPOOL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KATAPOOL_CACHE_DIR", str(tmp_path / "cache"))
+    yield tmp_path
