@@ -17,7 +17,8 @@ def test_no_platform() -> None:
 
 
 def test_bad_config_key_and_fallbacks() -> None:
-    assert diagnose("what():  Could not find key 'logAllGTPCommunication' in config", -6).startswith("bad config")
+    missing_key = "what():  Could not find key 'logAllGTPCommunication' in config"
+    assert diagnose(missing_key, -6).startswith("bad config")
     assert diagnose("", 127).startswith("exit 127")
     assert diagnose("", -9) == "killed by signal 9"
     assert "something exploded" in diagnose("starting\nfatal: something exploded", 1)

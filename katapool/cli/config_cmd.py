@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from katapool.cli.common import add_engine_args, engine_from_args, err, model_from_args, out
+from katapool.cli.common import (
+    EngineChoice,
+    add_engine_args,
+    engine_from_args,
+    err,
+    model_from_args,
+    out,
+)
 from katapool.config.build import build_config
 from katapool.config.generate import parse_override_pairs
 from katapool.config.presets import load_preset, preset_names
 from katapool.config.settings import Mode
 from katapool.config.threads import tune_search_threads
-from katapool.errors import ConfigError
+from katapool.errors import ConfigError, KatapoolError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = model_from_args(args, engine) if (args.tune or args.model) else _optional_model(args, engine)
     threads = None
     if args.tune:
+        assert model is not None
         threads = tune_search_threads(engine.info, model, args.device, args.preset, err,
                                       visits=args.tune_visits, positions=args.tune_positions)
     built = build_config(mode=Mode(args.mode), info=engine.info, model=model,
@@ -62,10 +70,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional_model(args: argparse.Namespace, engine: object) -> Path | None:
+def _optional_model(args: argparse.Namespace, engine: EngineChoice) -> Path | None:
+    """A network only helps (OpenCL device listing); generating works without one."""
     try:
-        return model_from_args(args, engine)  # type: ignore[arg-type]
-    except Exception:
+        return model_from_args(args, engine)
+    except KatapoolError:
         return None
 
 

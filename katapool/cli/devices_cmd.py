@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 from rich.table import Table
 
 from katapool.cli.common import add_engine_args, out
 from katapool.devices import discover_devices
+from katapool.devices.model import Device
 from katapool.engine.backend import Backend
 from katapool.engine.discovery import resolve_engine, resolve_model
 from katapool.engine.probe import probe_version
@@ -62,8 +64,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(d: object) -> dict[str, object]:
-    from dataclasses import asdict
-    data = asdict(d)  # type: ignore[call-overload]
-    data["spec"] = d.spec  # type: ignore[attr-defined]
+def _dev(d: Device) -> dict[str, object]:
+    data: dict[str, object] = asdict(d)
+    data["spec"] = d.spec
     return data

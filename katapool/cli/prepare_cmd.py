@@ -56,8 +56,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size)
     elif info.backend is Backend.TENSORRT:
         report = discover_devices(info.path, model, opencl=False)
-        picked = parse_device_spec(args.device or ",".join(d.spec for d in report.nvidia) or "auto",
-                                   report)
+        if not report.nvidia:
+            raise ConfigError("TensorRT needs an NVIDIA GPU and none was found: "
+                              + "; ".join(report.notes))
+        picked = parse_device_spec(args.device or ",".join(d.spec for d in report.nvidia), report)
         with tempfile.TemporaryDirectory(prefix="katapool-trt-") as tmp:
             configs = []
             for dev in picked:
@@ -66,7 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 cfg = Path(tmp) / f"{dev.index}.cfg"
                 cfg.write_text(built.text)
                 configs.append((f"{dev.spec} ({dev.name})", cfg))
-            results = prepare_tensorrt(info.path, info, model, configs, err)
+            results = prepare_tensorrt(info.path, info, model, configs, err, force=args.force)
     else:
         out.print(f"nothing to prepare for the {info.backend.label} backend")
         return 0

@@ -104,10 +104,7 @@ def generate_settings(req: ConfigRequest) -> KataGoSettings:
     else:
         batch = _gpu_batch(primary, req.preset) * len(req.devices)
         threads = max(1, int(round(batch * req.preset.search_threads_per_batch)))
-        if primary.kind is DeviceKind.NVIDIA:
-            fp16 = primary.tensor_cores
-        else:
-            fp16 = "auto"
+        fp16 = primary.tensor_cores if primary.kind is DeviceKind.NVIDIA else "auto"
     if req.search_threads:
         threads = req.search_threads
     per_position = max(1, min(req.preset.analysis_search_threads, threads))

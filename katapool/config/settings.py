@@ -117,7 +117,7 @@ class KataGoSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "KataGoSettings":
+    def _consistent(self) -> KataGoSettings:
         if self.openclTunerFile is not None and self.backend is not Backend.OPENCL:
             raise ValueError("openclTunerFile only applies to the OpenCL backend")
         if self.backend is Backend.EIGEN and self.useFP16 is True:

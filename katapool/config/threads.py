@@ -68,7 +68,8 @@ def tune_search_threads(info: EngineInfo, model: Path, device_spec: str, preset:
             proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     best = parse_recommended(proc.stdout + proc.stderr)
     if proc.returncode != 0 or best is None:
-        raise EngineStartError(f"katago benchmark failed: {diagnose(proc.stdout + proc.stderr, proc.returncode)}")
+        cause = diagnose(proc.stdout + proc.stderr, proc.returncode)
+        raise EngineStartError(f"katago benchmark failed: {cause}")
     cache[key] = best
     _cache_file().parent.mkdir(parents=True, exist_ok=True)
     _cache_file().write_text(json.dumps(cache, indent=2))

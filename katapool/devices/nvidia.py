@@ -21,7 +21,7 @@ def list_nvidia_gpus() -> tuple[list[Device], str | None]:
 
 def _from_nvml() -> tuple[list[Device], str | None]:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return [], "nvidia-ml-py is not installed"
     try:

@@ -115,7 +115,7 @@ class AnalysisEngine:
                 await self._reader
         return code
 
-    async def __aenter__(self) -> "AnalysisEngine":
+    async def __aenter__(self) -> AnalysisEngine:
         await self.start()
         return self
 

@@ -19,7 +19,7 @@ class Backend(StrEnum):
         return _LABELS[self]
 
     @classmethod
-    def from_version_text(cls, text: str) -> "Backend":
+    def from_version_text(cls, text: str) -> Backend:
         """Map ``katago version``'s ``Using X backend`` line to a backend."""
         lowered = text.lower()
         for needle, backend in _VERSION_NEEDLES:
@@ -28,7 +28,7 @@ class Backend(StrEnum):
         return cls.UNKNOWN
 
     @classmethod
-    def parse(cls, name: str) -> "Backend":
+    def parse(cls, name: str) -> Backend:
         key = name.strip().lower()
         aliases = {"trt": cls.TENSORRT, "cpu": cls.EIGEN}
         if key in aliases:

@@ -54,7 +54,9 @@ def _record_for(path: Path) -> EngineRecord | None:
     return next((e for e in load_manifest().engines if e.path == target), None)
 
 
-def resolve_model(explicit: str | os.PathLike[str] | None = None, engine: ResolvedEngine | None = None) -> Path:
+def resolve_model(
+    explicit: str | os.PathLike[str] | None = None, engine: ResolvedEngine | None = None
+) -> Path:
     """A network: ``--model``, ``KATAPOOL_MODEL``, else the one bundled with the engine."""
     candidate = explicit or os.environ.get("KATAPOOL_MODEL")
     if candidate:

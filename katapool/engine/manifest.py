@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,7 @@ class EngineRecord(BaseModel):
     directory: Path | None = None
     model: Path | None = Field(default=None, description="network bundled with this engine")
     git_revision: str | None = None
-    installed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    installed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class Manifest(BaseModel):

@@ -9,6 +9,8 @@ running it again does nothing unless something changed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import subprocess
 import tempfile
@@ -23,6 +25,7 @@ from katapool import paths
 from katapool.engine.analysis import AnalysisEngine
 from katapool.engine.backend import Backend
 from katapool.engine.diagnose import diagnose
+from katapool.engine.download import sha256_of
 from katapool.engine.probe import EngineInfo, OpenCLDevice
 from katapool.engine.tuning import (
     TuningEntry,
@@ -120,6 +123,22 @@ def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, c
                        file=out, board_size=board_size, model=model.name)
 
 
+def _warmup_key(katago: Path, info: EngineInfo, model: Path, device_name: str, cfg: Path) -> str:
+    """What a TensorRT plan depends on: engine build, GPU, network file and the config
+    (board size, nnMaxBatchSize, FP16); log locations do not matter."""
+    settings = [ln for ln in cfg.read_text().splitlines()
+                if ln.strip() and not ln.startswith(("#", "logDir"))]
+    digest = hashlib.sha256()
+    for part in (str(katago.resolve()), info.version, info.git_revision or "", device_name,
+                 sha256_of(model), *settings):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _warmups_file() -> Path:
+    return paths.tuning_dir() / "trt-warmups.json"
+
+
 def prepare_tensorrt(
     katago: Path,
     info: EngineInfo,
@@ -127,18 +146,31 @@ def prepare_tensorrt(
     configs: list[tuple[str, Path]],
     console: Console,
     start_timeout: float = 3600.0,
+    force: bool = False,
 ) -> list[PrepareResult]:
     """Start the engine once per device config and run one query, so TensorRT builds and
-    caches its engine plans for exactly that config; devices go one at a time."""
+    caches its engine plans for exactly that config; devices go one at a time, so several
+    GPUs never build at once."""
     if info.backend is not Backend.TENSORRT:
         return []
+    try:
+        done: set[str] = set(json.loads(_warmups_file().read_text()))
+    except (OSError, ValueError):
+        done = set()
+    cache = paths.katago_home() / "trtcache"
     results = []
     for device_name, cfg in configs:
+        key = _warmup_key(katago, info, model, device_name, cfg)
+        if key in done and cache.is_dir() and any(cache.iterdir()) and not force:
+            results.append(PrepareResult(device_name, "up-to-date", cache, 0.0))
+            continue
         started = time.monotonic()
         with console.status(f"building TensorRT engine for {device_name} (can take minutes)"):
             asyncio.run(_warm(katago, cfg, model, start_timeout))
-        results.append(PrepareResult(device_name, "warmed", paths.katago_home() / "trtcache",
-                                     time.monotonic() - started))
+        done.add(key)
+        _warmups_file().parent.mkdir(parents=True, exist_ok=True)
+        _warmups_file().write_text(json.dumps(sorted(done), indent=1))
+        results.append(PrepareResult(device_name, "warmed", cache, time.monotonic() - started))
     return results
 
 

@@ -205,14 +205,14 @@ class EngineProcess:
             try:
                 await asyncio.wait_for(self._proc.wait(), wait_for)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         await self._finish_stderr()
         if self._stderr_task and not self._stderr_task.done():
             self._stderr_task.cancel()
         return self._proc.returncode
 
-    async def __aenter__(self) -> "EngineProcess":
+    async def __aenter__(self) -> EngineProcess:
         await self.start()
         return self
 

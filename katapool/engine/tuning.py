@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -94,7 +94,7 @@ class TuningEntry(BaseModel):
     board_size: int = 19
     model: str | None = None
     seconds: float = 0.0
-    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class TuningIndex(BaseModel):

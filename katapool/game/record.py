@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgfmill import sgf  # type: ignore[import-untyped]
+from sgfmill import sgf
 
 from katapool.errors import GameRecordError
 
