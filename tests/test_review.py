@@ -13,7 +13,13 @@ from katapool.game.record import load_sgf, parse_sgf
 
 pytestmark = pytest.mark.engine
 
-MASTER_GAME = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))[0]
+
+
+@pytest.fixture(scope="module")
+def master_game() -> Path:
+    games = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))
+    assert games, f"game records missing from {SHARED / 'sgf'}"
+    return games[0]
 
 
 def test_sgf_to_katago_moves() -> None:
@@ -36,11 +42,11 @@ def test_sample_game_is_the_projects_own() -> None:
     assert "katapool" in SAMPLE_SGF.read_text()
 
 
-def test_review_real_game_json(kp: Katapool) -> None:
-    proc = kp.run("review", str(MASTER_GAME), "--visits", "1", "--model", str(G170), "--json",
+def test_review_real_game_json(kp: Katapool, master_game: Path) -> None:
+    proc = kp.run("review", str(master_game), "--visits", "1", "--model", str(G170), "--json",
                   check=True)
     rows = [json.loads(ln) for ln in proc.stdout.splitlines()]
-    record = load_sgf(MASTER_GAME)
+    record = load_sgf(master_game)
     assert [r["move"] for r in rows] == list(range(1, len(record.moves) + 1))
     assert [r["vertex"] for r in rows] == [m for _, m in record.moves]
     assert all(0.0 <= r["winrateBlack"] <= 1.0 for r in rows)
