@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.text import Text
@@ -36,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     except KatapoolError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`katapool review --json | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        err.print(Text.assemble(("error: ", "bold red"), f"{exc.strerror or exc}{where}"),
+                  soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

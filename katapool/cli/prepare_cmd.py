@@ -11,7 +11,7 @@ from rich.table import Table
 from katapool.cli.common import add_engine_args, engine_from_args, err, model_from_args, out
 from katapool.config.build import build_config
 from katapool.config.settings import Mode
-from katapool.devices import discover_devices, parse_device_spec
+from katapool.devices import Device, DeviceKind, discover_devices, parse_device_spec
 from katapool.engine.backend import Backend
 from katapool.engine.prepare import PrepareResult, prepare_opencl, prepare_tensorrt
 from katapool.engine.probe import OpenCLDevice
@@ -46,10 +46,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             raise ConfigError("no OpenCL device: " + "; ".join(report.notes))
         chosen = report.opencl
         if args.device:
-            picked = parse_device_spec(args.device, report)
-            names = {d.name for d in picked}
-            chosen = [d for d in report.opencl if d.name in names or any(
-                n.lower() in d.name.lower() for n in names)]
+            chosen = []
+            for dev in parse_device_spec(args.device, report):
+                match: Device | None
+                if dev.kind is DeviceKind.OPENCL:
+                    match = dev
+                elif dev.kind is DeviceKind.CPU:
+                    match = next((o for o in report.opencl if o.is_cpu_like), None)
+                else:  # an NVIDIA GPU, found in OpenCL's numbering by name
+                    match = next((o for o in report.opencl if dev.name.lower() in o.name.lower()
+                                  and o not in chosen), None)
+                if match is None:
+                    raise ConfigError(f"device {dev.spec} ({dev.name}) is not visible to OpenCL")
+                chosen.append(match)
         devices = [OpenCLDevice(d.index, d.name, None) for d in chosen]
         results = prepare_opencl(info.path, info, model, devices, err, fast=args.fast,
                                  force=args.force, board_size=args.board_size,

@@ -18,7 +18,8 @@ from katapool.devices import DeviceReport, discover_devices, parse_device_spec
 from katapool.devices.model import Device
 from katapool.engine.backend import Backend
 from katapool.engine.probe import EngineInfo
-from katapool.engine.tuning import TuningEntry, load_index, save_index, write_reference_file
+from katapool.engine.tuning import TuningEntry, load_index, record_entry, write_reference_file
+from katapool.errors import ConfigError
 
 
 @dataclass
@@ -44,8 +45,7 @@ def tuning_for(devices: list[Device], report: DeviceReport, info: EngineInfo) ->
     if best is not None:
         return best
     entry = write_reference_file(name, info.version)
-    index.add(entry)
-    save_index(index)
+    record_entry(entry)
     return entry
 
 
@@ -65,7 +65,11 @@ def build_config(
     chosen_preset = load_preset(preset)
     if report is None:
         report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
+    if info.backend is Backend.EIGEN and device_spec in ("", "auto"):
+        device_spec = "cpu"  # an Eigen build computes on the CPU whatever GPUs exist
     devices = parse_device_spec(device_spec, report)
+    if info.backend is Backend.EIGEN and any(d.kind.value != "cpu" for d in devices):
+        raise ConfigError(f"an Eigen (CPU) engine cannot use {device_spec}: use --device cpu")
     tuning = tuning_for(devices, report, info) if info.backend is Backend.OPENCL else None
     req = ConfigRequest(
         mode=mode, backend=info.backend, devices=devices, preset=chosen_preset,

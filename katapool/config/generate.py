@@ -8,6 +8,7 @@ batches, and the NN cache is sized from a RAM budget shared by all members on th
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def _engine_device_indices(req: ConfigRequest) -> list[int]:
     """Device indices as the engine's backend numbers them."""
     if req.backend is Backend.EIGEN:
         return [0]
-    out = []
+    out: list[int] = []
     for dev in req.devices:
         if dev.kind is DeviceKind.CPU:
             if req.backend is Backend.OPENCL:
@@ -80,15 +81,37 @@ def _engine_device_indices(req: ConfigRequest) -> list[int]:
             raise ConfigError(f"device cpu needs an Eigen or OpenCL engine, not {req.backend.label}")
         if dev.kind is DeviceKind.NVIDIA and req.backend is Backend.OPENCL:
             # OpenCL numbers devices across platforms; find this GPU there by name.
-            match = next((d for d in req.opencl_devices if dev.name.lower() in d.name.lower()), None)
+            match = next((d for d in req.opencl_devices
+                          if dev.name.lower() in d.name.lower() and d.index not in out), None)
             if match is None:
                 raise ConfigError(f"GPU {dev.index} ({dev.name}) is not visible to OpenCL")
             out.append(match.index)
             continue
         if dev.kind is DeviceKind.OPENCL and req.backend is not Backend.OPENCL:
             raise ConfigError(f"device {dev.spec} needs an OpenCL engine, not {req.backend.label}")
-        out.append(dev.index)
+        out.append(cuda_index(dev.index) if dev.kind is DeviceKind.NVIDIA else dev.index)
     return out
+
+
+def cuda_index(nvml_index: int) -> int:
+    """CUDA's number for a GPU that NVML numbers ``nvml_index``.
+
+    katapool's engines run with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (NVML's order); what remains
+    is ``CUDA_VISIBLE_DEVICES``, which renumbers the GPUs it lists from 0.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible or not all(p.strip().isdigit() for p in visible.split(",")):
+        return nvml_index
+    order = [int(p) for p in visible.split(",")]
+    if nvml_index not in order:
+        raise ConfigError(f"GPU {nvml_index} is hidden by CUDA_VISIBLE_DEVICES={visible}")
+    return order.index(nvml_index)
+
+
+GTP_ONLY = {"numSearchThreads", "logAllGTPCommunication", "rules", "ponderingEnabled",
+            "allowResignation", "resignThreshold", "resignConsecTurns"}
+ANALYSIS_ONLY = {"numAnalysisThreads", "numSearchThreadsPerAnalysisThread",
+                 "reportAnalysisWinratesAs"}
 
 
 def generate_settings(req: ConfigRequest) -> KataGoSettings:
@@ -105,8 +128,6 @@ def generate_settings(req: ConfigRequest) -> KataGoSettings:
         batch = _gpu_batch(primary, req.preset) * len(req.devices)
         threads = max(1, int(round(batch * req.preset.search_threads_per_batch)))
         fp16 = primary.tensor_cores if primary.kind is DeviceKind.NVIDIA else "auto"
-    if req.search_threads:
-        threads = req.search_threads
     per_position = max(1, min(req.preset.analysis_search_threads, threads))
     cache_pow = cache_size_power(req.ram_mib, req.preset, req.members_on_machine)
     values: dict[str, Any] = {
@@ -128,8 +149,17 @@ def generate_settings(req: ConfigRequest) -> KataGoSettings:
     if req.backend is Backend.OPENCL and req.opencl_tuner_file is not None:
         values["openclTunerFile"] = str(req.opencl_tuner_file)
     values.update(req.preset.settings)
+    if req.search_threads:  # a measured thread count beats any preset's guess
+        values["numSearchThreads"] = req.search_threads
+        per = max(1, min(req.preset.analysis_search_threads, req.search_threads))
+        values["numSearchThreadsPerAnalysisThread"] = per
+        values["numAnalysisThreads"] = max(1, req.search_threads // per)
     if cpu_class and values.get("useFP16") is not False:
         values["useFP16"] = False  # a GPU preset on a CPU-class device: FP16 does not apply
+    wrong_mode = GTP_ONLY if req.mode is Mode.ANALYSIS else ANALYSIS_ONLY
+    misplaced = sorted(set(req.overrides) & wrong_mode)
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)} does not apply to {req.mode.value} mode")
     values = apply_overrides(values, req.overrides)
     try:
         return KataGoSettings.model_validate(values)

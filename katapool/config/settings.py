@@ -158,6 +158,9 @@ class KataGoSettings(BaseModel):
             ("nnMutexPoolSizePowerOfTwo", str(self.nnMutexPoolSizePowerOfTwo)),
         ]
         out += self._device_items()
+        # An explicit `--set` wins over katapool's value for the same key: KataGo rejects a
+        # config that names a key twice.
+        out = [(k, v) for k, v in out if k not in self.extra]
         out += list(self.extra.items())
         return out
 

@@ -51,7 +51,10 @@ def tune_search_threads(info: EngineInfo, model: Path, device_spec: str, preset:
     built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device_spec,
                          preset=preset)
     device = built.devices[0]
-    key = f"{sha256_of(info.path.resolve())[:16]}|{model.name}|{device.spec}|{device.name}"
+    # Whatever changes the best thread count: engine build, network, device, batch size.
+    key = "|".join([sha256_of(info.path.resolve())[:16], info.version, info.git_revision or "",
+                    model.name, device.spec, device.name, preset,
+                    str(built.settings.nnMaxBatchSize)])
     cache = _load_cache()
     if key in cache:
         console.print(f"search threads for {device.spec}: {cache[key]} (cached benchmark)")

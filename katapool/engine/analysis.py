@@ -54,6 +54,7 @@ class AnalysisEngine:
         self._ids = itertools.count(1)
         self._prefix = f"kp{id(self):x}-"
         self.orphans: list[dict[str, Any]] = []  # responses nobody asked for (kept for diagnosis)
+        self._closed = False
 
     async def start(self) -> None:
         await self.process.start()
@@ -62,13 +63,19 @@ class AnalysisEngine:
     async def _read_loop(self) -> None:
         try:
             while True:
-                line = await self.process.read_line()
+                try:
+                    line = await self.process.read_line()
+                except (ValueError, asyncio.LimitOverrunError) as exc:
+                    self.orphans.append({"unreadable": str(exc)})
+                    continue
                 if line is None:
                     break
                 try:
                     msg = json.loads(line)
                 except json.JSONDecodeError:
-                    self.orphans.append({"unparsed": line})
+                    msg = None
+                if not isinstance(msg, dict):
+                    self.orphans.append({"unparsed": line[:1000]})
                     continue
                 queue = self._queues.get(str(msg.get("id")))
                 if queue is None:
@@ -76,11 +83,14 @@ class AnalysisEngine:
                 else:
                     queue.put_nowait(msg)
         finally:
+            self._closed = True
             for queue in self._queues.values():
                 queue.put_nowait(_END)
 
     async def query(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one query; yield its responses (partial and final) until it is complete."""
+        if self._closed or self._reader is None:
+            raise EngineTerminatedError(f"{self.process.name} is not running")
         qid = f"{self._prefix}{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queues[qid] = queue
@@ -111,7 +121,7 @@ class AnalysisEngine:
     async def close(self) -> int | None:
         code = await self.process.close()
         if self._reader:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._reader
         return code
 

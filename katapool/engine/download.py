@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -59,6 +60,10 @@ def download(url: str, dest: Path, console: Console, timeout: float = 60.0) -> P
         return dest
     except urllib.error.HTTPError as exc:
         raise InstallError(f"download failed: {url} answered HTTP {exc.code}") from None
+    except ValueError as exc:
+        raise InstallError(f"bad download URL {url!r}: {exc}") from None
+    except http.client.HTTPException as exc:
+        raise InstallError(f"download failed: {url}: {exc.__class__.__name__} (truncated?)") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise InstallError(f"download failed: {url}: {reason}") from None

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,9 @@ def fetch_katrain_wheel(console: Console) -> Path:
         console.print(f"[bold]downloading[/] katrain=={KATRAIN_VERSION} from PyPI (engine and network only)")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", tmp, f"katrain=={KATRAIN_VERSION}"]
+        if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+            raise InstallError("pip is not available in this Python environment: install pip, "
+                               "or download the wheel yourself and pass --wheel FILE")
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
         got = Path(tmp) / KATRAIN_WHEEL
         if proc.returncode != 0 or not got.exists():
@@ -151,10 +155,10 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             target = (dest / member.filename).resolve()
             if not target.is_relative_to(root):
                 raise InstallError(f"{archive.name} holds an unsafe path: {member.filename}")
-            zf.extract(member, dest)
+            written = Path(zf.extract(member, dest))
             mode = (member.external_attr >> 16) & 0o777
             if mode and not member.is_dir():
-                target.chmod(mode)
+                written.chmod(mode)
 
 
 def release_asset(version: str, backend: Backend) -> str:
@@ -189,6 +193,8 @@ def install_from_release(
             _extract_zip(archive, stage / "dist")
         except zipfile.BadZipFile:
             raise InstallError(f"{asset} from {url} is not a zip archive") from None
+        except (OSError, zlib.error, NotImplementedError) as exc:
+            raise InstallError(f"could not unpack {asset}: {exc}") from None
         archive.unlink()
         # The shallowest `katago` is the program; deeper ones belong to bundled layouts.
         found = sorted((p for p in (stage / "dist").rglob("katago") if p.is_file()),

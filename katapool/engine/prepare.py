@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -30,8 +31,8 @@ from katapool.engine.probe import EngineInfo, OpenCLDevice
 from katapool.engine.tuning import (
     TuningEntry,
     load_index,
+    record_entry,
     safe_name,
-    save_index,
     write_reference_file,
 )
 from katapool.errors import EngineStartError
@@ -61,11 +62,10 @@ def prepare_opencl(
     board_size: int = 19,
     batch_size: int | None = None,
 ) -> list[PrepareResult]:
-    index = load_index()
     results = []
     for dev in devices:
         started = time.monotonic()
-        best = index.best(dev.name, info.version)
+        best = load_index().best(dev.name, info.version)
         good_enough = best is not None and (best.kind == "full" or fast)
         if good_enough and not force and best is not None:
             results.append(PrepareResult(dev.name, "up-to-date", best.file, 0.0))
@@ -77,18 +77,18 @@ def prepare_opencl(
             entry = _run_tuner(katago, info, model, dev, console, board_size, batch_size)
             action = "tuned"
         entry.seconds = time.monotonic() - started
-        index.add(entry)
-        save_index(index)
+        record_entry(entry)
         results.append(PrepareResult(dev.name, action, entry.file, entry.seconds))
     return results
 
 
 def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, console: Console,
                board_size: int, batch_size: int | None) -> TuningEntry:
-    out = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)  # the tuner resumes from an existing file; start clean
+    final = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Tune into a scratch file: an interrupted or failed run keeps the previous tune.
     with tempfile.TemporaryDirectory(prefix="katapool-tune-") as tmp:
+        out = Path(tmp) / "tuned.txt"
         cfg = Path(tmp) / "tune.cfg"
         cfg.write_text(f"logDir = {tmp}/logs\nhomeDataDir = {paths.katago_home()}\n")
         argv = [str(katago), "tuner", "-config", str(cfg), "-model", str(model),
@@ -117,10 +117,12 @@ def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, c
                     phase = m.group(1)
                     progress.update(task, description=f"{dev.name}: {phase}")
             code = proc.wait()
-    if code != 0 or not out.exists():
-        raise EngineStartError(f"OpenCL tuning failed on {dev.name}: {diagnose(chr(10).join(tail), code)}")
+        if code != 0 or not out.exists():
+            cause = diagnose("\n".join(tail), code)
+            raise EngineStartError(f"OpenCL tuning failed on {dev.name}: {cause}")
+        shutil.move(out, final)  # a rename where it can, a copy across filesystems
     return TuningEntry(device_name=dev.name, engine_version=info.version, kind="full",
-                       file=out, board_size=board_size, model=model.name)
+                       file=final, board_size=board_size, model=model.name)
 
 
 def _warmup_key(katago: Path, info: EngineInfo, model: Path, device_name: str, cfg: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import logging.handlers
 import os
@@ -30,26 +31,41 @@ STREAM_LIMIT = 64 * 1024 * 1024  # one analysis line with ownership can be sever
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
-    """Runs in the child between fork and exec."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except OSError:
-            pass
+def _load_libc() -> ctypes.CDLL | None:
+    # Loaded once, here: between fork and exec only async-signal-safe work is allowed.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
 
 
-def _stderr_logger(path: Path, name: str) -> logging.Logger:
-    logger = logging.getLogger(f"katapool.engine.stderr.{name}.{id(path)}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(handler)
-    return logger
+_LIBC = _load_libc()
+
+
+def _child_setup(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: die with the parent."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The engine's environment: GPUs numbered in PCI order, as NVML (and so katapool's
+    `gpu:N`) numbers them, rather than CUDA's default fastest-first order."""
+    env = dict(os.environ)
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    env.update(extra or {})
+    return env
+
+
+def _stderr_handler(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    return handler
 
 
 class EngineProcess:
@@ -73,8 +89,8 @@ class EngineProcess:
         self.ready_marker = ready_marker
         self.start_timeout = start_timeout
         self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
-        self._stderr_log = _stderr_logger(stderr_log, name) if stderr_log else None
-        self._env = env
+        self._stderr_log = _stderr_handler(stderr_log) if stderr_log else None
+        self._env = engine_environment(env)
         self._cwd = cwd
         self._on_stderr = on_stderr
         self._proc: asyncio.subprocess.Process | None = None
@@ -105,7 +121,7 @@ class EngineProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=STREAM_LIMIT,
-                preexec_fn=_child_setup,
+                preexec_fn=functools.partial(_child_setup, os.getpid()),
                 start_new_session=True,
                 env=self._env,
                 cwd=self._cwd,
@@ -147,7 +163,7 @@ class EngineProcess:
             line = raw.decode(errors="replace").rstrip("\r\n")
             self.stderr_tail.append(line)
             if self._stderr_log:
-                self._stderr_log.info(line)
+                self._stderr_log.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
             if self._on_stderr:
                 self._on_stderr(line)
             if self.ready_marker and self.ready_marker in line:
@@ -210,6 +226,8 @@ class EngineProcess:
         await self._finish_stderr()
         if self._stderr_task and not self._stderr_task.done():
             self._stderr_task.cancel()
+        if self._stderr_log:
+            self._stderr_log.close()
         return self._proc.returncode
 
     async def __aenter__(self) -> EngineProcess:

@@ -8,6 +8,7 @@ it lets the engine start at once, untuned, while a full tune can run later.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -130,13 +131,24 @@ def load_index() -> TuningIndex:
         return TuningIndex()  # a corrupt index only costs a re-prepare
 
 
-def save_index(index: TuningIndex) -> None:
+def _write_index(index: TuningIndex) -> None:
     path = index_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
     with os.fdopen(fd, "w") as fh:
         fh.write(index.model_dump_json(indent=2))
     os.replace(tmp, path)
+
+
+def record_entry(entry: TuningEntry) -> None:
+    """Add one entry to the index on disk: re-read under an exclusive lock, so concurrent
+    `prepare` and `config generate` runs never drop each other's entries."""
+    path = index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        index = load_index()
+        index.add(entry)
+        _write_index(index)
 
 
 def write_reference_file(device_name: str, engine_version: str) -> TuningEntry:

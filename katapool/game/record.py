@@ -68,9 +68,15 @@ def load_sgf(path: Path) -> GameRecord:
 
 def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
     try:
-        game = sgf.Sgf_game.from_bytes(data)
-    except ValueError as exc:
-        raise GameRecordError(f"{source}: not a readable SGF game ({exc})") from None
+        return _parse(data, source)
+    except GameRecordError:
+        raise
+    except (ValueError, KeyError, IndexError) as exc:
+        raise GameRecordError(f"{source}: not a readable SGF game ({exc or 'bad property value'})") from None
+
+
+def _parse(data: bytes, source: str) -> GameRecord:
+    game = sgf.Sgf_game.from_bytes(data)
     size = game.get_size()
     if size > 19:
         raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")
@@ -78,22 +84,30 @@ def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
     komi = game.get_komi()
     rules_prop = root.get("RU").strip().lower() if root.has_property("RU") else ""
     rules = _RULES.get(rules_prop, "japanese" if "japan" in rules_prop else "chinese")
-    black_setup, white_setup, _empty = root.get_setup_stones()
-    initial = [("B", to_gtp(p, size)) for p in sorted(black_setup)]
-    initial += [("W", to_gtp(p, size)) for p in sorted(white_setup)]
+    initial: list[tuple[str, str]] = []
     moves: list[tuple[str, str]] = []
-    try:
-        for node in game.get_main_sequence()[1:]:
-            colour, point = node.get_move()
-            if colour is None:
-                continue
+    to_play: str | None = None
+    for number, node in enumerate(game.get_main_sequence()):
+        black, white, empty = node.get_setup_stones()
+        if black or white or empty:
+            if moves:
+                raise GameRecordError(
+                    f"{source}: stones are added or removed after move {len(moves)} "
+                    f"(node {number}); KataGo's analysis takes setup only before the first move"
+                )
+            if empty:
+                raise GameRecordError(f"{source}: setup removes stones (AE), which KataGo cannot replay")
+            initial += [("B", to_gtp(p, size)) for p in sorted(black)]
+            initial += [("W", to_gtp(p, size)) for p in sorted(white)]
+        if not moves and node.has_property("PL"):
+            to_play = node.get("PL").upper()
+        colour, point = node.get_move()
+        if colour is not None:
             moves.append((colour.upper(), to_gtp(point, size)))
-    except ValueError as exc:
-        raise GameRecordError(f"{source}: bad move ({exc})") from None
-    first = moves[0][0] if moves else None
+    first = moves[0][0] if moves else to_play
     return GameRecord(
-        size=size, komi=float(komi), rules=rules, moves=moves, initial_stones=initial,
-        initial_player=first if initial else None,
+        size=size, komi=float(komi if komi is not None else 7.5), rules=rules, moves=moves,
+        initial_stones=initial, initial_player=first if (initial or to_play) else None,
         black=root.get("PB") if root.has_property("PB") else "Black",
         white=root.get("PW") if root.has_property("PW") else "White",
         result=root.get("RE") if root.has_property("RE") else None,

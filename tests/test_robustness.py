@@ -1,0 +1,182 @@
+"""Edge cases found in review: each once misbehaved (traceback, wrong config, lost data)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import stat
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import G170, SAMPLE_SGF, Katapool
+from katapool.config.build import build_config
+from katapool.config.generate import ConfigRequest, cuda_index, generate_settings
+from katapool.config.presets import load_preset
+from katapool.config.settings import Mode
+from katapool.devices.model import Device, DeviceKind, DeviceReport
+from katapool.engine.analysis import AnalysisEngine
+from katapool.engine.backend import Backend
+from katapool.engine.download import download
+from katapool.engine.install import _extract_zip
+from katapool.engine.probe import EngineInfo
+from katapool.errors import ConfigError, EngineTerminatedError, GameRecordError, InstallError
+from katapool.game.record import parse_sgf
+
+GPU_A = Device(DeviceKind.NVIDIA, 0, "NVIDIA GeForce RTX 3080", 10240, (8, 6))
+GPU_B = Device(DeviceKind.NVIDIA, 1, "NVIDIA GeForce RTX 3080", 10240, (8, 6))
+CPU = Device(DeviceKind.CPU, 0, "CPU", 8192, cores=4, is_cpu_like=True)
+
+
+# --- SGF ------------------------------------------------------------------------------------
+
+def test_setup_stones_outside_the_root_count() -> None:
+    record = parse_sgf(b"(;GM[1]SZ[19];AB[pd][dp];W[dd])")
+    assert record.initial_stones == [("B", "D4"), ("B", "Q16")]
+    assert record.query()["initialPlayer"] == "W"
+
+
+def test_move_in_the_root_node_counts() -> None:
+    assert parse_sgf(b"(;SZ[9]B[ee];W[cc])").moves == [("B", "E5"), ("W", "C7")]
+
+
+def test_player_to_move_without_moves() -> None:
+    assert parse_sgf(b"(;SZ[19]AB[pd][dp]PL[W])").initial_player == "W"
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"(;SZ[19]KM[abc];B[aa])", "not a readable SGF"),
+    (b"(;SZ[19]AB[zz])", "not a readable SGF"),
+    (b"(;SZ[19];B[aa];AB[bb])", "after move 1"),
+    (b"(;SZ[25];B[aa])", "larger than KataGo's 19"),
+])
+def test_bad_sgf_is_one_clear_error(data: bytes, needle: str) -> None:
+    with pytest.raises(GameRecordError, match=needle):
+        parse_sgf(data)
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def request(devices: list[Device], backend: Backend, **kw: object) -> ConfigRequest:
+    return ConfigRequest(mode=Mode.ANALYSIS, backend=backend, devices=devices,
+                         preset=load_preset("server"), ram_mib=16384, **kw)  # type: ignore[arg-type]
+
+
+def test_set_replaces_a_generated_key_instead_of_duplicating_it() -> None:
+    s = generate_settings(request([GPU_A], Backend.CUDA, overrides={"cudaUseFP16": "false"}))
+    keys = [k for k, _ in s.items()]
+    assert keys.count("cudaUseFP16") == 1 and dict(s.items())["cudaUseFP16"] == "false"
+
+
+def test_setting_for_the_other_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="numSearchThreads does not apply to analysis mode"):
+        generate_settings(request([GPU_A], Backend.CUDA, overrides={"numSearchThreads": "8"}))
+
+
+def test_identical_gpus_on_opencl_get_distinct_indices() -> None:
+    opencl = [Device(DeviceKind.OPENCL, i, "NVIDIA GeForce RTX 3080") for i in (0, 1)]
+    s = generate_settings(request([GPU_A, GPU_B], Backend.OPENCL, opencl_devices=opencl))
+    items = dict(s.items())
+    assert (items["openclDeviceToUseThread0"], items["openclDeviceToUseThread1"]) == ("0", "1")
+
+
+def test_cuda_visible_devices_renumbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert (cuda_index(0), cuda_index(1)) == (1, 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(ConfigError, match="hidden by CUDA_VISIBLE_DEVICES"):
+        cuda_index(0)
+
+
+def test_eigen_engine_uses_the_cpu_even_beside_a_gpu(isolated_env: Path) -> None:
+    info = EngineInfo(Path("/x/katago"), "1.18.1", Backend.EIGEN, None, "")
+    report = DeviceReport(nvidia=[GPU_A], cpu=CPU, ram_mib=8192)
+    built = build_config(mode=Mode.GTP, info=info, model=None, report=report)
+    assert built.devices == [CPU]
+    assert dict(built.settings.items())["numEigenThreadsPerModel"] == "4"
+    with pytest.raises(ConfigError, match="Eigen"):
+        build_config(mode=Mode.GTP, info=info, model=None, report=report, device_spec="gpu:0")
+
+
+# --- installs -------------------------------------------------------------------------------
+
+def test_zip_with_escaping_path_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../../escaped", "x")
+    with pytest.raises(InstallError, match="unsafe path"):
+        _extract_zip(archive, tmp_path / "dest")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_zip_keeps_executable_bits(tmp_path: Path) -> None:
+    archive = tmp_path / "ok.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("dist/katago")
+        info.external_attr = (stat.S_IFREG | 0o755) << 16
+        zf.writestr(info, "#!/bin/sh\n")
+    _extract_zip(archive, tmp_path / "dest")
+    assert (tmp_path / "dest" / "dist" / "katago").stat().st_mode & 0o111
+
+
+def test_bad_download_url(tmp_path: Path) -> None:
+    with pytest.raises(InstallError, match="bad download URL"):
+        download("example.com/no-scheme.zip", tmp_path / "x.zip", Console(file=io.StringIO()))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- engine output faults (a scripted fake: a real KataGo does not print garbage) -------------
+
+FAKE_GARBAGE_ENGINE = textwrap.dedent("""
+    # FAKE ENGINE for fault injection: prints non-object JSON before a valid answer.
+    import json, sys
+    print("Started, ready to begin handling requests", file=sys.stderr, flush=True)
+    for line in sys.stdin:
+        q = json.loads(line)
+        print("42"); print("[1, 2]"); print("not json", flush=True)
+        print(json.dumps({"id": q["id"], "isDuringSearch": False, "turnNumber": 0}), flush=True)
+        break
+""")
+
+
+def test_garbage_lines_do_not_kill_the_reader(tmp_path: Path) -> None:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_GARBAGE_ENGINE)
+
+    async def go() -> None:
+        engine = AnalysisEngine(Path(sys.executable), tmp_path / "unused.cfg", tmp_path / "m",
+                                extra_args=())
+        engine.process.argv = [sys.executable, str(script)]
+        async with engine:
+            [answer] = await engine.request({"id": "mine", "moves": []})
+            assert answer["id"] == "mine"
+            assert len(engine.orphans) == 3
+            await engine.process.wait()  # the fake exits after one query
+            with pytest.raises(EngineTerminatedError):
+                await engine.request({"id": "late", "moves": []})
+
+    asyncio.run(go())
+
+
+# --- CLI error paths --------------------------------------------------------------------------
+
+@pytest.mark.engine
+def test_unwritable_output_is_one_line(kp: Katapool) -> None:
+    proc = kp.run("config", "generate", "--mode", "gtp", "--model", str(G170),
+                  "-o", "/proc/katapool/x.cfg")
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+@pytest.mark.engine
+def test_closed_pipe_is_not_a_traceback(kp: Katapool) -> None:
+    proc = subprocess.run(
+        f"{sys.executable} -m katapool review {SAMPLE_SGF} --visits 1 --model {G170} --json | head -1",
+        shell=True, capture_output=True, text=True, env=kp.env, timeout=300)
+    assert len(proc.stdout.splitlines()) == 1 and '"move": 1' in proc.stdout
+    assert "Traceback" not in proc.stderr
