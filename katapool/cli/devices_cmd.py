@@ -57,7 +57,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         table.add_row("cpu", report.cpu.name, f"{report.ram_mib} MiB RAM", "",
                       f"{report.cpu.cores} cores")
     out.print(table)
-    if not report.nvidia and not report.opencl:
+    if not report.nvidia and all(d.is_cpu_like for d in report.opencl):
         out.print("No GPU found: KataGo will run on the CPU (Eigen, or OpenCL through PoCL).")
     for note in notes:
         out.print(f"[dim]{note}[/]")
