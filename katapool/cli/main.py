@@ -9,7 +9,14 @@ import sys
 from rich.text import Text
 
 from katapool import __version__
-from katapool.cli import config_cmd, devices_cmd, engine_cmd, prepare_cmd, review_cmd
+from katapool.cli import (
+    analysis_cmd,
+    config_cmd,
+    devices_cmd,
+    engine_cmd,
+    prepare_cmd,
+    review_cmd,
+)
 from katapool.cli.common import err
 from katapool.errors import KatapoolError
 
@@ -26,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.register(sub)
     prepare_cmd.register(sub)
     review_cmd.register(sub)
+    analysis_cmd.register(sub)
     return parser
 
 

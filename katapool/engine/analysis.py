@@ -21,7 +21,8 @@ _END = object()
 def expected_finals(query: dict[str, Any]) -> int:
     """How many final (``isDuringSearch: false``) responses a query produces."""
     turns = query.get("analyzeTurns")
-    return len(turns) if isinstance(turns, list) and turns else 1
+    # KataGo analyses each listed turn once, however often it is listed.
+    return len(set(turns)) if isinstance(turns, list) and turns else 1
 
 
 def is_final(response: dict[str, Any]) -> bool:

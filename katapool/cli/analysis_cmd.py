@@ -1,0 +1,198 @@
+"""``katapool analysis``: a drop-in for ``katago analysis`` that runs a pool.
+
+It takes ``katago analysis``'s own arguments, so a program that launches
+``<exe> analysis -model M -config C -override-config homeDataDir=...`` (KaTrain does) can
+launch katapool instead, unchanged. Stdout carries only protocol lines; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from katapool import paths
+from katapool.engine.discovery import resolve_engine, resolve_model
+from katapool.engine.probe import probe_version
+from katapool.errors import ConfigError
+from katapool.pool import Pool, PoolPolicy
+from katapool.pool.launch import LaunchSpec, build_factories
+
+READY_LINE = "Started, ready to begin handling requests"
+log = logging.getLogger("katapool")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "analysis", help="drop-in for `katago analysis`, running a pool of engines",
+        description="Reads KataGo analysis queries (JSON lines) on stdin and answers on stdout, "
+                    "like `katago analysis`, across a supervised pool of engines.")
+    # katago analysis's own arguments, spelled as KataGo spells them.
+    p.add_argument("-model", help="network .bin.gz (default: the engine's bundled network)")
+    p.add_argument("-human-model", dest="human_model", help="human SL network")
+    p.add_argument("-config", action="append", default=[], type=Path,
+                   help="KataGo config file(s); default: generated per device")
+    p.add_argument("-override-config", dest="override_config", action="append", default=[],
+                   help="KataGo overrides, key=value[,key=value]")
+    p.add_argument("-analysis-threads", dest="analysis_threads", type=int)
+    p.add_argument("-quit-without-waiting", dest="quit_without_waiting", action="store_true",
+                   help="at end of input, stop at once instead of finishing outstanding queries")
+    # katapool's own.
+    p.add_argument("--gpus", help="GPU indices, one member each: 0,1")
+    p.add_argument("--members", type=int, help="number of engine processes (default: one per GPU)")
+    p.add_argument("--katago", metavar="PATH", help="KataGo binary")
+    p.add_argument("--preset", default="server", help="preset for generated configs")
+    p.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                   help="pool policy setting, e.g. functional_deadline=30 (repeatable)")
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_analysis)
+
+
+def _policy(pairs: list[str]) -> PoolPolicy:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"bad --policy {pair!r}: expected key=value")
+        values[key.strip()] = value.strip()
+    try:
+        return PoolPolicy.model_validate(values)
+    except ValueError as exc:
+        raise ConfigError(f"bad --policy: {exc}".replace("\n", " ")) from None
+
+
+def cmd_analysis(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="katapool: %(levelname)s %(message)s")
+    policy = _policy(args.policy)
+    gpus = None
+    if args.gpus:
+        try:
+            gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
+        except ValueError:
+            raise ConfigError(f"--gpus {args.gpus!r}: expected indices such as 0,1") from None
+    members = args.members or (len(gpus) if gpus else 1)
+    if members < 1:
+        raise ConfigError(f"--members must be at least 1 (got {members})")
+    for cfg in args.config:
+        if not cfg.is_file():
+            raise ConfigError(f"-config {cfg}: no such file")
+    resolved = resolve_engine(args.katago)
+    info = probe_version(resolved.path)
+    model = resolve_model(args.model, resolved)
+    human = resolve_model(args.human_model) if args.human_model else None
+    spec = LaunchSpec(info=info, model=model, human_model=human, configs=args.config,
+                      overrides=args.override_config, analysis_threads=args.analysis_threads,
+                      gpus=gpus, members=members, preset=args.preset,
+                      start_timeout=policy.start_timeout)
+    with tempfile.TemporaryDirectory(dir=_run_root(), prefix="analysis-") as run_dir:
+        factories = build_factories(spec, Path(run_dir))
+        return asyncio.run(_serve(factories, policy, info.version, info.git_revision,
+                                  args.quit_without_waiting))
+
+
+def _run_root() -> Path:
+    root = paths.data_dir() / "run"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_hash: str | None,
+                 quit_without_waiting: bool) -> int:
+    loop = asyncio.get_running_loop()
+    out = _StdoutWriter()
+    pool = Pool(factories, policy, version=version, git_hash=git_hash)
+    session = pool.session(out.write)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    _start_stdin_reader(loop, lines)
+    try:
+        await pool.start()  # raises with every member's diagnosis if none can start
+        print(READY_LINE, file=sys.stderr, flush=True)
+        log.info("pool: %s", json.dumps(pool.status()))
+        while not stop.is_set():
+            getter = asyncio.ensure_future(lines.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            stopper.cancel()
+            line = getter.result()
+            if line is None:
+                break
+            if line.strip():
+                session.submit(line)
+        if not quit_without_waiting and not stop.is_set():
+            await pool.drain()  # like KataGo: finish outstanding work at end of input
+    finally:
+        await pool.close()
+        await out.close()
+    return 0
+
+
+def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
+    """Read stdin on a thread: it works for pipes, files and terminals alike, and a slow or
+    huge line never blocks the event loop that runs health checks."""
+    def run() -> None:
+        stream = sys.stdin.buffer
+        for raw in iter(stream.readline, b""):
+            loop.call_soon_threadsafe(lines.put_nowait, raw.decode("utf-8", errors="replace"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=run, name="stdin", daemon=True).start()
+
+
+class _StdoutWriter:
+    """Protocol lines to stdout from a writer thread, so a slow reader never stalls the pool."""
+
+    def __init__(self) -> None:
+        self._fd = sys.stdout.fileno()
+        self._thread_queue: list[bytes] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
+        self._thread.start()
+
+    def write(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        with self._cond:
+            self._thread_queue.append(data)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._thread_queue and not self._closed:
+                    self._cond.wait()
+                batch, self._thread_queue = self._thread_queue, []
+                closed = self._closed
+            if batch:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    self._write_all(b"".join(batch))
+            if closed and not batch:
+                return
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join, 30)

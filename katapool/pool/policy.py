@@ -1,0 +1,41 @@
+"""How a pool watches and restarts its members; every number is a setting."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PoolPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Health: three levels, each with its own interval and deadline (seconds).
+    alive_interval: float = Field(default=0.5, gt=0)
+    responsive_interval: float = Field(default=5.0, gt=0)
+    responsive_deadline: float = Field(default=10.0, gt=0)
+    functional_interval: float = Field(default=15.0, gt=0)
+    functional_deadline: float = Field(default=60.0, gt=0)
+    canary_board_size: int = Field(default=9, ge=7, le=19)
+
+    # Start-up: TensorRT builds take minutes.
+    start_timeout: float = Field(default=900.0, gt=0)
+
+    # Restarts: exponential backoff and a windowed crash budget.
+    backoff_initial: float = Field(default=0.25, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+    backoff_reset_after: float = Field(default=60.0, gt=0, description="healthy this long resets backoff")
+    crash_budget: int = Field(default=5, ge=1, description="deaths allowed within crash_window")
+    crash_window: float = Field(default=300.0, gt=0)
+
+    # Queries.
+    max_outstanding: int = Field(default=10_000, ge=1, description="queries in the pool before refusing")
+    query_deadline: float = Field(default=3600.0, gt=0, description="a final response overdue this long "
+                                  "gets the query terminated")
+    terminate_grace: float = Field(default=15.0, gt=0, description="a terminated query still silent "
+                                   "this long marks its member stuck")
+    quarantine_after: int = Field(default=3, ge=1, description="member deaths while a query was in "
+                                  "flight before it is refused as poison")
+    affinity_slack: float = Field(default=1.5, ge=1.0, description="how much busier than the least-"
+                                  "loaded member a game's member may be and still get its query")
+
+    # Shutdown.
+    stop_grace: float = Field(default=10.0, ge=0)

@@ -1,0 +1,378 @@
+"""Route analysis queries across the pool, and lose none of them.
+
+Every accepted query becomes a *flight*: its payload, the turns still owed a final response,
+and the member working on it. Callers' ids are kept exactly; on the wire to a member each
+attempt gets a unique internal id, so two callers (or one caller reusing an id) never collide
+and a dead member's late lines can never be mistaken for a live one's. When a member is lost,
+its flights' unfinished turns go to another member; finals already delivered are never sent
+twice, and partial results are only passed on when they are newer than what the caller saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from katapool.pool.policy import PoolPolicy
+from katapool.pool.supervisor import Slot, SlotState, Supervisor
+from katapool.protocol.analysis import (
+    BadRequest,
+    Request,
+    error_response,
+    is_final,
+    parse_request,
+    restrict_to_turns,
+)
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[dict[str, Any]], None]
+AFFINITY_MOVES = 12  # positions of one game share this opening prefix
+
+
+class Session:
+    """One caller (the stdio of `katapool analysis`, a daemon connection, …)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, router: Router, deliver: Deliver) -> None:
+        self.router = router
+        self.deliver = deliver
+        self.number = next(self._ids)
+        self.flights: set[Flight] = set()
+
+    def submit(self, line: str) -> None:
+        self.router.submit(self, line)
+
+    async def drained(self) -> None:
+        await self.router.wait_session_idle(self)
+
+
+@dataclass(eq=False)
+class Flight:
+    number: int
+    session: Session
+    request: Request
+    turns: set[int]
+    kind: str = "analysis"  # or "action" (query_models): done at its first answer
+    finals: set[int] = field(default_factory=set)
+    delivered_visits: dict[int, int] = field(default_factory=dict)
+    terminated: set[int] = field(default_factory=set)
+    slot: Slot | None = None
+    key: str | None = None
+    attempts: int = 0
+    deaths: int = 0
+    warned: bool = False
+    created: float = field(default_factory=time.monotonic)
+    overdue_at: float | None = None
+    cost: float = 0.0
+
+    @property
+    def client_id(self) -> str:
+        return self.request.id
+
+    def remaining(self) -> list[int]:
+        return sorted(self.turns - self.finals)
+
+
+class Router:
+    def __init__(self, policy: PoolPolicy, version: str, git_hash: str | None) -> None:
+        self.policy = policy
+        self.version = version
+        self.git_hash = git_hash or ""
+        self.supervisor: Supervisor | None = None
+        self.by_key: dict[str, Flight] = {}
+        self.waiting: deque[Flight] = deque()
+        self.outstanding = 0
+        self._numbers = itertools.count(1)
+        self._affinity: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._session_idle: dict[int, asyncio.Event] = {}
+        self._clears: dict[str, tuple[Session, dict[str, Any], set[int]]] = {}
+        self._failed_reason: str | None = None
+        self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "quarantined": 0,
+                      "duplicates_dropped": 0}
+
+    # --- callers ---------------------------------------------------------------------------
+
+    def submit(self, session: Session, line: str) -> None:
+        try:
+            request = parse_request(line.rstrip("\r\n"))
+        except BadRequest as exc:
+            self.stats["rejected"] += 1
+            session.deliver(exc.response)
+            return
+        if request.action is not None:
+            self._action(session, request)
+            return
+        if self.outstanding >= self.policy.max_outstanding:
+            self.stats["rejected"] += 1
+            session.deliver(error_response(
+                f"katapool is full: {self.outstanding} queries outstanding "
+                f"(max_outstanding {self.policy.max_outstanding}); send it again later",
+                request.id))
+            return
+        if self._failed_reason is not None:
+            session.deliver(error_response(f"no engine available: {self._failed_reason}", request.id))
+            return
+        flight = Flight(next(self._numbers), session, request, set(request.turns))
+        flight.cost = len(flight.turns) * request.visits
+        self._accept(flight)
+        self._dispatch(flight)
+
+    def _accept(self, flight: Flight) -> None:
+        self.stats["accepted"] += 1
+        self.outstanding += 1
+        flight.session.flights.add(flight)
+        self._idle.clear()
+        self._session_event(flight.session).clear()
+
+    def _session_event(self, session: Session) -> asyncio.Event:
+        event = self._session_idle.get(session.number)
+        if event is None:
+            event = self._session_idle[session.number] = asyncio.Event()
+            event.set()
+        return event
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def wait_session_idle(self, session: Session) -> None:
+        await self._session_event(session).wait()
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def _slots(self) -> list[Slot]:
+        return self.supervisor.slots if self.supervisor else []
+
+    def _affinity_key(self, flight: Flight) -> str:
+        raw = flight.request.raw
+        moves = raw.get("moves") or []
+        basis = [raw.get("boardXSize"), raw.get("boardYSize"), raw.get("rules"), raw.get("komi"),
+                 raw.get("initialStones"), moves[:AFFINITY_MOVES]]
+        return hashlib.blake2b(json.dumps(basis, sort_keys=True, default=str).encode(),
+                               digest_size=8).hexdigest()
+
+    def _choose(self, flight: Flight) -> Slot | None:
+        ready = [s for s in self._slots() if s.ready]
+        if not ready:
+            return None
+        least = min(ready, key=lambda s: s.load)
+        key = self._affinity_key(flight)
+        preferred = self._affinity.get(key)
+        if preferred is not None and flight.kind == "analysis":
+            slot = self._slots()[preferred]
+            # Same game, same member: its NN cache already holds these positions.
+            if slot.ready and slot.load <= least.load * self.policy.affinity_slack + flight.cost:
+                return slot
+        if flight.kind == "analysis":
+            self._affinity[key] = least.index
+            if len(self._affinity) > 100_000:
+                self._affinity.clear()
+        return least
+
+    def _dispatch(self, flight: Flight) -> None:
+        slot = self._choose(flight)
+        if slot is None:
+            self.waiting.append(flight)
+            return
+        flight.attempts += 1
+        flight.key = f"kp{flight.number}.{flight.attempts}"
+        self.by_key[flight.key] = flight
+        payload = dict(flight.request.raw)
+        if flight.kind == "analysis" and (flight.finals or flight.terminated or flight.attempts > 1):
+            payload = restrict_to_turns(payload, flight.remaining())
+        payload["id"] = flight.key
+        flight.slot = slot
+        flight.cost = len(flight.remaining()) * flight.request.visits
+        slot.load += flight.cost
+        slot.post(payload)
+
+    def _release(self, flight: Flight) -> None:
+        if flight.slot is not None:
+            flight.slot.load = max(0.0, flight.slot.load - flight.cost)
+            flight.slot = None
+        if flight.key is not None:
+            self.by_key.pop(flight.key, None)
+
+    def _finish(self, flight: Flight) -> None:
+        self._release(flight)
+        if flight in flight.session.flights:
+            flight.session.flights.discard(flight)
+            self.outstanding -= 1
+            if not flight.session.flights:
+                self._session_event(flight.session).set()
+            if self.outstanding == 0:
+                self._idle.set()
+
+    # --- member callbacks ------------------------------------------------------------------
+
+    def on_message(self, slot: Slot, msg: dict[str, Any]) -> None:
+        key = msg.get("id")
+        if isinstance(key, str) and key in self._clears:
+            self._clear_acked(key, slot.index)
+            return
+        flight = self.by_key.get(key) if isinstance(key, str) else None
+        if flight is None:
+            return  # an acknowledgement of katapool's own terminate, or a stale line
+        msg["id"] = flight.client_id
+        deliver = flight.session.deliver
+        if flight.kind == "action":
+            deliver(msg)
+            self._finish(flight)
+            return
+        if "error" in msg:
+            deliver(msg)
+            self._finish(flight)
+            return
+        turn = msg.get("turnNumber")
+        if not isinstance(turn, int):
+            if not flight.warned:  # warnings about the query come once, not per attempt
+                flight.warned = True
+                deliver(msg)
+            return
+        if is_final(msg):
+            if turn in flight.finals or turn not in flight.turns:
+                self.stats["duplicates_dropped"] += 1
+                return
+            flight.finals.add(turn)
+            share = flight.request.visits
+            flight.cost = max(0.0, flight.cost - share)
+            slot.load = max(0.0, slot.load - share)
+            deliver(msg)
+            if flight.finals >= flight.turns:
+                self._finish(flight)
+            return
+        visits = msg.get("rootInfo", {}).get("visits", 0)
+        if turn in flight.finals or visits <= flight.delivered_visits.get(turn, -1):
+            return  # a re-run turn's partial results start over: only newer ones go out
+        flight.delivered_visits[turn] = visits
+        deliver(msg)
+
+    def on_ready(self, slot: Slot) -> None:
+        self._failed_reason = None
+        waiting, self.waiting = self.waiting, deque()
+        for flight in waiting:
+            if flight in flight.session.flights:
+                self._dispatch(flight)
+
+    def on_lost(self, slot: Slot, reason: str) -> None:
+        lost = [f for f in self.by_key.values() if f.slot is slot]
+        for key in [k for k, (_, _, pending) in self._clears.items() if slot.index in pending]:
+            self._clear_acked(key, slot.index)
+        for flight in lost:
+            self._release(flight)
+            flight.deaths += 1
+            self.stats["rerouted"] += 1
+            if flight.deaths >= self.policy.quarantine_after:
+                self.stats["quarantined"] += 1
+                flight.session.deliver(error_response(
+                    f"query quarantined: {flight.deaths} engine members died while analysing it "
+                    f"(last: {reason})", flight.client_id))
+                self._finish(flight)
+                continue
+            self._settle_terminated(flight)
+            if flight.kind == "action" or flight.remaining():
+                self._dispatch(flight)
+            else:
+                self._finish(flight)
+
+    def on_failed(self, slot: Slot, reason: str) -> None:
+        if all(s.state is SlotState.FAILED for s in self._slots()):
+            self._failed_reason = reason
+            waiting, self.waiting = self.waiting, deque()
+            for flight in waiting:
+                flight.session.deliver(error_response(f"no engine available: {reason}",
+                                                      flight.client_id))
+                self._finish(flight)
+
+    # --- terminate and other actions ---------------------------------------------------------
+
+    def _settle_terminated(self, flight: Flight) -> None:
+        """Terminated turns that nobody is analysing any more end with ``noResults``."""
+        for turn in sorted(flight.terminated & (flight.turns - flight.finals)):
+            flight.finals.add(turn)
+            flight.session.deliver({"id": flight.client_id, "isDuringSearch": False,
+                                    "noResults": True, "turnNumber": turn})
+
+    def _terminate(self, flight: Flight, turns: list[int] | None) -> None:
+        wanted = set(turns) if turns is not None else set(flight.turns)
+        flight.terminated |= wanted & flight.turns
+        if flight.slot is not None and flight.key is not None:
+            msg: dict[str, Any] = {"id": f"{flight.key}-terminate", "action": "terminate",
+                                   "terminateId": flight.key}
+            if turns is not None:
+                msg["turnNumbers"] = turns
+            flight.slot.post(msg)
+            return
+        self._settle_terminated(flight)  # not yet sent anywhere: answer it here
+        if not flight.remaining():
+            if flight in self.waiting:
+                self.waiting.remove(flight)
+            self._finish(flight)
+
+    def _action(self, session: Session, request: Request) -> None:
+        raw = request.raw
+        action = request.action
+        if action == "query_version":
+            session.deliver({**raw, "version": self.version, "git_hash": self.git_hash})
+        elif action in ("terminate", "terminate_all"):
+            turns = raw.get("turnNumbers")
+            for flight in list(session.flights):
+                if flight.kind != "analysis":
+                    continue
+                if action == "terminate" and flight.client_id != raw["terminateId"]:
+                    continue
+                self._terminate(flight, turns)
+            session.deliver(dict(raw))
+        elif action == "clear_cache":
+            ready = [s for s in self._slots() if s.ready]
+            if not ready:
+                session.deliver(dict(raw))
+                return
+            key = f"kp-clear-{next(self._numbers)}"
+            self._clears[key] = (session, dict(raw), {s.index for s in ready})
+            for slot in ready:
+                slot.post({"id": key, "action": "clear_cache"})
+        elif action == "query_models":
+            flight = Flight(next(self._numbers), session, request, {0}, kind="action")
+            self._accept(flight)
+            self._dispatch(flight)
+
+    def _clear_acked(self, key: str, slot_index: int) -> None:
+        session, raw, pending = self._clears[key]
+        pending.discard(slot_index)
+        if not pending:
+            del self._clears[key]
+            session.deliver(raw)
+
+    # --- deadlines ---------------------------------------------------------------------------
+
+    async def watch_deadlines(self, interval: float = 1.0) -> None:
+        """Terminate queries overdue past the deadline; a member that still does not answer
+        after ``terminate_grace`` is stuck and gets replaced."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for flight in list(self.by_key.values()):
+                if flight.kind != "analysis" or flight.slot is None:
+                    continue
+                if flight.overdue_at is None and now - flight.created > self.policy.query_deadline:
+                    log.warning("query %s overdue after %.0f s: terminating it",
+                                flight.client_id, now - flight.created)
+                    flight.overdue_at = now
+                    self._terminate(flight, None)
+                elif flight.overdue_at is not None and \
+                        now - flight.overdue_at > self.policy.terminate_grace and self.supervisor:
+                    self.supervisor.mark_unhealthy(
+                        flight.slot, f"stuck: query {flight.client_id} still unanswered "
+                                     f"{self.policy.terminate_grace:g} s after terminate")

@@ -1,0 +1,308 @@
+"""Start, watch and restart pool members.
+
+Each member slot runs one lifecycle task: (backoff) → start (one slot at a time, so several
+members never build TensorRT engines at once) → serve until the member dies or fails a health
+check → report the loss → restart, unless its crash budget is spent or the cause is one a
+restart cannot fix. Health has three levels: *alive* (the process), *responsive*
+(``query_version`` answered) and *functional* (a 1-visit canary analysed, the only check that
+proves the network and search threads work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Protocol
+
+from katapool.errors import EngineTerminatedError
+from katapool.pool.member import Member, MemberStartError
+from katapool.pool.policy import PoolPolicy
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "katapool-health-"
+MemberFactory = Callable[[int, int], Member]  # (slot index, generation) -> a fresh member
+
+
+class SlotState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class SlotListener(Protocol):
+    def on_ready(self, slot: Slot) -> None: ...
+    def on_lost(self, slot: Slot, reason: str) -> None: ...
+    def on_failed(self, slot: Slot, reason: str) -> None: ...
+    def on_message(self, slot: Slot, message: dict[str, Any]) -> None: ...
+
+
+class Slot:
+    """One place in the pool; its member is replaced on every restart."""
+
+    def __init__(self, index: int, factory: MemberFactory) -> None:
+        self.index = index
+        self.factory = factory
+        self.name = f"member-{index}"
+        self.state = SlotState.STARTING
+        self.member: Member | None = None
+        self.generation = 0
+        self.deaths: deque[float] = deque()
+        self.last_cause: str | None = None
+        self.ready_since: float | None = None
+        self.last_analysis_output = 0.0
+        self.load = 0.0  # outstanding turns weighted by visits (kept by the router)
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.unhealthy: asyncio.Event = asyncio.Event()
+        self.unhealthy_reason = ""
+        self.restarts = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state is SlotState.READY
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the current member, in order; dropped if it dies first."""
+        self.outbox.put_nowait(message)
+
+    def status(self) -> dict[str, Any]:
+        member = self.member
+        return {"name": self.name, "state": self.state.value, "restarts": self.restarts,
+                "load": round(self.load, 1), "last_cause": self.last_cause,
+                "pid": getattr(member, "pid", None)}
+
+
+class Supervisor:
+    def __init__(self, factories: list[MemberFactory], policy: PoolPolicy,
+                 listener: SlotListener) -> None:
+        self.policy = policy
+        self.listener = listener
+        self.slots = [Slot(i, f) for i, f in enumerate(factories)]
+        self._start_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probes: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._probe_ids = itertools.count(1)
+        self._closing = False
+        self.changed = asyncio.Condition()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._lifecycle(s), name=s.name) for s in self.slots]
+
+    async def wait_until_any_ready(self) -> bool:
+        """True once a member is ready; False if every member has failed."""
+        async with self.changed:
+            await self.changed.wait_for(
+                lambda: any(s.ready for s in self.slots)
+                or all(s.state is SlotState.FAILED for s in self.slots))
+        return any(s.ready for s in self.slots)
+
+    async def wait_until_all_settled(self) -> None:
+        """Until no member is starting (each is ready or has failed)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: all(
+                s.state in (SlotState.READY, SlotState.FAILED) for s in self.slots))
+
+    def mark_unhealthy(self, slot: Slot, reason: str) -> None:
+        if slot.ready and not slot.unhealthy.is_set():
+            slot.unhealthy_reason = reason
+            slot.unhealthy.set()
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _backoff(self, slot: Slot) -> float:
+        recent = len(slot.deaths)
+        if recent == 0:
+            return 0.0
+        return float(min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (recent - 1)))
+
+    def _record_death(self, slot: Slot, cause: str) -> bool:
+        """Count a death; True if the slot may restart."""
+        now = time.monotonic()
+        if slot.ready_since is not None and now - slot.ready_since > self.policy.backoff_reset_after:
+            slot.deaths.clear()  # it ran well for a while: start the backoff over
+        slot.deaths.append(now)
+        while slot.deaths and now - slot.deaths[0] > self.policy.crash_window:
+            slot.deaths.popleft()
+        slot.last_cause = cause
+        return len(slot.deaths) <= self.policy.crash_budget
+
+    async def _fail(self, slot: Slot, reason: str) -> None:
+        slot.state = SlotState.FAILED
+        slot.last_cause = reason
+        log.error("%s failed for good: %s", slot.name, reason)
+        self.listener.on_failed(slot, reason)
+        await self._notify()
+
+    async def _lifecycle(self, slot: Slot) -> None:
+        while not self._closing:
+            delay = self._backoff(slot)
+            if delay:
+                slot.state = SlotState.RESTARTING
+                await asyncio.sleep(delay)
+            slot.generation += 1
+            member = slot.factory(slot.index, slot.generation)
+            slot.state = SlotState.STARTING
+            slot.member = member  # so that close() can stop it even while it starts
+            await self._notify()
+            try:
+                async with self._start_lock:
+                    if self._closing:
+                        return
+                    await member.start()
+            except MemberStartError as exc:
+                slot.member = None
+                with contextlib.suppress(Exception):
+                    await member.kill()
+                if exc.permanent:
+                    await self._fail(slot, exc.cause)
+                    return
+                if not self._record_death(slot, exc.cause):
+                    await self._fail(slot, f"failed to start {len(slot.deaths)} times within "
+                                           f"{self.policy.crash_window:.0f} s; last: {exc.cause}")
+                    return
+                continue
+            slot.state = SlotState.READY
+            slot.ready_since = time.monotonic()
+            slot.last_analysis_output = time.monotonic()
+            slot.unhealthy.clear()
+            slot.outbox = asyncio.Queue()
+            log.info("%s ready (generation %d)", slot.name, slot.generation)
+            self.listener.on_ready(slot)
+            await self._notify()
+            reason = await self._serve(slot, member)
+            if self._closing:
+                return
+            slot.state = SlotState.RESTARTING
+            slot.restarts += 1
+            with contextlib.suppress(Exception):
+                await member.kill()
+            if reason is None:
+                reason = f"died: {member.describe_failure()}"
+            log.warning("%s lost: %s", slot.name, reason)
+            self.listener.on_lost(slot, reason)
+            slot.member = None
+            await self._notify()
+            if not self._record_death(slot, reason):
+                await self._fail(slot, f"crashed {len(slot.deaths)} times within "
+                                       f"{self.policy.crash_window:.0f} s; last: {reason}")
+                return
+
+    async def _serve(self, slot: Slot, member: Member) -> str | None:
+        """Run the member until it is gone; the reason, or None if it simply died."""
+        tasks = {
+            asyncio.create_task(self._read(slot, member)): "reader",
+            asyncio.create_task(self._write(slot, member)): "writer",
+            asyncio.create_task(self._alive(member)): "alive",
+            asyncio.create_task(self._responsive(slot, member)): "responsive",
+            asyncio.create_task(self._functional(slot, member)): "functional",
+            asyncio.create_task(slot.unhealthy.wait()): "unhealthy",
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        finished = next(iter(done))
+        kind = tasks[finished]
+        if kind == "unhealthy":
+            return slot.unhealthy_reason
+        if finished.cancelled() or finished.exception() is not None:
+            return None
+        result = finished.result()
+        return result if isinstance(result, str) else None
+
+    async def _read(self, slot: Slot, member: Member) -> None:
+        while True:
+            msg = await member.receive()
+            if msg is None:
+                return
+            rid = msg.get("id")
+            if isinstance(rid, str) and rid.startswith(HEALTH_PREFIX):
+                if "turnNumber" in msg:
+                    slot.last_analysis_output = time.monotonic()
+                fut = self._probes.pop(rid, None)
+                if fut is not None and not fut.done() and (
+                        "turnNumber" not in msg or msg.get("isDuringSearch") is False):
+                    fut.set_result(msg)
+                elif fut is not None and not fut.done():
+                    self._probes[rid] = fut  # a partial canary result: keep waiting
+                continue
+            if "turnNumber" in msg:
+                slot.last_analysis_output = time.monotonic()
+            self.listener.on_message(slot, msg)
+
+    async def _write(self, slot: Slot, member: Member) -> None:
+        outbox = slot.outbox
+        while True:
+            msg = await outbox.get()
+            try:
+                await member.send(msg)
+            except EngineTerminatedError:
+                return
+
+    async def _alive(self, member: Member) -> str:
+        while member.alive:
+            await asyncio.sleep(self.policy.alive_interval)
+        return f"died: {member.describe_failure()}"
+
+    async def _probe(self, slot: Slot, message: dict[str, Any], deadline: float) -> bool:
+        rid = f"{HEALTH_PREFIX}{slot.index}-{next(self._probe_ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._probes[rid] = fut
+        slot.post({**message, "id": rid})
+        try:
+            await asyncio.wait_for(fut, deadline)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._probes.pop(rid, None)
+
+    async def _responsive(self, slot: Slot, member: Member) -> str:
+        while True:
+            await asyncio.sleep(self.policy.responsive_interval)
+            if not await self._probe(slot, {"action": "query_version"},
+                                     self.policy.responsive_deadline):
+                return (f"unresponsive: query_version not answered within "
+                        f"{self.policy.responsive_deadline:g} s")
+
+    async def _functional(self, slot: Slot, member: Member) -> str:
+        size = self.policy.canary_board_size
+        canary = {"moves": [], "rules": "tromp-taylor", "komi": 7.5, "boardXSize": size,
+                  "boardYSize": size, "maxVisits": 1, "priority": 1 << 61}
+        while True:
+            await asyncio.sleep(self.policy.functional_interval)
+            sent = time.monotonic()
+            if await self._probe(slot, canary, self.policy.functional_deadline):
+                continue
+            # A canary queued behind long searches is fine while analysis keeps coming out.
+            if slot.last_analysis_output < sent:
+                return (f"not functional: a 1-visit canary got no answer and no analysis came "
+                        f"out within {self.policy.functional_deadline:g} s")
+
+    async def close(self, grace: float) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        members = [s.member for s in self.slots if s.member is not None]
+        await asyncio.gather(*(m.stop(grace) for m in members), return_exceptions=True)
+        for slot in self.slots:
+            if slot.state is not SlotState.FAILED:  # keep the verdict for status reports
+                slot.state = SlotState.STOPPED
+            slot.member = None

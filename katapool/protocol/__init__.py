@@ -1,0 +1,1 @@
+"""KataGo's wire protocols as katapool reads and writes them (analysis JSON lines)."""
