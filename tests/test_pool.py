@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pool_helpers import Collector, make_pool, member_pids, wait_for
 
 from conftest import Katapool
 from katapool.errors import EngineStartError
 from katapool.pool import PoolPolicy
 from katapool.pool.supervisor import SlotState
-from pool_helpers import Collector, make_pool, member_pids, wait_for
 
 pytestmark = pytest.mark.engine
 
