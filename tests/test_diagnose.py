@@ -20,7 +20,8 @@ def test_bad_config_key_and_fallbacks() -> None:
     missing_key = "what():  Could not find key 'logAllGTPCommunication' in config"
     assert diagnose(missing_key, -6).startswith("bad config")
     assert diagnose("", 127).startswith("exit 127")
-    assert diagnose("", -9) == "killed by signal 9"
+    assert diagnose("", -9) == "killed by SIGKILL"
+    assert diagnose("Started, ready to begin handling requests", -9) == "killed by SIGKILL"
     assert "something exploded" in diagnose("starting\nfatal: something exploded", 1)
 
 

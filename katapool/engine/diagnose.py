@@ -7,6 +7,7 @@ ready, so a broken install is reported with its cause instead of restarted forev
 from __future__ import annotations
 
 import re
+import signal
 
 _MISSING_LIB = re.compile(r"error while loading shared libraries: ([^:\s]+)")
 
@@ -81,13 +82,20 @@ def diagnose(output: str, returncode: int | None = None) -> str:
     if detail:
         return f"engine failed: {detail}"
     if returncode is not None and returncode < 0:
-        return f"killed by signal {-returncode}"
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    if lines and returncode not in (None, 0):
+        return f"engine exited with code {returncode} (last output: {lines[-1][:200]})"
     return f"engine exited with code {returncode}" if returncode is not None else "engine failed"
 
 
 def _last_error_line(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for line in reversed(lines):
-        if re.search(r"error|what\(\)|exception|failed|abort", line, re.I):
+        if re.search(r"error|what\(\)|exception|failed|abort|fatal", line, re.I):
             return line[:300]
-    return lines[-1][:300] if lines else ""
+    return ""

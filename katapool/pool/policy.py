@@ -14,6 +14,9 @@ class PoolPolicy(BaseModel):
     responsive_deadline: float = Field(default=10.0, gt=0)
     functional_interval: float = Field(default=15.0, gt=0)
     functional_deadline: float = Field(default=60.0, gt=0)
+    heartbeat_every: float = Field(default=5.0, gt=0, description="members report searches in "
+                                   "progress this often, so a long search proves itself alive; "
+                                   "callers only see the partial results they asked for")
     canary_board_size: int = Field(default=9, ge=7, le=19)
 
     # Start-up: TensorRT builds take minutes.

@@ -74,6 +74,9 @@ class Flight:
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
     cost: float = 0.0
+    wants_partials: bool = False
+    partial_every: float = 0.0
+    last_partial: dict[int, float] = field(default_factory=dict)
 
     @property
     def client_id(self) -> str:
@@ -126,6 +129,10 @@ class Router:
             return
         flight = Flight(next(self._numbers), session, request, set(request.turns))
         flight.cost = len(flight.turns) * request.visits
+        every = request.raw.get("reportDuringSearchEvery")
+        if isinstance(every, (int, float)) and not isinstance(every, bool):
+            flight.wants_partials = True
+            flight.partial_every = float(every)
         self._accept(flight)
         self._dispatch(flight)
 
@@ -192,6 +199,11 @@ class Router:
         if flight.kind == "analysis" and (flight.finals or flight.terminated or flight.attempts > 1):
             payload = restrict_to_turns(payload, flight.remaining())
         payload["id"] = flight.key
+        if flight.kind == "analysis":
+            every = payload.get("reportDuringSearchEvery")
+            heartbeat = self.policy.heartbeat_every
+            if not isinstance(every, (int, float)) or isinstance(every, bool) or every > heartbeat:
+                payload["reportDuringSearchEvery"] = heartbeat
         flight.slot = slot
         flight.cost = len(flight.remaining()) * flight.request.visits
         slot.load += flight.cost
@@ -252,9 +264,15 @@ class Router:
             if flight.finals >= flight.turns:
                 self._finish(flight)
             return
+        if not flight.wants_partials:
+            return  # a heartbeat katapool asked for, not the caller
         visits = msg.get("rootInfo", {}).get("visits", 0)
         if turn in flight.finals or visits <= flight.delivered_visits.get(turn, -1):
             return  # a re-run turn's partial results start over: only newer ones go out
+        now = time.monotonic()
+        if now - flight.last_partial.get(turn, 0.0) < 0.9 * flight.partial_every:
+            return  # heartbeats come faster than the caller asked for
+        flight.last_partial[turn] = now
         flight.delivered_visits[turn] = visits
         deliver(msg)
 
