@@ -1,0 +1,138 @@
+"""`katapool analysis` as a drop-in for `katago analysis`, driven the way KaTrain drives it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CACHE, G170, Katapool
+
+pytestmark = pytest.mark.engine
+
+WHEEL = CACHE / "test-downloads" / "downloads" / "katrain-1.20.0-py3-none-any.whl"
+MOVES = [["B", "Q16"], ["W", "D4"], ["B", "Q4"], ["W", "D16"], ["B", "R10"]]
+
+
+def katrain_query(n: int, turn: int) -> dict[str, Any]:
+    """Shaped like KaTrain's engine wrapper's requests."""
+    return {"id": f"QUERY:{n}", "rules": "japanese", "priority": n % 3, "analyzeTurns": [turn],
+            "maxVisits": 8, "komi": 6.5, "boardXSize": 19, "boardYSize": 19,
+            "includeOwnership": True, "includeMovesOwnership": False, "includePolicy": True,
+            "initialStones": [], "initialPlayer": "B", "moves": MOVES[:turn],
+            "overrideSettings": {"reportAnalysisWinratesAs": "BLACK", "wideRootNoise": 0.0}}
+
+
+def shape(value: Any) -> Any:
+    """The structure of a response without its numbers: keys, list lengths, element shapes."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        if value and isinstance(value[0], (int, float)):
+            return f"list[{len(value)}] of numbers"
+        return [shape(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.fixture(scope="module")
+def katrain_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """KaTrain's own analysis config, from the KaTrain wheel the engine came from."""
+    path = tmp_path_factory.mktemp("katrain") / "analysis_config.cfg"
+    with zipfile.ZipFile(WHEEL) as zf:
+        path.write_bytes(zf.read("katrain/KataGo/analysis_config.cfg"))
+    return path
+
+
+def run_lines(argv: list[str], lines: list[str], env: dict[str, str], timeout: float = 300
+              ) -> tuple[list[dict[str, Any]], str, float]:
+    began = time.monotonic()
+    proc = subprocess.run(argv, input="".join(ln + "\n" for ln in lines), capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = [json.loads(ln) for ln in proc.stdout.splitlines()]  # stdout is protocol only
+    return out, proc.stderr, time.monotonic() - began
+
+
+def test_drop_in_for_katrain(kp: Katapool, katago: Path, katrain_config: Path,
+                             tmp_path: Path) -> None:
+    queries = [json.dumps(katrain_query(n, turn)) for n, turn in enumerate([0, 2, 5, 3, 5, 1])]
+    # KaTrain's exact launch: <exe> analysis -model M -config C -override-config homeDataDir=...
+    ours, stderr, seconds = run_lines(
+        [sys.executable, "-m", "katapool", "analysis", "-model", str(G170), "-config",
+         str(katrain_config), "-override-config", f"homeDataDir={tmp_path / 'katrain-home'}"],
+        queries, kp.env)
+    assert "Started, ready to begin handling requests" in stderr
+    assert seconds < 120, "katapool must not re-tune OpenCL in the app's private homeDataDir"
+
+    tuning = next((kp.data_dir / "tuning").glob("reference-*.txt"))
+    theirs, _, _ = run_lines(
+        [str(katago), "analysis", "-model", str(G170), "-config", str(katrain_config),
+         "-override-config", f"homeDataDir={tmp_path / 'plain-home'}",
+         "-override-config", f"openclTunerFile={tuning}"],
+        queries, kp.env)
+
+    assert sorted(r["id"] for r in ours) == sorted(r["id"] for r in theirs)
+    by_id = {r["id"]: r for r in theirs}
+    for mine in ours:
+        assert shape(mine) == shape(by_id[mine["id"]]), mine["id"]
+        assert mine["turnNumber"] == by_id[mine["id"]]["turnNumber"]
+        assert len(mine["ownership"]) == 361 and len(mine["policy"]) == 362
+
+
+def test_end_of_input_drains_outstanding_work(kp: Katapool) -> None:
+    lines = [json.dumps({**katrain_query(n, 5), "analyzeTurns": [0, 1, 2, 3, 4, 5]})
+             for n in range(4)]
+    out, _, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                           "--members", "2"], lines, kp.env)
+    finals = [(r["id"], r["turnNumber"]) for r in out if r.get("isDuringSearch") is False]
+    assert sorted(finals) == sorted((f"QUERY:{n}", t) for n in range(4) for t in range(6))
+
+
+def test_quit_without_waiting(kp: Katapool) -> None:
+    long = {**katrain_query(0, 5), "maxVisits": 1_000_000}
+    out, _, seconds = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                                 "-quit-without-waiting"], [json.dumps(long)], kp.env)
+    assert seconds < 60
+    assert all(r.get("id") == "QUERY:0" for r in out)
+
+
+def test_bad_lines_get_katago_errors_on_stdout(kp: Katapool) -> None:
+    lines = ["{oops", json.dumps({"id": "a", "action": "nope"}),
+             json.dumps({"id": "b", "moves": [["B", "Q16"]], "analyzeTurns": [7]}),
+             json.dumps(katrain_query(1, 1))]
+    out, _, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
+                          lines, kp.env)
+    assert "could not parse input line as json" in out[0]["error"]
+    errors = {r.get("id"): r for r in out if "error" in r}
+    assert errors["a"]["field"] == "action"
+    assert errors["b"]["field"] == "analyzeTurns"
+    assert any(r.get("id") == "QUERY:1" and r.get("isDuringSearch") is False for r in out)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--gpus", "zero"], "--gpus"),
+    (["-config", "/nonexistent.cfg"], "-config /nonexistent.cfg: no such file"),
+    (["-model", "/nonexistent.bin.gz"], "model not found"),
+    (["--policy", "crash_budget=-1"], "crash_budget"),
+])
+def test_bad_arguments_are_one_line(kp: Katapool, args: list[str], needle: str) -> None:
+    extra = [] if "-model" in args else ["-model", str(G170)]
+    proc = kp.run("analysis", *extra, *args)
+    assert proc.returncode != 0 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_no_member_can_start(kp: Katapool, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("numAnalysisThreads = 1\nnumSearchThreadsPerAnalysisThread = 1\n"
+                   "nnMaxBatchSize = many\n")
+    proc = kp.run("analysis", "-model", str(G170), "-config", str(bad))
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "no pool member could start" in proc.stderr and "nnMaxBatchSize" in proc.stderr
