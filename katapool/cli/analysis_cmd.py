@@ -17,12 +17,14 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from katapool import paths
 from katapool.engine.discovery import resolve_engine, resolve_model
 from katapool.engine.probe import probe_version
+from katapool.engine.process import STREAM_LIMIT
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories
@@ -110,32 +112,22 @@ def _run_root() -> Path:
 async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_hash: str | None,
                  quit_without_waiting: bool) -> int:
     loop = asyncio.get_running_loop()
-    out = _StdoutWriter()
+    out = await _open_stdout(loop)
     pool = Pool(factories, policy, version=version, git_hash=git_hash)
     session = pool.session(out.write)
-    stop = asyncio.Event()
+    stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopped.set)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    _start_stdin_reader(loop, lines)
     try:
         await pool.start()  # raises with every member's diagnosis if none can start
         print(READY_LINE, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
-        while not stop.is_set():
-            getter = asyncio.ensure_future(lines.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
-            stopper.cancel()
-            line = getter.result()
-            if line is None:
-                break
-            if line.strip():
-                session.submit(line)
-        if not quit_without_waiting and not stop.is_set():
+        end_of_input = await _start_stdin_reader(loop, lines, session.submit)
+        await asyncio.wait(
+            {asyncio.ensure_future(end_of_input.wait()), asyncio.ensure_future(stopped.wait())},
+            return_when=asyncio.FIRST_COMPLETED)
+        if not quit_without_waiting and not stopped.is_set():
             await pool.drain()  # like KataGo: finish outstanding work at end of input
     finally:
         await pool.close()
@@ -143,9 +135,48 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
     return 0
 
 
-def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
-    """Read stdin on a thread: it works for pipes, files and terminals alike, and a slow or
-    huge line never blocks the event loop that runs health checks."""
+async def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None],
+                             submit: Callable[[str], None]) -> asyncio.Event:
+    """Feed stdin lines to ``submit``; the event is set at end of input. Stdin is read as an
+    asyncio pipe (no thread hop per line), or on a thread where it is not a pipe."""
+    end = asyncio.Event()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
+    except (ValueError, OSError):
+        _start_stdin_thread(loop, lines)
+
+        async def drain_queue() -> None:
+            while (line := await lines.get()) is not None:
+                if line.strip():
+                    submit(line)
+            end.set()
+
+        _background.add(asyncio.create_task(drain_queue()))
+        return end
+
+    async def pump() -> None:
+        while True:
+            try:
+                raw = await reader.readline()
+            except ValueError:  # a line beyond the limit: answered as unparseable
+                submit("{")
+                continue
+            if not raw:
+                end.set()
+                return
+            if raw.strip():
+                submit(raw.decode("utf-8", errors="replace"))
+
+    _background.add(asyncio.create_task(pump()))
+    return end
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _start_stdin_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
     def run() -> None:
         stream = sys.stdin.buffer
         for raw in iter(stream.readline, b""):
@@ -153,6 +184,34 @@ def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[st
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
     threading.Thread(target=run, name="stdin", daemon=True).start()
+
+
+async def _open_stdout(loop: asyncio.AbstractEventLoop) -> _PipeWriter | _StdoutWriter:
+    """Stdout as a non-blocking asyncio pipe (written at once, buffered if the reader is slow);
+    a writer thread where stdout is a regular file."""
+    try:
+        transport, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0))
+    except (ValueError, OSError):
+        return _StdoutWriter()
+    return _PipeWriter(transport)
+
+
+class _PipeWriter:
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+
+    def write(self, message: dict[str, Any]) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def close(self) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while self.transport.get_write_buffer_size() and not self.transport.is_closing() \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        self.transport.close()
 
 
 class _StdoutWriter:

@@ -183,6 +183,12 @@ class EngineProcess:
         except (BrokenPipeError, ConnectionResetError):
             raise EngineTerminatedError(f"{self.name} closed its input (it died)") from None
 
+    def write_nowait(self, line: str) -> None:
+        """Queue a line on the pipe without waiting for it to drain; ignored once dead."""
+        if self.alive and self._proc is not None and self._proc.stdin is not None \
+                and not self._proc.stdin.is_closing():
+            self._proc.stdin.write(line.encode() + b"\n")
+
     async def read_line(self) -> str | None:
         """The next stdout line, or None at end of output (the process exited)."""
         assert self._proc is not None and self._proc.stdout is not None

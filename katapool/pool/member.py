@@ -104,6 +104,11 @@ class LocalMember:
             raise EngineTerminatedError(f"{self.name} was never started")
         await self.process.send_line(json.dumps(message, separators=(",", ":")))
 
+    def send_nowait(self, message: dict[str, Any]) -> None:
+        """Write without waiting (the pipe buffers); a dead member's input is dropped."""
+        if self.process is not None:
+            self.process.write_nowait(json.dumps(message, separators=(",", ":")))
+
     async def receive(self) -> dict[str, Any] | None:
         if self.process is None:
             return None

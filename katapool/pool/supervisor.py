@@ -70,8 +70,13 @@ class Slot:
         return self.state is SlotState.READY
 
     def post(self, message: dict[str, Any]) -> None:
-        """Queue a message for the current member, in order; dropped if it dies first."""
-        self.outbox.put_nowait(message)
+        """Send a message to the current member, in order; dropped if it dies first.
+        Members that can write without waiting (local pipes) get it at once."""
+        send_now = getattr(self.member, "send_nowait", None)
+        if send_now is not None and self.outbox.empty() and self.state is SlotState.READY:
+            send_now(message)
+        else:
+            self.outbox.put_nowait(message)
 
     def status(self) -> dict[str, Any]:
         member = self.member
