@@ -120,7 +120,9 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
         loop.add_signal_handler(sig, stopped.set)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     try:
-        await pool.start()  # raises with every member's diagnosis if none can start
+        # Like KataGo, announce readiness once every member is ready (or has failed), so
+        # that the first burst of queries spreads over the whole pool.
+        await pool.start(wait="all")
         print(READY_LINE, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
         end_of_input = await _start_stdin_reader(loop, lines, session.submit)

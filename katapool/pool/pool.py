@@ -40,6 +40,10 @@ class Pool:
             raise EngineStartError(f"no pool member could start ({causes})")
         if wait == "all":
             await self.supervisor.wait_until_all_settled()
+            if not any(s.ready for s in self.supervisor.slots):
+                causes = "; ".join(f"{s.name}: {s.last_cause}" for s in self.supervisor.slots)
+                await self.close()
+                raise EngineStartError(f"no pool member could start ({causes})")
 
     def session(self, deliver: Deliver) -> Session:
         return Session(self.router, deliver)
