@@ -36,6 +36,10 @@ def test_unknown_fields_pass_through() -> None:
     ('{"id":"a","moves":"Q16"}', "moves", "array of [player,location]"),
     ('{"id":"a","moves":[],"analyzeTurns":[1]}', "analyzeTurns", "Invalid turn number: 1"),
     ('{"id":"a","moves":[],"analyzeTurns":["0"]}', "analyzeTurns", "array of integers"),
+    ('{"id":"a","moves":[],"analyzeTurns":[]}', "analyzeTurns", "analyzeTurns is empty"),
+    ('{"id":"a","moves":[],"komi":NaN}', None, "NaN is not a number JSON allows"),
+    ('{"id":"a","moves":[],"komi":1e400}', None, "1e400 is not a number JSON allows"),
+    ('{"id":"v","action":"query_version","x":-Infinity}', None, "-Infinity is not a number"),
 ])
 def test_errors_in_katago_format(line: str, field: str | None, message: str) -> None:
     response = bad(line)

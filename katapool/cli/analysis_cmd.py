@@ -122,19 +122,34 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
     try:
         # Like KataGo, announce readiness once every member is ready (or has failed), so
         # that the first burst of queries spreads over the whole pool.
-        await pool.start(wait="all")
+        if not await _unless_stopped(pool.start(wait="all"), stopped):
+            return 130
         print(READY_LINE, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
         end_of_input = await _start_stdin_reader(loop, lines, session.submit)
-        await asyncio.wait(
-            {asyncio.ensure_future(end_of_input.wait()), asyncio.ensure_future(stopped.wait())},
-            return_when=asyncio.FIRST_COMPLETED)
+        await _unless_stopped(end_of_input.wait(), stopped)
         if not quit_without_waiting and not stopped.is_set():
-            await pool.drain()  # like KataGo: finish outstanding work at end of input
+            # Like KataGo: finish outstanding work at end of input (a signal cuts it short).
+            await _unless_stopped(pool.drain(), stopped)
     finally:
         await pool.close()
         await out.close()
     return 0
+
+
+async def _unless_stopped(work: Any, stopped: asyncio.Event) -> bool:
+    """Run ``work`` unless a stop signal comes first; True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stopped.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()  # re-raise its error, if any
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None],

@@ -126,8 +126,12 @@ class EngineProcess:
                 env=self._env,
                 cwd=self._cwd,
             )
-        except OSError as exc:
-            raise EngineStartError(f"could not start {self.argv[0]}: {exc.strerror or exc}") from None
+        except FileNotFoundError:
+            raise EngineStartError(f"{self.argv[0]} does not exist") from None
+        except PermissionError:
+            raise EngineStartError(f"{self.argv[0]} is not executable") from None
+        except OSError as exc:  # EAGAIN, ENOMEM, EMFILE: may pass, so worth a retry
+            raise EngineStartError(f"could not spawn {self.argv[0]}: {exc.strerror or exc}") from None
         self.started_at = time.monotonic()
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"{self.name}-stderr")
         if self.ready_marker is None:

@@ -35,7 +35,7 @@ class MemberStartError(KatapoolError):
 # Failures that a restart cannot fix: report them instead of restarting forever.
 _PERMANENT = ("missing shared library", "bad config", "network file could not be loaded",
               "no OpenCL platform", "no OpenCL device", "needs FUSE", "exit 127",
-              "not executable", "does not exist", "could not start")
+              "not executable", "does not exist")
 
 
 def is_permanent(cause: str) -> bool:

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class Flight:
     cost: float = 0.0
     wants_partials: bool = False
     partial_every: float = 0.0
+    first_partial_after: float = 0.0
     last_partial: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -97,6 +99,8 @@ class Router:
         self.outstanding = 0
         self._numbers = itertools.count(1)
         self._affinity: dict[str, int] = {}
+        self._on_slot: dict[int, int] = {}  # flights per slot
+        self._solo: dict[int, Flight] = {}  # slot -> the suspect running alone on it
         self._idle = asyncio.Event()
         self._idle.set()
         self._session_idle: dict[int, asyncio.Event] = {}
@@ -114,8 +118,8 @@ class Router:
             self.stats["rejected"] += 1
             session.deliver(exc.response)
             return
-        if request.action is not None:
-            self._action(session, request)
+        if request.action in ("query_version", "terminate", "terminate_all"):
+            self._action(session, request)  # answered here, at once
             return
         if self.outstanding >= self.policy.max_outstanding:
             self.stats["rejected"] += 1
@@ -127,12 +131,18 @@ class Router:
         if self._failed_reason is not None:
             session.deliver(error_response(f"no engine available: {self._failed_reason}", request.id))
             return
+        if request.action is not None:
+            self._action(session, request)
+            return
         flight = Flight(next(self._numbers), session, request, set(request.turns))
         flight.cost = len(flight.turns) * request.visits
         every = request.raw.get("reportDuringSearchEvery")
-        if isinstance(every, (int, float)) and not isinstance(every, bool):
+        if isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
             flight.wants_partials = True
             flight.partial_every = float(every)
+        first = request.raw.get("firstReportDuringSearchAfter")
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            flight.first_partial_after = float(first)
         self._accept(flight)
         self._dispatch(flight)
 
@@ -169,8 +179,16 @@ class Router:
         return hashlib.blake2b(json.dumps(basis, sort_keys=True, default=str).encode(),
                                digest_size=8).hexdigest()
 
+    def _suspect(self, flight: Flight) -> bool:
+        """Present at two member deaths: from now on it runs alone, so that a death can be
+        blamed on it (and only on it) before it is quarantined."""
+        return flight.deaths >= 2
+
     def _choose(self, flight: Flight) -> Slot | None:
-        ready = [s for s in self._slots() if s.ready]
+        if self._suspect(flight):
+            idle = [s for s in self._slots() if s.ready and not self._on_slot.get(s.index)]
+            return idle[0] if idle else None
+        ready = [s for s in self._slots() if s.ready and s.index not in self._solo]
         if not ready:
             return None
         least = min(ready, key=lambda s: s.load)
@@ -200,19 +218,34 @@ class Router:
             payload = restrict_to_turns(payload, flight.remaining())
         payload["id"] = flight.key
         if flight.kind == "analysis":
-            every = payload.get("reportDuringSearchEvery")
             heartbeat = self.policy.heartbeat_every
-            if not isinstance(every, (int, float)) or isinstance(every, bool) or every > heartbeat:
+            if flight.partial_every > heartbeat:
+                # A divisor of the caller's interval, so its reports still land on time.
+                payload["reportDuringSearchEvery"] = flight.partial_every / math.ceil(
+                    flight.partial_every / heartbeat)
+            elif not flight.wants_partials:
                 payload["reportDuringSearchEvery"] = heartbeat
+            first = payload.get("firstReportDuringSearchAfter")
+            if isinstance(first, (int, float)) and first > heartbeat:
+                payload["firstReportDuringSearchAfter"] = heartbeat
         flight.slot = slot
+        self._on_slot[slot.index] = self._on_slot.get(slot.index, 0) + 1
+        if self._suspect(flight):
+            self._solo[slot.index] = flight
         flight.cost = len(flight.remaining()) * flight.request.visits
         slot.load += flight.cost
         slot.post(payload)
 
     def _release(self, flight: Flight) -> None:
         if flight.slot is not None:
+            index = flight.slot.index
             flight.slot.load = max(0.0, flight.slot.load - flight.cost)
+            self._on_slot[index] = max(0, self._on_slot.get(index, 0) - 1)
+            if self._solo.get(index) is flight:
+                del self._solo[index]
             flight.slot = None
+            if self.waiting and not self._on_slot[index]:
+                asyncio.get_running_loop().call_soon(self._pump_waiting)
         if flight.key is not None:
             self.by_key.pop(flight.key, None)
 
@@ -272,26 +305,33 @@ class Router:
         now = time.monotonic()
         if now - flight.last_partial.get(turn, 0.0) < 0.9 * flight.partial_every:
             return  # heartbeats come faster than the caller asked for
+        if flight.first_partial_after and now - flight.created < 0.9 * flight.first_partial_after:
+            return
         flight.last_partial[turn] = now
         flight.delivered_visits[turn] = visits
         deliver(msg)
 
     def on_ready(self, slot: Slot) -> None:
         self._failed_reason = None
+        self._pump_waiting()
+
+    def _pump_waiting(self) -> None:
         waiting, self.waiting = self.waiting, deque()
         for flight in waiting:
-            if flight in flight.session.flights:
+            if flight in flight.session.flights and flight.slot is None:
                 self._dispatch(flight)
 
     def on_lost(self, slot: Slot, reason: str) -> None:
         lost = [f for f in self.by_key.values() if f.slot is slot]
+        solo = self._solo.get(slot.index)
         for key in [k for k, (_, _, pending) in self._clears.items() if slot.index in pending]:
             self._clear_acked(key, slot.index)
         for flight in lost:
             self._release(flight)
             flight.deaths += 1
             self.stats["rerouted"] += 1
-            if flight.deaths >= self.policy.quarantine_after:
+            # Only a death while it ran alone proves a query guilty.
+            if flight is solo and flight.deaths >= self.policy.quarantine_after:
                 self.stats["quarantined"] += 1
                 flight.session.deliver(error_response(
                     f"query quarantined: {flight.deaths} engine members died while analysing it "
@@ -359,6 +399,8 @@ class Router:
                 return
             key = f"kp-clear-{next(self._numbers)}"
             self._clears[key] = (session, dict(raw), {s.index for s in ready})
+            self.outstanding += 1  # the acknowledgement is owed: end of input waits for it
+            self._idle.clear()
             for slot in ready:
                 slot.post({"id": key, "action": "clear_cache"})
         elif action == "query_models":
@@ -372,6 +414,9 @@ class Router:
         if not pending:
             del self._clears[key]
             session.deliver(raw)
+            self.outstanding -= 1
+            if self.outstanding == 0:
+                self._idle.set()
 
     # --- deadlines ---------------------------------------------------------------------------
 
@@ -382,6 +427,11 @@ class Router:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for flight in list(self.by_key.values()):
+                if flight.kind == "action" and now - flight.created > self.policy.responsive_deadline * 3:
+                    flight.session.deliver(error_response(
+                        f"{flight.request.action} got no answer from the engine", flight.client_id))
+                    self._finish(flight)
+                    continue
                 if flight.kind != "analysis" or flight.slot is None:
                     continue
                 if flight.overdue_at is None and now - flight.created > self.policy.query_deadline:

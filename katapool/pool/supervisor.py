@@ -145,8 +145,16 @@ class Supervisor:
         slot.state = SlotState.FAILED
         slot.last_cause = reason
         log.error("%s failed for good: %s", slot.name, reason)
-        self.listener.on_failed(slot, reason)
+        self._tell(self.listener.on_failed, slot, reason)
         await self._notify()
+
+    @staticmethod
+    def _tell(callback: Callable[..., None], *args: Any) -> None:
+        """A listener's bug must not end a slot's lifecycle (and strand its queries)."""
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("pool listener %s failed", getattr(callback, "__name__", callback))
 
     async def _lifecycle(self, slot: Slot) -> None:
         while not self._closing:
@@ -176,13 +184,19 @@ class Supervisor:
                                            f"{self.policy.crash_window:.0f} s; last: {exc.cause}")
                     return
                 continue
+            except Exception as exc:  # a bug or an OS failure outside the engine: report it
+                slot.member = None
+                with contextlib.suppress(Exception):
+                    await member.kill()
+                await self._fail(slot, f"could not start: {exc.__class__.__name__}: {exc}")
+                return
             slot.state = SlotState.READY
             slot.ready_since = time.monotonic()
             slot.last_analysis_output = time.monotonic()
             slot.unhealthy.clear()
             slot.outbox = asyncio.Queue()
             log.info("%s ready (generation %d)", slot.name, slot.generation)
-            self.listener.on_ready(slot)
+            self._tell(self.listener.on_ready, slot)
             await self._notify()
             reason = await self._serve(slot, member)
             if self._closing:
@@ -194,7 +208,7 @@ class Supervisor:
             if reason is None:
                 reason = f"died: {member.describe_failure()}"
             log.warning("%s lost: %s", slot.name, reason)
-            self.listener.on_lost(slot, reason)
+            self._tell(self.listener.on_lost, slot, reason)
             slot.member = None
             await self._notify()
             if not self._record_death(slot, reason):
@@ -214,6 +228,7 @@ class Supervisor:
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            slot.state = SlotState.RESTARTING  # no new work for it from here on
         finally:
             for task in tasks:
                 task.cancel()
@@ -247,7 +262,7 @@ class Supervisor:
                 continue
             if "turnNumber" in msg:
                 slot.last_analysis_output = time.monotonic()
-            self.listener.on_message(slot, msg)
+            self._tell(self.listener.on_message, slot, msg)
 
     async def _write(self, slot: Slot, member: Member) -> None:
         outbox = slot.outbox

@@ -9,6 +9,7 @@ pass through untouched: KataGo warns about them itself.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,21 @@ class BadRequest(Exception):
         self.response = response
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
 def _int_list(value: Any) -> list[int] | None:
     if not isinstance(value, list):
         return None
@@ -59,7 +75,11 @@ def _int_list(value: Any) -> list[int] | None:
 def parse_request(line: str) -> Request:
     """Parse one caller line, or raise :class:`BadRequest` holding KataGo's error reply."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise BadRequest(error_response(
+            f"{exc} is not a number JSON allows - could not parse input line as json request: "
+            f"{line[:200]}")) from None
     except json.JSONDecodeError as exc:
         raise BadRequest(error_response(
             f"{exc.msg} at column {exc.colno} - could not parse input line as json request: "
@@ -97,6 +117,10 @@ def parse_request(line: str) -> Request:
         bad = [t for t in turns if not 0 <= t <= len(moves)]
         if bad:
             raise BadRequest(error_response(f"Invalid turn number: {bad[0]}", rid, "analyzeTurns"))
+        if not turns:
+            # KataGo silently analyses nothing; an explicit answer is kinder than silence.
+            raise BadRequest(error_response("analyzeTurns is empty: nothing to analyze",
+                                            rid, "analyzeTurns"))
         unique = sorted(set(turns))
     else:
         unique = [len(moves)]

@@ -1,0 +1,209 @@
+"""Router and supervisor logic with in-process scripted members.
+
+FAKE MEMBERS, named as such: these cases need faults no real engine produces on demand (a
+query that kills every member it reaches, a member that never becomes ready, a member that
+fails to start every time). Everything a real engine can show is tested on KataGo itself in
+test_pool.py and test_chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pool_helpers import Collector, wait_for
+
+from katapool.pool import Pool, PoolPolicy
+from katapool.pool.member import MemberStartError
+from katapool.pool.supervisor import SlotState
+
+
+class ScriptedMember:
+    """FAKE: answers every turn at once; dies on any query carrying "poison"."""
+
+    def __init__(self, name: str, start_delay: float = 0.0, fail_start: str | None = None) -> None:
+        self.name = name
+        self.start_delay = start_delay
+        self.fail_start = fail_start
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._alive = False
+        self.received: list[dict[str, Any]] = []
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.start_delay)
+        if self.fail_start:
+            raise MemberStartError(self.fail_start, permanent="bad config" in self.fail_start)
+        self._alive = True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.received.append(message)
+        if not self._alive:
+            return
+        if message.get("poison"):
+            self._alive = False
+            self._queue.put_nowait(None)
+            return
+        action = message.get("action")
+        if action == "query_version":
+            self._queue.put_nowait({**message, "version": "fake", "git_hash": "fake"})
+        elif action is not None:
+            self._queue.put_nowait(dict(message))
+        else:
+            turns = message.get("analyzeTurns") or [len(message["moves"])]
+            for t in sorted(set(turns)):
+                self._queue.put_nowait({"id": message["id"], "isDuringSearch": False,
+                                        "turnNumber": t, "rootInfo": {"visits": 1}})
+
+    async def receive(self) -> dict[str, Any] | None:
+        return await self._queue.get()
+
+    async def stop(self, grace: float) -> None:
+        await self.kill()
+
+    async def kill(self) -> None:
+        if self._alive:
+            self._alive = False
+            self._queue.put_nowait(None)
+
+    def describe_failure(self) -> str:
+        return "fake member died"
+
+
+def q(qid: str, **extra: object) -> str:
+    return json.dumps({"id": qid, "moves": [["B", "Q16"]], "analyzeTurns": [0, 1], **extra})
+
+
+FAST = PoolPolicy(backoff_initial=0.01, backoff_max=0.05, responsive_interval=3600,
+                  functional_interval=3600, crash_budget=50)
+
+
+def test_poison_query_is_quarantined_and_others_are_served() -> None:
+    async def go() -> tuple[Collector, int]:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember(f"m{i}") for _ in range(2)],
+                    FAST.model_copy(update={"quarantine_after": 3}))
+        async with pool:
+            s = pool.session(c)
+            s.submit(q("poison", poison=True))
+            for i in range(5):
+                s.submit(q(f"ok{i}"))
+            await asyncio.wait_for(pool.drain(), 10)
+            return c, sum(slot.restarts for slot in pool.supervisor.slots)
+
+    c, restarts = asyncio.run(go())
+    [err] = c.by_id["poison"]
+    assert "quarantined" in err["error"] and "3 engine members died" in err["error"]
+    assert restarts == 3
+    for i in range(5):
+        assert sorted(m["turnNumber"] for m in c.finals(f"ok{i}")) == [0, 1]
+
+
+def test_queries_wait_for_a_member_and_terminate_works_while_waiting() -> None:
+    async def go() -> Collector:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember("slow", start_delay=0.5)], FAST)
+        await pool.start(wait="none")
+        s = pool.session(c)
+        s.submit(q("early"))
+        s.submit(q("cancelled"))
+        s.submit('{"id":"t","action":"terminate","terminateId":"cancelled"}')
+        assert [m["turnNumber"] for m in c.by_id["cancelled"]] == [0, 1]  # answered at once
+        assert all(m.get("noResults") for m in c.by_id["cancelled"])
+        await asyncio.wait_for(pool.drain(), 10)
+        await pool.close()
+        return c
+
+    c = asyncio.run(go())
+    assert sorted(m["turnNumber"] for m in c.finals("early")) == [0, 1]
+    assert c.by_id["t"] == [{"id": "t", "action": "terminate", "terminateId": "cancelled"}]
+
+
+def test_terminate_is_scoped_to_the_callers_session() -> None:
+    async def go() -> tuple[Collector, Collector]:
+        a, b = Collector(), Collector()
+        pool = Pool([lambda i, g: ScriptedMember("slow", start_delay=0.3)], FAST)
+        await pool.start(wait="none")
+        sa, sb = pool.session(a), pool.session(b)
+        sa.submit(q("same"))
+        sb.submit(q("same"))
+        sb.submit('{"id":"t","action":"terminate_all"}')
+        await asyncio.wait_for(pool.drain(), 10)
+        await pool.close()
+        return a, b
+
+    a, b = asyncio.run(go())
+    assert not any(m.get("noResults") for m in a.finals("same"))
+    assert all(m.get("noResults") for m in b.finals("same"))
+
+
+def test_all_members_failing_answers_with_the_cause() -> None:
+    async def go() -> Collector:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember("broken", fail_start="bad config: no key X")],
+                    FAST)
+        await pool.start(wait="none")
+        s = pool.session(c)
+        s.submit(q("waiting"))
+        await wait_for(lambda: "waiting" in c.by_id, 5, "an answer")
+        s.submit(q("late"))
+        assert pool.supervisor.slots[0].state is SlotState.FAILED
+        await pool.close()
+        return c
+
+    c = asyncio.run(go())
+    for qid in ("waiting", "late"):
+        [err] = c.by_id[qid]
+        assert err["error"] == "no engine available: bad config: no key X"
+
+
+def test_crash_budget_stops_a_flapping_member() -> None:
+    async def go() -> tuple[SlotState, str | None, int]:
+        pool = Pool([lambda i, g: ScriptedMember("flaky", fail_start="out of memory")],
+                    FAST.model_copy(update={"crash_budget": 3}))
+        await pool.start(wait="none")
+        await pool.supervisor.wait_until_all_settled()
+        slot = pool.supervisor.slots[0]
+        await pool.close()
+        return slot.state, slot.last_cause, slot.generation
+
+    state, cause, generation = asyncio.run(go())
+    assert state is SlotState.FAILED and generation == 4
+    assert cause is not None and "4 times" in cause and "out of memory" in cause
+
+
+def test_clear_cache_is_acknowledged_before_the_pool_drains() -> None:
+    async def go() -> Collector:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember(f"m{i}") for _ in range(2)], FAST)
+        async with pool:
+            await pool.supervisor.wait_until_all_settled()
+            pool.session(c).submit('{"id":"c","action":"clear_cache"}')
+            await asyncio.wait_for(pool.drain(), 5)
+        return c
+
+    assert asyncio.run(go()).by_id["c"] == [{"id": "c", "action": "clear_cache"}]
+
+
+def test_actions_when_no_engine_is_left() -> None:
+    async def go() -> Collector:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember("broken", fail_start="bad config: X")], FAST)
+        await pool.start(wait="none")
+        await pool.supervisor.wait_until_all_settled()
+        s = pool.session(c)
+        for line in ['{"id":"m","action":"query_models"}', '{"id":"c","action":"clear_cache"}',
+                     '{"id":"v","action":"query_version"}']:
+            s.submit(line)
+        await asyncio.wait_for(pool.drain(), 5)
+        await pool.close()
+        return c
+
+    c = asyncio.run(go())
+    assert c.by_id["m"][0]["error"] == "no engine available: bad config: X"
+    assert c.by_id["c"][0]["error"] == "no engine available: bad config: X"
+    assert c.by_id["v"][0]["version"] == ""  # answered by katapool itself
