@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pool_helpers import Collector, make_pool, member_pids
+from pool_helpers import Collector, make_pool, member_pids, wait_for
 from test_pool import pool_env  # noqa: F401  (fixture)
 
 from conftest import SHARED
@@ -86,16 +86,15 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
             await pool.supervisor.wait_until_all_settled()
             sessions = [pool.session(c) for c in sessions_out]
 
-            async def killer() -> None:
+            async def kill_one() -> None:
+                """SIGKILL a random member while both are up and work is in flight."""
                 nonlocal kills
-                while kills < KILLS:
-                    await asyncio.sleep(rng.uniform(1.0, 3.0))
-                    pids = member_pids(pool)
-                    seen_pids.update(pids)
-                    if len(pids) < 2 or pool.router.outstanding == 0:
-                        continue
-                    os.kill(rng.choice(pids), signal.SIGKILL)
-                    kills += 1
+                await wait_for(lambda: len(member_pids(pool)) == 2, 60, "both members up")
+                await asyncio.sleep(rng.uniform(0.1, 0.8))
+                pids = member_pids(pool)
+                seen_pids.update(pids)
+                os.kill(rng.choice(pids), signal.SIGKILL)
+                kills += 1
 
             async def terminate_later(session_index: int, qid: str, delay: float,
                                       turns: list[int] | None) -> None:
@@ -105,7 +104,7 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
                     msg["turnNumbers"] = turns
                 sessions[session_index].submit(json.dumps(msg))
 
-            kill_task = asyncio.create_task(killer())
+            kill_after_batch = {1, 4, 7, 10, 13}  # of 15 batches of 20: kills spread over the run
             pending = []
             for n, (q, terminate, _) in enumerate(plan):
                 s = n % 3
@@ -116,10 +115,11 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
                     pending.append(asyncio.create_task(
                         terminate_later(s, str(q["id"]), terminate[0], terminate[1])))
                 if n % 20 == 19:
-                    await asyncio.sleep(0.5)
+                    if n // 20 in kill_after_batch:
+                        await kill_one()
+                    await asyncio.sleep(0.3)
                     seen_pids.update(member_pids(pool))
             await asyncio.gather(*pending)
-            await asyncio.wait_for(kill_task, 300)
             await asyncio.wait_for(pool.drain(), 600)
             seen_pids.update(member_pids(pool))
         return sessions_out, kills
