@@ -136,3 +136,59 @@ def test_no_member_can_start(kp: Katapool, tmp_path: Path) -> None:
     proc = kp.run("analysis", "-model", str(G170), "-config", str(bad))
     assert proc.returncode != 0 and proc.stdout == ""
     assert "no pool member could start" in proc.stderr and "nnMaxBatchSize" in proc.stderr
+
+
+def _start(kp: Katapool, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=kp.env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "ready to begin handling requests" in line:
+            return proc
+    raise AssertionError(f"katapool analysis did not start: {proc.wait()}")
+
+
+def _engines_of(pid: int) -> list[int]:
+    import psutil
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)
+            if "analysis" in " ".join(c.cmdline()) and "katapool" not in " ".join(c.cmdline())]
+
+
+def _gone(pids: list[int], within: float) -> bool:
+    import psutil
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_stops_cleanly(kp: Katapool) -> None:
+    proc = _start(kp, "--members", "2")
+    engines = _engines_of(proc.pid)
+    assert len(engines) == 2
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({**katrain_query(0, 5), "maxVisits": 1_000_000}) + "\n")
+    proc.stdin.flush()
+    time.sleep(1)
+    proc.terminate()
+    assert proc.wait(30) == 0
+    assert _gone(engines, 10), "engines outlived katapool"
+
+
+def test_engines_die_with_a_sigkilled_katapool(kp: Katapool) -> None:
+    proc = _start(kp, "--members", "2")
+    engines = _engines_of(proc.pid)
+    assert len(engines) == 2
+    proc.kill()
+    proc.wait(10)
+    assert _gone(engines, 10), "engines outlived a SIGKILLed katapool"
