@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -192,3 +194,99 @@ def test_engines_die_with_a_sigkilled_katapool(kp: Katapool) -> None:
     proc.kill()
     proc.wait(10)
     assert _gone(engines, 10), "engines outlived a SIGKILLed katapool"
+
+
+class KaTrainLikeClient:
+    """Talks the way KaTrain's engine wrapper does: one process, a stdout reader thread, a
+    stderr reader thread that treats `what()` / `Uncaught exception` as engine failure, and
+    queries written as they come, with stdin left open."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        import threading
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.responses: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+        assert self.ready.wait(120), "never ready"
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.responses.append(json.loads(line))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if "ready to begin handling requests" in line:
+                self.ready.set()
+
+    def send(self, query: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(query) + "\n")
+        self.proc.stdin.flush()
+
+    def finals(self, qid: str) -> list[dict[str, Any]]:
+        return [r for r in self.responses if r.get("id") == qid and r.get("isDuringSearch") is False]
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    @property
+    def engine_failed(self) -> bool:
+        return any("what()" in ln or "Uncaught exception" in ln for ln in self.stderr)
+
+
+def test_katrain_session_survives_a_member_crash(kp: Katapool, katrain_config: Path,
+                                                 tmp_path: Path) -> None:
+    client = KaTrainLikeClient(
+        [sys.executable, "-m", "katapool", "analysis", "-model", str(G170), "-config",
+         str(katrain_config), "-override-config", f"homeDataDir={tmp_path / 'home'}",
+         "--members", "2"], kp.env)
+    for n in range(6):
+        client.send(katrain_query(n, n % 6))
+    client.wait(lambda: all(client.finals(f"QUERY:{n}") for n in range(6)), 120, "first answers")
+
+    ponder = {**katrain_query(100, 5), "maxVisits": 10_000_000, "reportDuringSearchEvery": 0.3}
+    client.send(ponder)
+    client.wait(lambda: sum(r.get("id") == "QUERY:100" for r in client.responses) >= 2, 60,
+                "pondering results")
+    [victim, *_] = _engines_of(client.proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    for n in range(6, 10):
+        client.send(katrain_query(n, n % 6))
+    client.wait(lambda: all(client.finals(f"QUERY:{n}") for n in range(6, 10)), 120,
+                "answers after the crash")
+    client.send({"id": "QUERY:101", "action": "terminate", "terminateId": "QUERY:100"})
+    client.wait(lambda: client.finals("QUERY:100"), 60, "the ponder's final result")
+    assert client.proc.stdin is not None
+    client.proc.stdin.close()
+    assert client.proc.wait(60) == 0
+    for n in list(range(10)) + [100]:
+        assert len(client.finals(f"QUERY:{n}")) == 1, n
+    assert not client.engine_failed, "".join(client.stderr)
+    assert any("lost" in ln for ln in client.stderr), "the crash is logged, in neutral words"
+
+
+def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
+    import io
+    import logging
+
+    from katapool.cli.analysis_cmd import _QuietForGuis
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_QuietForGuis())
+    logger = logging.getLogger("katapool.test.quiet")
+    logger.addHandler(handler)
+    logger.warning("%s lost: %s", "member-0",
+                   "engine failed: what():  CUDA error; Uncaught exception in thread")
+    text = stream.getvalue()
+    assert "what()" not in text and "Uncaught exception" not in text
+    assert "member-0 lost: engine failed: engine said:  CUDA error" in text

@@ -60,6 +60,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_analysis)
 
 
+class _QuietForGuis(logging.Filter):
+    """GUIs read an engine's stderr: KaTrain reports "KataGo Engine Failed" on any line with
+    `what()` or `Uncaught exception`. A member katapool restarts on its own is not a failure
+    of the engine the GUI sees, so those words never reach stderr (the full text is in the
+    member's log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        cleaned = text.replace("what():", "engine said:").replace("what()", "engine said")
+        cleaned = cleaned.replace("Uncaught exception", "uncaught error")
+        if cleaned != text:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def _policy(pairs: list[str]) -> PoolPolicy:
     values: dict[str, Any] = {}
     for pair in pairs:
@@ -74,8 +89,10 @@ def _policy(pairs: list[str]) -> PoolPolicy:
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="katapool: %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("katapool: %(levelname)s %(message)s"))
+    handler.addFilter(_QuietForGuis())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     policy = _policy(args.policy)
     gpus = None
     if args.gpus:

@@ -31,8 +31,11 @@ class PoolPolicy(BaseModel):
 
     # Queries.
     max_outstanding: int = Field(default=10_000, ge=1, description="queries in the pool before refusing")
-    query_deadline: float = Field(default=3600.0, gt=0, description="a final response overdue this long "
-                                  "gets the query terminated")
+    query_deadline: float | None = Field(default=None, gt=0, description="if set, any query "
+                                         "still unfinished this long is terminated")
+    deadline_grace: float = Field(default=60.0, gt=0, description="a query with a time limit "
+                                  "(overrideSettings.maxTime) is overdue this long after "
+                                  "maxTime x its turns")
     terminate_grace: float = Field(default=15.0, gt=0, description="a terminated query still silent "
                                    "this long marks its member stuck")
     quarantine_after: int = Field(default=3, ge=1, description="member deaths while a query was in "

@@ -74,6 +74,7 @@ class Flight:
     warned: bool = False
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
+    deadline: float | None = None  # monotonic time after which it is overdue
     cost: float = 0.0
     wants_partials: bool = False
     partial_every: float = 0.0
@@ -136,6 +137,7 @@ class Router:
             return
         flight = Flight(next(self._numbers), session, request, set(request.turns))
         flight.cost = len(flight.turns) * request.visits
+        flight.deadline = self._deadline_for(flight)
         every = request.raw.get("reportDuringSearchEvery")
         if isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
             flight.wants_partials = True
@@ -145,6 +147,18 @@ class Router:
             flight.first_partial_after = float(first)
         self._accept(flight)
         self._dispatch(flight)
+
+    def _deadline_for(self, flight: Flight) -> float | None:
+        """A query's own deadline: from its time limit, if it has one (a pondering query
+        without one may run for hours, as it would on KataGo); else the policy's, if set."""
+        limits = []
+        settings = flight.request.raw.get("overrideSettings")
+        max_time = settings.get("maxTime") if isinstance(settings, dict) else None
+        if isinstance(max_time, (int, float)) and not isinstance(max_time, bool) and max_time > 0:
+            limits.append(max_time * len(flight.turns) + self.policy.deadline_grace)
+        if self.policy.query_deadline is not None:
+            limits.append(self.policy.query_deadline)
+        return flight.created + min(limits) if limits else None
 
     def _accept(self, flight: Flight) -> None:
         self.stats["accepted"] += 1
@@ -434,7 +448,8 @@ class Router:
                     continue
                 if flight.kind != "analysis" or flight.slot is None:
                     continue
-                if flight.overdue_at is None and now - flight.created > self.policy.query_deadline:
+                if flight.overdue_at is None and flight.deadline is not None \
+                        and now > flight.deadline:
                     log.warning("query %s overdue after %.0f s: terminating it",
                                 flight.client_id, now - flight.created)
                     flight.overdue_at = now
