@@ -65,6 +65,7 @@ def test_actions_and_bad_lines_keep_the_pool_serving(pool_env: Path, tmp_path: P
                          '{"id":"m","action":"query_models"}',
                          '{"id":"c","action":"clear_cache"}',
                          query("bad-move", moves=[["B", "Q16"], ["W", "Q16"]]),
+                         query("odd-field", [5], someFutureField=1),
                          query("ok", [5])]:
                 s.submit(line)
             await pool.drain()
@@ -80,6 +81,10 @@ def test_actions_and_bad_lines_keep_the_pool_serving(pool_env: Path, tmp_path: P
     assert c.by_id["c"] == [{"id": "c", "action": "clear_cache"}]  # acknowledged once
     assert c.errors("bad-move") and "Illegal" in c.errors("bad-move")[0]["error"]
     assert [m["turnNumber"] for m in c.finals("ok")] == [5]
+    # Unknown fields reach the engine, which warns (once, under the caller's id) and answers.
+    warnings = [m for m in c.by_id["odd-field"] if "warning" in m]
+    assert len(warnings) == 1 and warnings[0]["field"] == "someFutureField"
+    assert [m["turnNumber"] for m in c.finals("odd-field")] == [5]
 
 
 def test_terminate_ends_every_turn_once(pool_env: Path, tmp_path: Path) -> None:
