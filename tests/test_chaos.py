@@ -54,7 +54,9 @@ def build_queries(rng: random.Random) -> list[tuple[dict[str, object], Terminate
         kind = rng.random()
         turns = [length]
         if kind < 0.45:
-            turns = sorted(rng.sample(range(length + 1), rng.randint(2, 5)))
+            # Mostly a few turns; some long enough to be split over both members.
+            count = rng.randint(8, 14) if kind < 0.1 else rng.randint(2, 5)
+            turns = sorted(rng.sample(range(length + 1), min(count, length + 1)))
             q["analyzeTurns"] = turns
             if rng.random() < 0.5:
                 q["priorities"] = [rng.randint(-5, 5) for _ in turns]

@@ -207,3 +207,66 @@ def test_actions_when_no_engine_is_left() -> None:
     assert c.by_id["m"][0]["error"] == "no engine available: bad config: X"
     assert c.by_id["c"][0]["error"] == "no engine available: bad config: X"
     assert c.by_id["v"][0]["version"] == ""  # answered by katapool itself
+
+
+def test_a_query_with_many_turns_is_split_over_members() -> None:
+    async def go() -> tuple[Collector, list[ScriptedMember]]:
+        c = Collector()
+        made: list[ScriptedMember] = []
+
+        def factory(i: int, g: int) -> ScriptedMember:
+            made.append(ScriptedMember(f"m{i}"))
+            return made[-1]
+
+        pool = Pool([factory, factory, factory], FAST)
+        async with pool:
+            await pool.supervisor.wait_until_all_settled()
+            turns = list(range(0, 30))
+            pool.session(c).submit(json.dumps({
+                "id": "game", "moves": [["B", "Q16"], ["W", "D4"]] * 15, "analyzeTurns": turns,
+                "priorities": [t % 3 for t in turns]}))
+            await asyncio.wait_for(pool.drain(), 5)
+        return c, made
+
+    c, members = asyncio.run(go())
+    assert sorted(m["turnNumber"] for m in c.finals("game")) == list(range(30))
+    parts = [m for member in members for m in member.received if "analyzeTurns" in m]
+    assert len(parts) == 3, "one part per member"
+    seen = sorted(t for p in parts for t in p["analyzeTurns"])
+    assert seen == list(range(30)), "each turn asked of exactly one member"
+    for p in parts:  # each turn keeps its own priority
+        assert p["priorities"] == [t % 3 for t in p["analyzeTurns"]]
+    assert len({p["id"] for p in parts}) == 3 and all(p["id"] != "game" for p in parts)
+
+
+def test_a_split_query_survives_losing_one_part() -> None:
+    async def go() -> Collector:
+        c = Collector()
+        made: list[ScriptedMember] = []
+
+        def factory(i: int, g: int) -> ScriptedMember:
+            member = ScriptedMember(f"m{i}-{g}")
+            if i == 0 and g == 1:
+                # FAKE fault: the first member dies on its first analysis query.
+                original = member.send
+
+                async def dying_send(message: dict[str, Any]) -> None:
+                    if "analyzeTurns" in message:
+                        message = {**message, "poison": True}
+                    await original(message)
+                member.send = dying_send  # type: ignore[method-assign]
+            made.append(member)
+            return member
+
+        pool = Pool([factory, factory], FAST)
+        async with pool:
+            await pool.supervisor.wait_until_all_settled()
+            pool.session(c).submit(json.dumps({
+                "id": "game", "moves": [["B", "Q16"], ["W", "D4"]] * 10,
+                "analyzeTurns": list(range(20))}))
+            await asyncio.wait_for(pool.drain(), 5)
+        return c
+
+    c = asyncio.run(go())
+    finals = sorted(m["turnNumber"] for m in c.finals("game"))
+    assert finals == list(range(20)), "every turn once, none twice"

@@ -40,6 +40,8 @@ class PoolPolicy(BaseModel):
                                    "this long marks its member stuck")
     quarantine_after: int = Field(default=3, ge=1, description="member deaths while a query was in "
                                   "flight before it is refused as poison")
+    split_min_turns: int = Field(default=4, ge=1, description="a query with at least twice "
+                                 "this many turns is split over members, this many or more each")
     affinity_slack: float = Field(default=1.5, ge=1.0, description="how much busier than the least-"
                                   "loaded member a game's member may be and still get its query")
 

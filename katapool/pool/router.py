@@ -1,7 +1,9 @@
 """Route analysis queries across the pool, and lose none of them.
 
 Every accepted query becomes a *flight*: its payload, the turns still owed a final response,
-and the member working on it. Callers' ids are kept exactly; on the wire to a member each
+and the *parts* in progress, each a set of its turns on one member (a query with many turns,
+such as a whole game, is split over several members, as KataGo's own multi-GPU process
+spreads it over its GPUs). Callers' ids are kept exactly; on the wire to a member each
 attempt gets a unique internal id, so two callers (or one caller reusing an id) never collide
 and a dead member's late lines can never be mistaken for a live one's. When a member is lost,
 its flights' unfinished turns go to another member; finals already delivered are never sent
@@ -58,6 +60,20 @@ class Session:
 
 
 @dataclass(eq=False)
+class Part:
+    """Some of a flight's turns, on one member, under one internal id."""
+
+    key: str
+    slot: Slot
+    open_turns: set[int]
+    cost_per_turn: float
+
+    @property
+    def cost(self) -> float:
+        return len(self.open_turns) * self.cost_per_turn
+
+
+@dataclass(eq=False)
 class Flight:
     number: int
     session: Session
@@ -67,15 +83,13 @@ class Flight:
     finals: set[int] = field(default_factory=set)
     delivered_visits: dict[int, int] = field(default_factory=dict)
     terminated: set[int] = field(default_factory=set)
-    slot: Slot | None = None
-    key: str | None = None
+    parts: list[Part] = field(default_factory=list)
     attempts: int = 0
     deaths: int = 0
     warned: bool = False
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
     deadline: float | None = None  # monotonic time after which it is overdue
-    cost: float = 0.0
     wants_partials: bool = False
     partial_every: float = 0.0
     first_partial_after: float = 0.0
@@ -88,6 +102,13 @@ class Flight:
     def remaining(self) -> list[int]:
         return sorted(self.turns - self.finals)
 
+    def unassigned(self) -> list[int]:
+        """Turns owed a final that no member is working on."""
+        busy: set[int] = set()
+        for part in self.parts:
+            busy |= part.open_turns
+        return sorted(self.turns - self.finals - busy)
+
 
 class Router:
     def __init__(self, policy: PoolPolicy, version: str, git_hash: str | None) -> None:
@@ -95,12 +116,12 @@ class Router:
         self.version = version
         self.git_hash = git_hash or ""
         self.supervisor: Supervisor | None = None
-        self.by_key: dict[str, Flight] = {}
+        self.by_key: dict[str, tuple[Flight, Part]] = {}
         self.waiting: deque[Flight] = deque()
         self.outstanding = 0
         self._numbers = itertools.count(1)
         self._affinity: dict[str, int] = {}
-        self._on_slot: dict[int, int] = {}  # flights per slot
+        self._on_slot: dict[int, int] = {}  # parts per slot
         self._solo: dict[int, Flight] = {}  # slot -> the suspect running alone on it
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,7 +157,6 @@ class Router:
             self._action(session, request)
             return
         flight = Flight(next(self._numbers), session, request, set(request.turns))
-        flight.cost = len(flight.turns) * request.visits
         flight.deadline = self._deadline_for(flight)
         every = request.raw.get("reportDuringSearchEvery")
         if isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
@@ -198,73 +218,110 @@ class Router:
         blamed on it (and only on it) before it is quarantined."""
         return flight.deaths >= 2
 
-    def _choose(self, flight: Flight) -> Slot | None:
-        if self._suspect(flight):
-            idle = [s for s in self._slots() if s.ready and not self._on_slot.get(s.index)]
-            return idle[0] if idle else None
+    def _choose(self, flight: Flight, cost: float) -> Slot | None:
         ready = [s for s in self._slots() if s.ready and s.index not in self._solo]
         if not ready:
             return None
         least = min(ready, key=lambda s: s.load)
+        if flight.kind != "analysis":
+            return least
         key = self._affinity_key(flight)
         preferred = self._affinity.get(key)
-        if preferred is not None and flight.kind == "analysis":
+        if preferred is not None:
             slot = self._slots()[preferred]
             # Same game, same member: its NN cache already holds these positions.
-            if slot.ready and slot.load <= least.load * self.policy.affinity_slack + flight.cost:
+            if slot.ready and slot.index not in self._solo \
+                    and slot.load <= least.load * self.policy.affinity_slack + cost:
                 return slot
-        if flight.kind == "analysis":
-            self._affinity[key] = least.index
-            if len(self._affinity) > 100_000:
-                self._affinity.clear()
+        self._affinity[key] = least.index
+        if len(self._affinity) > 100_000:
+            self._affinity.clear()
         return least
 
+    def _plan(self, flight: Flight, turns: list[int]) -> list[tuple[Slot, list[int]]] | None:
+        """Which member gets which of ``turns``; None if no member can take them now."""
+        if self._suspect(flight):
+            idle = [s for s in self._slots() if s.ready and not self._on_slot.get(s.index)]
+            return [(idle[0], turns)] if idle else None
+        visits = flight.request.visits
+        ready = sorted((s for s in self._slots() if s.ready and s.index not in self._solo),
+                       key=lambda s: s.load)
+        chunk = self.policy.split_min_turns
+        if flight.kind == "analysis" and len(ready) > 1 and len(turns) >= 2 * chunk:
+            # Many turns: split them over the least-loaded members, contiguous and even.
+            count = min(len(ready), len(turns) // chunk)
+            size = math.ceil(len(turns) / count)
+            return [(ready[i], turns[i * size:(i + 1) * size]) for i in range(count)
+                    if turns[i * size:(i + 1) * size]]
+        slot = self._choose(flight, len(turns) * visits)
+        return [(slot, turns)] if slot is not None else None
+
     def _dispatch(self, flight: Flight) -> None:
-        slot = self._choose(flight)
-        if slot is None:
-            self.waiting.append(flight)
+        turns = flight.unassigned() if flight.kind == "analysis" else (
+            [] if flight.parts else [0])
+        if not turns:
             return
+        plan = self._plan(flight, turns)
+        if plan is None:
+            if flight not in self.waiting:
+                self.waiting.append(flight)
+            return
+        for slot, chunk in plan:
+            self._send_part(flight, slot, chunk)
+
+    def _send_part(self, flight: Flight, slot: Slot, turns: list[int]) -> None:
         flight.attempts += 1
-        flight.key = f"kp{flight.number}.{flight.attempts}"
-        self.by_key[flight.key] = flight
+        key = f"kp{flight.number}.{flight.attempts}"
         payload = dict(flight.request.raw)
-        if flight.kind == "analysis" and (flight.finals or flight.terminated or flight.attempts > 1):
-            payload = restrict_to_turns(payload, flight.remaining())
-        payload["id"] = flight.key
         if flight.kind == "analysis":
-            heartbeat = self.policy.heartbeat_every
-            if flight.partial_every > heartbeat:
-                # A divisor of the caller's interval, so its reports still land on time.
-                payload["reportDuringSearchEvery"] = flight.partial_every / math.ceil(
-                    flight.partial_every / heartbeat)
-            elif not flight.wants_partials:
-                payload["reportDuringSearchEvery"] = heartbeat
-            first = payload.get("firstReportDuringSearchAfter")
-            if isinstance(first, (int, float)) and first > heartbeat:
-                payload["firstReportDuringSearchAfter"] = heartbeat
-        flight.slot = slot
+            if set(turns) != flight.turns or flight.attempts > 1:
+                payload = restrict_to_turns(payload, turns)
+            self._add_heartbeat(flight, payload)
+        payload["id"] = key
+        part = Part(key, slot, set(turns) if flight.kind == "analysis" else {0},
+                    float(flight.request.visits))
+        flight.parts.append(part)
+        self.by_key[key] = (flight, part)
+        slot.load += part.cost
         self._on_slot[slot.index] = self._on_slot.get(slot.index, 0) + 1
         if self._suspect(flight):
             self._solo[slot.index] = flight
-        flight.cost = len(flight.remaining()) * flight.request.visits
-        slot.load += flight.cost
         slot.post(payload)
 
-    def _release(self, flight: Flight) -> None:
-        if flight.slot is not None:
-            index = flight.slot.index
-            flight.slot.load = max(0.0, flight.slot.load - flight.cost)
-            self._on_slot[index] = max(0, self._on_slot.get(index, 0) - 1)
-            if self._solo.get(index) is flight:
-                del self._solo[index]
-            flight.slot = None
-            if self.waiting and not self._on_slot[index]:
-                asyncio.get_running_loop().call_soon(self._pump_waiting)
-        if flight.key is not None:
-            self.by_key.pop(flight.key, None)
+    def _add_heartbeat(self, flight: Flight, payload: dict[str, Any]) -> None:
+        heartbeat = self.policy.heartbeat_every
+        if flight.partial_every > heartbeat:
+            # A divisor of the caller's interval, so its reports still land on time.
+            payload["reportDuringSearchEvery"] = flight.partial_every / math.ceil(
+                flight.partial_every / heartbeat)
+        elif not flight.wants_partials:
+            payload["reportDuringSearchEvery"] = heartbeat
+        first = payload.get("firstReportDuringSearchAfter")
+        if isinstance(first, (int, float)) and first > heartbeat:
+            payload["firstReportDuringSearchAfter"] = heartbeat
+
+    def _release_part(self, flight: Flight, part: Part) -> None:
+        if part in flight.parts:
+            flight.parts.remove(part)
+        self.by_key.pop(part.key, None)
+        slot = part.slot
+        slot.load = max(0.0, slot.load - part.cost)
+        part.open_turns = set()
+        self._on_slot[slot.index] = max(0, self._on_slot.get(slot.index, 0) - 1)
+        if self._solo.get(slot.index) is flight:
+            del self._solo[slot.index]
+        if self.waiting and not self._on_slot[slot.index]:
+            asyncio.get_running_loop().call_soon(self._pump_waiting)
 
     def _finish(self, flight: Flight) -> None:
-        self._release(flight)
+        for part in list(flight.parts):
+            if part.open_turns and part.slot.ready:
+                # Still running elsewhere (a split query that failed): stop that work too.
+                part.slot.post({"id": f"{part.key}-terminate", "action": "terminate",
+                                "terminateId": part.key})
+            self._release_part(flight, part)
+        if flight in self.waiting:
+            self.waiting.remove(flight)
         if flight in flight.session.flights:
             flight.session.flights.discard(flight)
             self.outstanding -= 1
@@ -280,22 +337,19 @@ class Router:
         if isinstance(key, str) and key in self._clears:
             self._clear_acked(key, slot.index)
             return
-        flight = self.by_key.get(key) if isinstance(key, str) else None
-        if flight is None:
+        entry = self.by_key.get(key) if isinstance(key, str) else None
+        if entry is None:
             return  # an acknowledgement of katapool's own terminate, or a stale line
+        flight, part = entry
         msg["id"] = flight.client_id
         deliver = flight.session.deliver
-        if flight.kind == "action":
-            deliver(msg)
-            self._finish(flight)
-            return
-        if "error" in msg:
-            deliver(msg)
+        if flight.kind == "action" or "error" in msg:
+            deliver(msg)  # for a split query, its first error ends it (the rest are alike)
             self._finish(flight)
             return
         turn = msg.get("turnNumber")
         if not isinstance(turn, int):
-            if not flight.warned:  # warnings about the query come once, not per attempt
+            if not flight.warned:  # warnings about the query come once, not per part
                 flight.warned = True
                 deliver(msg)
             return
@@ -304,10 +358,12 @@ class Router:
                 self.stats["duplicates_dropped"] += 1
                 return
             flight.finals.add(turn)
-            share = flight.request.visits
-            flight.cost = max(0.0, flight.cost - share)
-            slot.load = max(0.0, slot.load - share)
+            if turn in part.open_turns:
+                part.open_turns.discard(turn)
+                slot.load = max(0.0, slot.load - part.cost_per_turn)
             deliver(msg)
+            if not part.open_turns:
+                self._release_part(flight, part)
             if flight.finals >= flight.turns:
                 self._finish(flight)
             return
@@ -332,16 +388,20 @@ class Router:
     def _pump_waiting(self) -> None:
         waiting, self.waiting = self.waiting, deque()
         for flight in waiting:
-            if flight in flight.session.flights and flight.slot is None:
+            if flight in flight.session.flights:
                 self._dispatch(flight)
 
     def on_lost(self, slot: Slot, reason: str) -> None:
-        lost = [f for f in self.by_key.values() if f.slot is slot]
         solo = self._solo.get(slot.index)
         for key in [k for k, (_, _, pending) in self._clears.items() if slot.index in pending]:
             self._clear_acked(key, slot.index)
-        for flight in lost:
-            self._release(flight)
+        hit: dict[Flight, list[Part]] = {}
+        for flight, part in list(self.by_key.values()):
+            if part.slot is slot:
+                hit.setdefault(flight, []).append(part)
+        for flight, parts in hit.items():
+            for part in parts:
+                self._release_part(flight, part)
             flight.deaths += 1
             self.stats["rerouted"] += 1
             # Only a death while it ran alone proves a query guilty.
@@ -353,10 +413,10 @@ class Router:
                 self._finish(flight)
                 continue
             self._settle_terminated(flight)
-            if flight.kind == "action" or flight.remaining():
-                self._dispatch(flight)
-            else:
+            if flight.kind == "analysis" and flight.finals >= flight.turns:
                 self._finish(flight)
+            else:
+                self._dispatch(flight)
 
     def on_failed(self, slot: Slot, reason: str) -> None:
         if all(s.state is SlotState.FAILED for s in self._slots()):
@@ -371,7 +431,7 @@ class Router:
 
     def _settle_terminated(self, flight: Flight) -> None:
         """Terminated turns that nobody is analysing any more end with ``noResults``."""
-        for turn in sorted(flight.terminated & (flight.turns - flight.finals)):
+        for turn in sorted(flight.terminated & set(flight.unassigned())):
             flight.finals.add(turn)
             flight.session.deliver({"id": flight.client_id, "isDuringSearch": False,
                                     "noResults": True, "turnNumber": turn})
@@ -379,17 +439,17 @@ class Router:
     def _terminate(self, flight: Flight, turns: list[int] | None) -> None:
         wanted = set(turns) if turns is not None else set(flight.turns)
         flight.terminated |= wanted & flight.turns
-        if flight.slot is not None and flight.key is not None:
-            msg: dict[str, Any] = {"id": f"{flight.key}-terminate", "action": "terminate",
-                                   "terminateId": flight.key}
+        for part in flight.parts:
+            msg: dict[str, Any] = {"id": f"{part.key}-terminate", "action": "terminate",
+                                   "terminateId": part.key}
             if turns is not None:
-                msg["turnNumbers"] = turns
-            flight.slot.post(msg)
-            return
-        self._settle_terminated(flight)  # not yet sent anywhere: answer it here
-        if not flight.remaining():
-            if flight in self.waiting:
-                self.waiting.remove(flight)
+                listed = sorted(wanted & part.open_turns)
+                if not listed:
+                    continue
+                msg["turnNumbers"] = listed
+            part.slot.post(msg)
+        self._settle_terminated(flight)  # turns not sent anywhere yet: answered here
+        if flight.finals >= flight.turns:
             self._finish(flight)
 
     def _action(self, session: Session, request: Request) -> None:
@@ -435,18 +495,19 @@ class Router:
     # --- deadlines ---------------------------------------------------------------------------
 
     async def watch_deadlines(self, interval: float = 1.0) -> None:
-        """Terminate queries overdue past the deadline; a member that still does not answer
-        after ``terminate_grace`` is stuck and gets replaced."""
+        """Terminate queries overdue past their deadline; a member that still does not answer
+        after ``terminate_grace`` is stuck and gets replaced. Actions get a short deadline."""
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for flight in list(self.by_key.values()):
-                if flight.kind == "action" and now - flight.created > self.policy.responsive_deadline * 3:
-                    flight.session.deliver(error_response(
-                        f"{flight.request.action} got no answer from the engine", flight.client_id))
-                    self._finish(flight)
-                    continue
-                if flight.kind != "analysis" or flight.slot is None:
+            flights = {flight for flight, _ in self.by_key.values()}
+            for flight in flights:
+                if flight.kind == "action":
+                    if now - flight.created > self.policy.responsive_deadline * 3:
+                        flight.session.deliver(error_response(
+                            f"{flight.request.action} got no answer from the engine",
+                            flight.client_id))
+                        self._finish(flight)
                     continue
                 if flight.overdue_at is None and flight.deadline is not None \
                         and now > flight.deadline:
@@ -454,8 +515,9 @@ class Router:
                                 flight.client_id, now - flight.created)
                     flight.overdue_at = now
                     self._terminate(flight, None)
-                elif flight.overdue_at is not None and \
-                        now - flight.overdue_at > self.policy.terminate_grace and self.supervisor:
-                    self.supervisor.mark_unhealthy(
-                        flight.slot, f"stuck: query {flight.client_id} still unanswered "
-                                     f"{self.policy.terminate_grace:g} s after terminate")
+                elif flight.overdue_at is not None and self.supervisor is not None \
+                        and now - flight.overdue_at > self.policy.terminate_grace:
+                    for part in list(flight.parts):
+                        self.supervisor.mark_unhealthy(
+                            part.slot, f"stuck: query {flight.client_id} still unanswered "
+                                       f"{self.policy.terminate_grace:g} s after terminate")
