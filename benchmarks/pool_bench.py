@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/pool_bench.py overhead    # router latency over direct katago
     .venv/bin/python benchmarks/pool_bench.py throughput  # pool vs one KataGo, equal threads
+    .venv/bin/python benchmarks/pool_bench.py game        # one whole-game query, same comparison
     .venv/bin/python benchmarks/pool_bench.py ceiling     # router alone, with a fake instant engine
     .venv/bin/python benchmarks/pool_bench.py recovery    # SIGKILL to answers elsewhere
 
@@ -205,6 +206,42 @@ def bench_throughput(args: argparse.Namespace) -> None:
         print(f"| {label} | {start:.1f} | {secs:.1f} | {rate:.2f} | {rate / rows[0][3]:.3f}x |")
 
 
+def bench_game(args: argparse.Namespace) -> None:
+    """One query for every position of the sample game: KataGo spreads it over its analysis
+    threads; katapool splits it over its members."""
+    sys.path.insert(0, str(ROOT))
+    from katapool.game.record import load_sgf
+
+    record = load_sgf(ROOT / "examples" / "selfplay-b6c96.sgf")
+    q = record.query(id="game", analyzeTurns=list(range(len(record.moves) + 1)),
+                     maxVisits=args.visits)
+    model = str(args.model)
+    threads = args.threads
+    rows = []
+    for label, argv in [
+        (f"katago analysis, 1 process x {threads} threads",
+         [katago_path(), "analysis", "-config", str(generated_config(threads, 1)), "-model", model]),
+        (f"katapool analysis, {threads} members x 1 thread",
+         katapool_argv("-config", str(generated_config(threads, threads)), "-model", model,
+                       "--members", str(threads))),
+    ]:
+        e = Engine(argv)
+        e.ready.wait(120)
+        began = time.perf_counter()
+        e.send(q)
+        e.flush()
+        e.wait_lines(len(q["analyzeTurns"]))
+        secs = time.perf_counter() - began
+        e.close()
+        rows.append((label, secs))
+    print(f"machine: {machine()}; one query, {len(q['analyzeTurns'])} turns x {args.visits} visits")
+    print("| setup | seconds | positions/s | vs katago |")
+    print("|---|---|---|---|")
+    for label, secs in rows:
+        print(f"| {label} | {secs:.1f} | {len(q['analyzeTurns']) / secs:.2f} | "
+              f"{rows[0][1] / secs:.3f}x |")
+
+
 def bench_ceiling(args: argparse.Namespace) -> None:
     turns = 50
     n = args.n
@@ -280,17 +317,17 @@ def bench_recovery(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=["overhead", "throughput", "ceiling", "recovery"])
+    ap.add_argument("which", choices=["overhead", "throughput", "game", "ceiling", "recovery"])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("-n", type=int, default=None, help="number of queries")
     ap.add_argument("--visits", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    defaults = {"overhead": 200, "throughput": 40, "ceiling": 2000, "recovery": 4}
+    defaults = {"overhead": 200, "throughput": 40, "game": 1, "ceiling": 2000, "recovery": 4}
     args.n = args.n or defaults[args.which]
-    {"overhead": bench_overhead, "throughput": bench_throughput, "ceiling": bench_ceiling,
-     "recovery": bench_recovery}[args.which](args)
+    {"overhead": bench_overhead, "throughput": bench_throughput, "game": bench_game,
+     "ceiling": bench_ceiling, "recovery": bench_recovery}[args.which](args)
 
 
 if __name__ == "__main__":
