@@ -118,6 +118,7 @@ class Router:
         self.supervisor: Supervisor | None = None
         self.by_key: dict[str, tuple[Flight, Part]] = {}
         self.waiting: deque[Flight] = deque()
+        self._waiting_set: set[Flight] = set()
         self.outstanding = 0
         self._numbers = itertools.count(1)
         self._affinity: dict[str, int] = {}
@@ -263,8 +264,9 @@ class Router:
             return
         plan = self._plan(flight, turns)
         if plan is None:
-            if flight not in self.waiting:
+            if flight not in self._waiting_set:
                 self.waiting.append(flight)
+                self._waiting_set.add(flight)
             return
         for slot, chunk in plan:
             self._send_part(flight, slot, chunk)
@@ -320,7 +322,8 @@ class Router:
                 part.slot.post({"id": f"{part.key}-terminate", "action": "terminate",
                                 "terminateId": part.key})
             self._release_part(flight, part)
-        if flight in self.waiting:
+        if flight in self._waiting_set:
+            self._waiting_set.discard(flight)
             self.waiting.remove(flight)
         if flight in flight.session.flights:
             flight.session.flights.discard(flight)
@@ -345,6 +348,7 @@ class Router:
         deliver = flight.session.deliver
         if flight.kind == "action" or "error" in msg:
             deliver(msg)  # for a split query, its first error ends it (the rest are alike)
+            self._release_part(flight, part)  # this member is done with it: no terminate
             self._finish(flight)
             return
         turn = msg.get("turnNumber")
@@ -387,6 +391,7 @@ class Router:
 
     def _pump_waiting(self) -> None:
         waiting, self.waiting = self.waiting, deque()
+        self._waiting_set = set()
         for flight in waiting:
             if flight in flight.session.flights:
                 self._dispatch(flight)
@@ -422,6 +427,7 @@ class Router:
         if all(s.state is SlotState.FAILED for s in self._slots()):
             self._failed_reason = reason
             waiting, self.waiting = self.waiting, deque()
+            self._waiting_set = set()
             for flight in waiting:
                 flight.session.deliver(error_response(f"no engine available: {reason}",
                                                       flight.client_id))
