@@ -135,6 +135,17 @@ def generated_config(threads_total: int, members: int) -> Path:
     return path
 
 
+def katago_vs_katapool(threads: int, model: str) -> list[tuple[str, list[str]]]:
+    """Equal total threads: one KataGo process, or a pool of one-thread members."""
+    return [
+        (f"katago analysis, 1 process x {threads} threads",
+         [katago_path(), "analysis", "-config", str(generated_config(threads, 1)), "-model", model]),
+        (f"katapool analysis, {threads} members x 1 thread",
+         katapool_argv("-config", str(generated_config(threads, threads)), "-model", model,
+                       "--members", str(threads))),
+    ]
+
+
 def query(i: int, moves: list[list[str]], visits: int) -> dict[str, Any]:
     return {"id": f"q{i}", "moves": moves, "rules": "chinese", "komi": 7.5, "boardXSize": 19,
             "boardYSize": 19, "maxVisits": visits}
@@ -181,13 +192,7 @@ def bench_throughput(args: argparse.Namespace) -> None:
     threads = args.threads
     stream = [query(i, m, args.visits) for i, m in enumerate(positions(args.n))]
     rows = []
-    for label, argv in [
-        (f"katago analysis, 1 process x {threads} threads",
-         [katago_path(), "analysis", "-config", str(generated_config(threads, 1)), "-model", model]),
-        (f"katapool analysis, {threads} members x 1 thread",
-         katapool_argv("-config", str(generated_config(threads, threads)), "-model", model,
-                       "--members", str(threads))),
-    ]:
+    for label, argv in katago_vs_katapool(threads, model):
         began = time.perf_counter()
         e = Engine(argv)
         e.ready.wait(120)
@@ -209,7 +214,6 @@ def bench_throughput(args: argparse.Namespace) -> None:
 def bench_game(args: argparse.Namespace) -> None:
     """One query for every position of the sample game: KataGo spreads it over its analysis
     threads; katapool splits it over its members."""
-    sys.path.insert(0, str(ROOT))
     from katapool.game.record import load_sgf
 
     record = load_sgf(ROOT / "examples" / "selfplay-b6c96.sgf")
@@ -218,13 +222,7 @@ def bench_game(args: argparse.Namespace) -> None:
     model = str(args.model)
     threads = args.threads
     rows = []
-    for label, argv in [
-        (f"katago analysis, 1 process x {threads} threads",
-         [katago_path(), "analysis", "-config", str(generated_config(threads, 1)), "-model", model]),
-        (f"katapool analysis, {threads} members x 1 thread",
-         katapool_argv("-config", str(generated_config(threads, threads)), "-model", model,
-                       "--members", str(threads))),
-    ]:
+    for label, argv in katago_vs_katapool(threads, model):
         e = Engine(argv)
         e.ready.wait(120)
         began = time.perf_counter()

@@ -135,7 +135,6 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
     stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
     try:
         # Like KataGo, announce readiness once every member is ready (or has failed), so
         # that the first burst of queries spreads over the whole pool.
@@ -143,7 +142,7 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
             return 130
         print(READY_LINE, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
-        end_of_input = await _start_stdin_reader(loop, lines, session.submit)
+        end_of_input = await _start_stdin_reader(loop, session.submit)
         await _unless_stopped(end_of_input.wait(), stopped)
         if not quit_without_waiting and not stopped.is_set():
             # Like KataGo: finish outstanding work at end of input (a signal cuts it short).
@@ -169,7 +168,7 @@ async def _unless_stopped(work: Any, stopped: asyncio.Event) -> bool:
     return False
 
 
-async def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None],
+async def _start_stdin_reader(loop: asyncio.AbstractEventLoop,
                              submit: Callable[[str], None]) -> asyncio.Event:
     """Feed stdin lines to ``submit``; the event is set at end of input. Stdin is read as an
     asyncio pipe (no thread hop per line), or on a thread where it is not a pipe."""
@@ -179,6 +178,7 @@ async def _start_stdin_reader(loop: asyncio.AbstractEventLoop, lines: asyncio.Qu
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                      os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
     except (ValueError, OSError):
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
         _start_stdin_thread(loop, lines)
 
         async def drain_queue() -> None:

@@ -18,7 +18,7 @@ from katapool.config.build import build_config
 from katapool.config.settings import Mode
 from katapool.engine.analysis import AnalysisEngine
 from katapool.errors import ConfigError
-from katapool.game.record import load_sgf
+from katapool.game.record import GameRecord, load_sgf
 from katapool.review.game_review import MoveReview, review_game
 
 
@@ -75,10 +75,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(katago: Path, cfg: Path, model: Path, record: object, visits: int) -> list[MoveReview]:
-    from katapool.game.record import GameRecord
-
-    assert isinstance(record, GameRecord)
+async def _run(katago: Path, cfg: Path, model: Path, record: GameRecord,
+               visits: int) -> list[MoveReview]:
     engine = AnalysisEngine(katago, cfg, model, name="review",
                             stderr_log=paths.data_dir() / "logs" / "review-stderr.log")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

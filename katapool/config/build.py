@@ -31,17 +31,20 @@ class BuiltConfig:
     report: DeviceReport
 
 
+def _opencl_name(device: Device | None, report: DeviceReport) -> str:
+    """The name OpenCL (and so KataGo's tuner) gives ``device``; tuning is kept by it."""
+    if device is None:
+        return report.opencl[0].name if report.opencl else "unknown"
+    if device.kind.value == "cpu":
+        return next((o.name for o in report.opencl if o.is_cpu_like), device.name)
+    return next((o.name for o in report.opencl if device.name.lower() in o.name.lower()),
+                device.name)
+
+
 def tuning_for(devices: list[Device], report: DeviceReport, info: EngineInfo) -> TuningEntry:
     """The best prepared tuning for the OpenCL device(s); the reference file if none."""
-    index = load_index()
-    names = [d.name for d in report.opencl] if not devices else [
-        next((o.name for o in report.opencl if d.name.lower() in o.name.lower()), d.name)
-        for d in devices
-    ]
-    if report.opencl and devices and devices[0].kind.value == "cpu":
-        names = [next((o.name for o in report.opencl if o.is_cpu_like), report.opencl[0].name)]
-    name = names[0] if names else "unknown"
-    best = index.best(name, info.version)
+    name = _opencl_name(devices[0] if devices else None, report)
+    best = load_index().best(name, info.version)
     if best is not None:
         return best
     entry = write_reference_file(name, info.version)

@@ -12,6 +12,7 @@ from typing import Any
 
 from katapool.engine.process import EngineProcess
 from katapool.errors import EngineError, EngineTerminatedError
+from katapool.protocol.analysis import is_final
 
 READY_MARKER = "Started, ready to begin handling requests"
 
@@ -23,14 +24,6 @@ def expected_finals(query: dict[str, Any]) -> int:
     turns = query.get("analyzeTurns")
     # KataGo analyses each listed turn once, however often it is listed.
     return len(set(turns)) if isinstance(turns, list) and turns else 1
-
-
-def is_final(response: dict[str, Any]) -> bool:
-    if "error" in response:
-        return True
-    if "warning" in response and "moveInfos" not in response and not response.get("noResults"):
-        return False
-    return response.get("isDuringSearch") is False or bool(response.get("noResults"))
 
 
 class AnalysisEngine:
@@ -107,7 +100,7 @@ class AnalysisEngine:
                     )
                 if caller_id is not None:
                     msg["id"] = caller_id
-                if is_final(msg):
+                if "error" in msg or is_final(msg):
                     remaining -= 1
                 if "error" in msg:
                     raise EngineError(f"engine rejected the query: {msg['error']}"

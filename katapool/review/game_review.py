@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from katapool.engine.analysis import AnalysisEngine, is_final
+from katapool.engine.analysis import AnalysisEngine
 from katapool.game.record import GameRecord
+from katapool.protocol.analysis import is_final
 
 
 @dataclass(frozen=True)
