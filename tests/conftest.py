@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# The project's shared data sits beside the checkout (as in CI); a clone elsewhere points at
+# it with KATAPOOL_SHARED_DIR.
+SHARED = Path(os.environ.get("KATAPOOL_SHARED_DIR") or ROOT.parent / "shared").resolve()
 MODELS = SHARED / "models"
 CACHE = ROOT / ".cache"
 
@@ -62,6 +64,8 @@ def _env(data: Path, cache: Path) -> dict[str, str]:
 def kp() -> Katapool:
     """The session's katapool, with KaTrain's KataGo installed by `katapool engine install`
     and the OpenCL fast-start tuning prepared once."""
+    assert G170.is_file(), (f"test networks missing: {G170} (the shared data belongs beside the "
+                            f"checkout; set KATAPOOL_SHARED_DIR to use another place)")
     data, cache = CACHE / "test-data", CACHE / "test-downloads"
     tool = Katapool(_env(data, cache), data)
     tool.run("engine", "install", check=True, timeout=900)
