@@ -11,7 +11,9 @@ from rich.text import Text
 from katapool import __version__
 from katapool.cli import (
     analysis_cmd,
+    analyze_cmd,
     config_cmd,
+    daemon_cmd,
     devices_cmd,
     engine_cmd,
     prepare_cmd,
@@ -32,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     devices_cmd.register(sub)
     config_cmd.register(sub)
     prepare_cmd.register(sub)
+    analyze_cmd.register(sub)
     review_cmd.register(sub)
     analysis_cmd.register(sub)
+    daemon_cmd.register(sub)
     return parser
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from katapool.errors import EngineStartError
@@ -20,14 +23,56 @@ class Pool:
     """
 
     def __init__(self, factories: list[MemberFactory], policy: PoolPolicy | None = None,
-                 version: str = "", git_hash: str | None = None) -> None:
+                 version: str = "", git_hash: str | None = None,
+                 labels: list[str] | None = None) -> None:
         if not factories:
             raise ValueError("a pool needs at least one member")
         self.policy = policy or PoolPolicy()
         self.router = Router(self.policy, version, git_hash)
         self.supervisor = Supervisor(factories, self.policy, self.router)
         self.router.supervisor = self.supervisor
+        for slot, label in zip(self.supervisor.slots, labels or [], strict=False):
+            slot.label = label
         self._deadline_task: asyncio.Task[None] | None = None
+        self._cleanup: list[Callable[[], None]] = []
+
+    @classmethod
+    def embedded(cls, model: str | Path | None = None, *, members: int = 1,
+                 gpus: list[int] | None = None, preset: str = "desktop",
+                 katago: str | Path | None = None, human_model: str | Path | None = None,
+                 policy: PoolPolicy | None = None, batch: bool = False) -> Pool:
+        """A pool inside the caller's process, on the installed engine (or ``katago``) and
+        the given network (default: the engine's bundled one), configs generated per device
+        (``batch``: threads spread over positions, for reviewing many positions at few visits).
+        Use it with ``async with`` (or hand it to :class:`katapool.client.AsyncClient`)."""
+        from katapool.pool.launch import launch_from_options
+
+        launched = launch_from_options(model=model, members=members, gpus=gpus, preset=preset,
+                                       katago=katago, human_model=human_model,
+                                       start_timeout=(policy or PoolPolicy()).start_timeout,
+                                       batch=batch)
+        pool = cls(launched.factories, policy, version=launched.info.version,
+                   git_hash=launched.info.git_revision, labels=launched.labels)
+        pool._cleanup.append(launched.cleanup)
+        return pool
+
+    def adopt_cleanup(self, other: Pool) -> None:
+        """After a reload to ``other``'s factories: drop this pool's old files, keep its."""
+        for cleanup in self._cleanup:
+            cleanup()
+        self._cleanup, other._cleanup = other._cleanup, []
+
+    async def reload(self, factories: list[MemberFactory], drain_timeout: float = 120.0) -> bool:
+        """Rolling restart: members are replaced one at a time from ``factories`` (a new model
+        or config), each finishing its work first, so no query is lost and the others keep
+        serving. True if every new member started."""
+        if len(factories) != len(self.supervisor.slots):
+            raise ValueError("a rolling reload keeps the number of members")
+        ok = True
+        for slot, factory in zip(self.supervisor.slots, factories, strict=True):
+            ok = await self.supervisor.replace(
+                slot, factory, functools.partial(self.router.parts_on, slot), drain_timeout) and ok
+        return ok
 
     async def start(self, wait: str = "any") -> None:
         """Start every member; return when one is ready (``wait="any"``), when all have
@@ -60,6 +105,9 @@ class Pool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deadline_task
         await self.supervisor.close(self.policy.stop_grace)
+        for cleanup in self._cleanup:
+            cleanup()
+        self._cleanup.clear()
 
     async def __aenter__(self) -> Pool:
         await self.start()

@@ -55,6 +55,18 @@ class Session:
     def submit(self, line: str) -> None:
         self.router.submit(self, line)
 
+    def submit_request(self, request: Request) -> None:
+        self.router.submit_request(self, request)
+
+    def terminate(self, terminate_id: str | None, turns: list[int] | None = None) -> None:
+        """Stop this caller's query ``terminate_id`` (every query if None), with no reply of
+        its own; the stopped turns still end with their final (``noResults``) responses."""
+        self.router.terminate_for(self, terminate_id, turns)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.flights)
+
     async def drained(self) -> None:
         await self.router.wait_session_idle(self)
 
@@ -67,6 +79,7 @@ class Part:
     slot: Slot
     open_turns: set[int]
     cost_per_turn: float
+    sent: float = field(default_factory=time.monotonic)
 
     @property
     def cost(self) -> float:
@@ -141,6 +154,10 @@ class Router:
             self.stats["rejected"] += 1
             session.deliver(exc.response)
             return
+        self.submit_request(session, request)
+
+    def submit_request(self, session: Session, request: Request) -> None:
+        """Route a request already parsed (and checked) by an interface in front."""
         if request.action in ("query_version", "terminate", "terminate_all"):
             self._action(session, request)  # answered here, at once
             return
@@ -220,7 +237,7 @@ class Router:
         return flight.deaths >= 2
 
     def _choose(self, flight: Flight, cost: float) -> Slot | None:
-        ready = [s for s in self._slots() if s.ready and s.index not in self._solo]
+        ready = [s for s in self._slots() if s.available and s.index not in self._solo]
         if not ready:
             return None
         least = min(ready, key=lambda s: s.load)
@@ -231,7 +248,7 @@ class Router:
         if preferred is not None:
             slot = self._slots()[preferred]
             # Same game, same member: its NN cache already holds these positions.
-            if slot.ready and slot.index not in self._solo \
+            if slot.available and slot.index not in self._solo \
                     and slot.load <= least.load * self.policy.affinity_slack + cost:
                 return slot
         self._affinity[key] = least.index
@@ -242,10 +259,10 @@ class Router:
     def _plan(self, flight: Flight, turns: list[int]) -> list[tuple[Slot, list[int]]] | None:
         """Which member gets which of ``turns``; None if no member can take them now."""
         if self._suspect(flight):
-            idle = [s for s in self._slots() if s.ready and not self._on_slot.get(s.index)]
+            idle = [s for s in self._slots() if s.available and not self._on_slot.get(s.index)]
             return [(idle[0], turns)] if idle else None
         visits = flight.request.visits
-        ready = sorted((s for s in self._slots() if s.ready and s.index not in self._solo),
+        ready = sorted((s for s in self._slots() if s.available and s.index not in self._solo),
                        key=lambda s: s.load)
         chunk = self.policy.split_min_turns
         if flight.kind == "analysis" and len(ready) > 1 and len(turns) >= 2 * chunk:
@@ -365,8 +382,12 @@ class Router:
             if turn in part.open_turns:
                 part.open_turns.discard(turn)
                 slot.load = max(0.0, slot.load - part.cost_per_turn)
+            root = msg.get("rootInfo")
+            if isinstance(root, dict) and isinstance(root.get("visits"), int):
+                slot.visits_done += root["visits"]
             deliver(msg)
             if not part.open_turns:
+                slot.part_latencies.append(time.monotonic() - part.sent)
                 self._release_part(flight, part)
             if flight.finals >= flight.turns:
                 self._finish(flight)
@@ -384,6 +405,9 @@ class Router:
         flight.last_partial[turn] = now
         flight.delivered_visits[turn] = visits
         deliver(msg)
+
+    def parts_on(self, slot: Slot) -> int:
+        return self._on_slot.get(slot.index, 0)
 
     def on_ready(self, slot: Slot) -> None:
         self._failed_reason = None
@@ -464,13 +488,8 @@ class Router:
         if action == "query_version":
             session.deliver({**raw, "version": self.version, "git_hash": self.git_hash})
         elif action in ("terminate", "terminate_all"):
-            turns = raw.get("turnNumbers")
-            for flight in list(session.flights):
-                if flight.kind != "analysis":
-                    continue
-                if action == "terminate" and flight.client_id != raw["terminateId"]:
-                    continue
-                self._terminate(flight, turns)
+            self.terminate_for(session, raw["terminateId"] if action == "terminate" else None,
+                               raw.get("turnNumbers"))
             session.deliver(dict(raw))
         elif action == "clear_cache":
             ready = [s for s in self._slots() if s.ready]
@@ -487,6 +506,15 @@ class Router:
             flight = Flight(next(self._numbers), session, request, {0}, kind="action")
             self._accept(flight)
             self._dispatch(flight)
+
+    def terminate_for(self, session: Session, terminate_id: str | None,
+                      turns: list[int] | None) -> None:
+        for flight in list(session.flights):
+            if flight.kind != "analysis":
+                continue
+            if terminate_id is not None and flight.client_id != terminate_id:
+                continue
+            self._terminate(flight, turns)
 
     def _clear_acked(self, key: str, slot_index: int) -> None:
         session, raw, pending = self._clears[key]

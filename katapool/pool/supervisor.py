@@ -64,10 +64,21 @@ class Slot:
         self.unhealthy: asyncio.Event = asyncio.Event()
         self.unhealthy_reason = ""
         self.restarts = 0
+        self.reloads = 0
+        self.draining = False  # being replaced: finishes its work, gets no new work
+        self.replace: asyncio.Event = asyncio.Event()
+        self.visits_done = 0  # visits of the final responses it gave (for visits/s)
+        self.part_latencies: deque[float] = deque(maxlen=256)
+        self.label = ""  # where it runs (a device), for status displays
 
     @property
     def ready(self) -> bool:
         return self.state is SlotState.READY
+
+    @property
+    def available(self) -> bool:
+        """Ready for new work."""
+        return self.state is SlotState.READY and not self.draining
 
     def post(self, message: dict[str, Any]) -> None:
         """Send a message to the current member, in order; dropped if it dies first.
@@ -80,7 +91,9 @@ class Slot:
 
     def status(self) -> dict[str, Any]:
         member = self.member
-        return {"name": self.name, "state": self.state.value, "restarts": self.restarts,
+        state = "draining" if self.draining and self.ready else self.state.value
+        return {"name": self.name, "state": state, "restarts": self.restarts,
+                "reloads": self.reloads, "device": self.label,
                 "load": round(self.load, 1), "last_cause": self.last_cause,
                 "pid": getattr(member, "pid", None)}
 
@@ -97,6 +110,9 @@ class Supervisor:
         self._probe_ids = itertools.count(1)
         self._closing = False
         self.changed = asyncio.Condition()
+
+    def factories(self) -> list[MemberFactory]:
+        return [s.factory for s in self.slots]
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._lifecycle(s), name=s.name) for s in self.slots]
@@ -143,6 +159,8 @@ class Supervisor:
 
     async def _fail(self, slot: Slot, reason: str) -> None:
         slot.state = SlotState.FAILED
+        slot.draining = False
+        slot.replace.clear()
         slot.last_cause = reason
         log.error("%s failed for good: %s", slot.name, reason)
         self._tell(self.listener.on_failed, slot, reason)
@@ -191,6 +209,8 @@ class Supervisor:
                 await self._fail(slot, f"could not start: {exc.__class__.__name__}: {exc}")
                 return
             slot.state = SlotState.READY
+            slot.draining = False
+            slot.replace.clear()
             slot.ready_since = time.monotonic()
             slot.last_analysis_output = time.monotonic()
             slot.unhealthy.clear()
@@ -201,6 +221,17 @@ class Supervisor:
             reason = await self._serve(slot, member)
             if self._closing:
                 return
+            if slot.replace.is_set():
+                # A planned replacement (reload): a clean stop, not a crash; anything it
+                # still held goes to the other members.
+                slot.state = SlotState.STARTING
+                slot.reloads += 1
+                with contextlib.suppress(Exception):
+                    await member.stop(self.policy.stop_grace)
+                self._tell(self.listener.on_lost, slot, "replaced (reload)")
+                slot.member = None
+                await self._notify()
+                continue
             slot.state = SlotState.RESTARTING
             slot.restarts += 1
             with contextlib.suppress(Exception):
@@ -225,6 +256,7 @@ class Supervisor:
             asyncio.create_task(self._responsive(slot, member)): "responsive",
             asyncio.create_task(self._functional(slot, member)): "functional",
             asyncio.create_task(slot.unhealthy.wait()): "unhealthy",
+            asyncio.create_task(slot.replace.wait()): "replace",
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -239,6 +271,8 @@ class Supervisor:
         kind = tasks[finished]
         if kind == "unhealthy":
             return slot.unhealthy_reason
+        if kind == "replace":
+            return "replaced"
         if finished.cancelled() or finished.exception() is not None:
             return None
         result = finished.result()
@@ -312,6 +346,31 @@ class Supervisor:
             if slot.last_analysis_output < sent:
                 return (f"not functional: a 1-visit canary got no answer and no analysis came "
                         f"out within {self.policy.functional_deadline:g} s")
+
+    async def replace(self, slot: Slot, factory: MemberFactory, in_flight: Callable[[], int],
+                      drain_timeout: float) -> bool:
+        """Replace ``slot``'s member with one from ``factory`` (a new model or config): it
+        takes no new work, finishes what it has (up to ``drain_timeout``; the rest moves to
+        other members), stops cleanly and restarts. True once the new member is ready."""
+        async with self.changed:  # a member still starting finishes first, then is replaced
+            await self.changed.wait_for(lambda: slot.state in (SlotState.READY, SlotState.FAILED)
+                                        or self._closing)
+        slot.factory = factory
+        if slot.state is SlotState.FAILED:
+            slot.deaths.clear()
+            slot.state = SlotState.STARTING
+            self._tasks.append(asyncio.create_task(self._lifecycle(slot), name=slot.name))
+        elif slot.ready:
+            slot.draining = True
+            await self._notify()
+            deadline = time.monotonic() + drain_timeout
+            while in_flight() and slot.ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            slot.replace.set()
+        async with self.changed:
+            await self.changed.wait_for(lambda: (slot.ready and not slot.replace.is_set())
+                                        or slot.state is SlotState.FAILED or self._closing)
+        return slot.ready
 
     async def close(self, grace: float) -> None:
         self._closing = True

@@ -72,8 +72,9 @@ def _int_list(value: Any) -> list[int] | None:
     return list(value)
 
 
-def parse_request(line: str) -> Request:
-    """Parse one caller line, or raise :class:`BadRequest` holding KataGo's error reply."""
+def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
+    """Parse one caller line, or raise :class:`BadRequest` holding KataGo's error reply.
+    ``extra_actions`` are accepted as they are (an interface's own, such as the daemon's)."""
     try:
         obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
     except _NotFinite as exc:
@@ -92,6 +93,8 @@ def parse_request(line: str) -> Request:
         raise BadRequest(error_response('Request must have a string "id" field'))
     action = obj.get("action")
     if action is not None:
+        if action in extra_actions:
+            return Request(obj, rid, action)
         if action not in ACTIONS:
             raise BadRequest(error_response(
                 "'action' field must be " + " or ".join(f"'{a}'" for a in ACTIONS), rid, "action"))

@@ -1,0 +1,290 @@
+"""``katapool start | status | stop | logs | reload``: the daemon and its controls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.live import Live
+
+from katapool.cli.common import err, out
+from katapool.config.poolfile import PoolFile, default_pool_file, load_pool_file
+from katapool.errors import ConfigError, KatapoolError
+from katapool.server import control
+from katapool.server.daemon import Daemon, configure_logging
+from katapool.server.dashboard import status_table
+from katapool.server.state import StateDir, read_pid
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, help="daemon state (socket, pidfile, token, logs); "
+                   "default: <data dir>/daemon")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("start", help="run the pool daemon (Unix socket, WebSocket, /metrics)",
+                       description="Serve KataGo analysis from pools of engines: a Unix socket "
+                                   "(default), WebSocket, /healthz and /metrics.")
+    p.add_argument("--config", type=Path, help="pool file (katapool.yaml); default: one "
+                   "model, members from --gpus or the best device found")
+    p.add_argument("--gpus", help="GPU indices, one member each (without --config): 0,1")
+    p.add_argument("--members", type=int, help="engine processes (without --config)")
+    p.add_argument("--model", help="network (without --config)")
+    p.add_argument("--listen", action="append", default=[], metavar="ADDRESS",
+                   help="unix:PATH or ws://HOST:PORT (repeatable; replaces the file's)")
+    p.add_argument("--detach", action="store_true", help="run in the background (pidfile, logs)")
+    p.add_argument("--no-dashboard", action="store_true", help="log lines instead of a live table")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _state_arg(p)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("status", help="the daemon's members and queues")
+    p.add_argument("--json", action="store_true")
+    _state_arg(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="stop the daemon after its queries finish")
+    p.add_argument("--timeout", type=float, default=90.0, help="then stop it hard (default 90 s)")
+    _state_arg(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("reload", help="re-read the pool file; restart members one at a time")
+    _state_arg(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("logs", help="the daemon's log, or a member's engine stderr")
+    p.add_argument("member", nargs="?", help="member-0, main/member-1, ... (default: the daemon)")
+    p.add_argument("-n", "--lines", type=int, default=40)
+    p.add_argument("-f", "--follow", action="store_true")
+    _state_arg(p)
+    p.set_defaults(func=cmd_logs)
+
+
+def _state(args: argparse.Namespace) -> StateDir:
+    return StateDir(args.state_dir.expanduser().resolve()) if args.state_dir else StateDir.default()
+
+
+def _socket(state: StateDir) -> Path:
+    """The daemon's socket: as the running daemon reported it, else the default."""
+    recorded = state.root / "socket"
+    try:
+        return Path(recorded.read_text().strip())
+    except OSError:
+        return state.socket
+
+
+def _pool_file(args: argparse.Namespace) -> PoolFile:
+    if args.config:
+        if args.gpus or args.members or args.model:
+            raise ConfigError("--gpus/--members/--model go in the pool file when --config is given")
+        pool_file = load_pool_file(args.config)
+    else:
+        gpus = None
+        if args.gpus:
+            try:
+                gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
+            except ValueError:
+                raise ConfigError(f"--gpus {args.gpus!r}: expected indices such as 0,1") from None
+        pool_file = default_pool_file(gpus)
+        main = pool_file.models["main"]
+        if args.members is not None:
+            if args.members < 1:
+                raise ConfigError(f"--members must be at least 1 (got {args.members})")
+            main.members = args.members
+        if args.model:
+            main.path = args.model
+    if args.listen:
+        listen = pool_file.listen.model_copy(update={"unix": None, "websocket": None})
+        for address in args.listen:
+            if address.startswith("unix:"):
+                listen.unix = address[5:] or "default"
+            elif address.startswith("ws://"):
+                listen.websocket = address[5:].rstrip("/")
+            else:
+                raise ConfigError(f"--listen {address!r}: expected unix:PATH or ws://HOST:PORT")
+        pool_file = pool_file.model_copy(update={"listen": type(listen).model_validate(
+            listen.model_dump())})
+    return pool_file
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    state = _state(args)
+    pool_file = _pool_file(args)  # errors before detaching, where the user sees them
+    state.ensure()
+    running = read_pid(state.pidfile)
+    if running is not None:
+        raise KatapoolError(f"a katapool daemon is already running (pid {running})")
+    if args.detach:
+        return _detach(args, state)
+    log_file = state.logs / "daemon.log"
+    show_dashboard = not args.no_dashboard and err.is_terminal
+    configure_logging(log_file, args.log_level, to_stderr=not show_dashboard)
+    regenerate = None if args.config else (lambda: _pool_file(args))
+    return asyncio.run(_run(Daemon(pool_file, state, file_path=args.config,
+                                   regenerate=regenerate), state, show_dashboard))
+
+
+async def _run(daemon: Daemon, state: StateDir, show_dashboard: bool) -> int:
+    def started(d: Daemon) -> None:
+        if d.socket_path is not None:
+            (state.root / "socket").write_text(f"{d.socket_path}\n")
+        for address in d.addresses():
+            err.print(f"katapool: listening on {address}")
+
+    if not show_dashboard:
+        return await daemon.run(on_started=started)
+    task = asyncio.ensure_future(daemon.run(on_started=started))
+    with Live(console=err, refresh_per_second=2, transient=False) as live:
+        while not task.done():
+            if daemon.hub is not None:
+                live.update(status_table(daemon.hub.status()))
+            await asyncio.wait({task}, timeout=1.0)
+    return task.result()
+
+
+def _detach(args: argparse.Namespace, state: StateDir) -> int:
+    argv = [sys.executable, "-m", "katapool", "start", "--no-dashboard",
+            "--state-dir", str(state.root), "--log-level", args.log_level]
+    for flag in ("config", "gpus", "members", "model"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag}", str(value)]
+    for address in args.listen:
+        argv += ["--listen", address]
+    out_file = state.logs / "daemon.out"
+    with open(out_file, "ab") as sink:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                                 start_new_session=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            tail = out_file.read_text(errors="replace").strip().splitlines()[-5:]
+            raise KatapoolError(f"the daemon exited ({code}) while starting: " + " | ".join(tail))
+        try:
+            status = control.request(_socket(state), "katapool_status", timeout=5)
+        except KatapoolError:
+            time.sleep(0.3)
+            continue
+        if status.get("ready"):
+            err.print(f"katapool: daemon started (pid {child.pid}); logs in {state.logs}")
+            for address in status.get("addresses", []):
+                err.print(f"katapool: listening on {address}")
+            return 0
+        time.sleep(0.3)
+    raise KatapoolError(f"the daemon (pid {child.pid}) was not ready within 900 s; see {state.logs}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = _state(args)
+    status = control.request(_socket(state), "katapool_status")
+    if args.json:
+        out.out(json.dumps({k: v for k, v in status.items() if k not in ("id", "action")}))
+        return 0
+    out.print(status_table(status, title=f"katapool daemon pid {status['pid']}"))
+    for address in status.get("addresses", []):
+        out.print(f"  {address}")
+    outcomes = status.get("outcomes") or {}
+    if outcomes:
+        out.print("  responses: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    state = _state(args)
+    pid = read_pid(state.pidfile)
+    try:
+        reply = control.request(_socket(state), "katapool_stop", timeout=10)
+        pid = int(reply.get("pid", pid or 0)) or pid
+    except control.DaemonNotRunning:
+        if pid is None:
+            raise
+        os.kill(pid, signal.SIGTERM)  # alive but its socket is gone: ask with a signal
+    if pid is None:
+        return 0
+    if _wait_gone(pid, args.timeout):
+        err.print(f"katapool: daemon (pid {pid}) stopped")
+        return 0
+    err.print(f"katapool: daemon (pid {pid}) still running after {args.timeout:g} s: killing it")
+    os.kill(pid, signal.SIGKILL)  # its engines die with it (parent-death signal)
+    _wait_gone(pid, 10)
+    state.pidfile.unlink(missing_ok=True)
+    return 1
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # our own child (a test's daemon) would linger as a zombie: reap it
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = control.request(_socket(_state(args)), "katapool_reload", timeout=3600)
+    models: dict[str, Any] = reply.get("models", {})
+    for name, what in models.items():
+        out.print(f"{name}: {what}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    state = _state(args)
+    logs = state.logs
+    try:
+        status = control.request(_socket(state), "katapool_status", timeout=5)
+        logs = Path(status.get("log_dir") or logs)
+    except KatapoolError:
+        pass
+    if args.member is None:
+        path = logs / "daemon.log"
+    else:
+        name = args.member.replace("/", "-")
+        if name.isdigit():
+            name = f"member-{name}"
+        matches = sorted(logs.glob(f"*{name}.stderr.log")) if "-member-" not in name \
+            else [logs / f"{name}.stderr.log"]
+        matches = [m for m in matches if m.exists()]
+        if not matches:
+            known = ", ".join(sorted(p.name.removesuffix(".stderr.log")
+                                     for p in logs.glob("*.stderr.log"))) or "none"
+            raise KatapoolError(f"no log for member {args.member!r} in {logs} (members: {known})")
+        if len(matches) > 1:
+            raise KatapoolError(f"{args.member!r} is ambiguous: "
+                                + ", ".join(m.name.removesuffix(".stderr.log") for m in matches))
+        path = matches[0]
+    if not path.exists():
+        raise KatapoolError(f"no log yet at {path}")
+    lines = path.read_text(errors="replace").splitlines()[-args.lines:] if args.lines > 0 else []
+    for line in lines:
+        out.out(line)
+    if args.follow:
+        with open(path, errors="replace") as fh:
+            fh.seek(0, os.SEEK_END)
+            try:
+                while True:
+                    line = fh.readline()
+                    if line:
+                        out.out(line.rstrip("\n"))
+                    else:
+                        time.sleep(0.3)
+            except KeyboardInterrupt:
+                return 0
+    return 0

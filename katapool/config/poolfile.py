@@ -1,0 +1,185 @@
+"""``katapool.yaml``: what a daemon serves (models, members, endpoints, limits).
+
+Errors name the file and line of the offending value, so a typo in a 40-line file is found
+at once. Without a file, :func:`default_pool_file` builds one from the devices found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from katapool.errors import ConfigError
+from katapool.pool.policy import PoolPolicy
+
+DEFAULT_WS_PORT = 6364
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """One network served by its own members; queries pick it with ``"model": NAME``."""
+
+    path: str | None = Field(default=None, description="network file; default: the engine's bundled one")
+    human_model: str | None = None
+    gpus: list[int] | None = Field(default=None, description="one member per listed GPU")
+    members: int | None = Field(default=None, ge=1, le=64, description="engine processes "
+                                "(default: one per listed GPU, else 1)")
+    preset: str = "server"
+    configs: list[str] = Field(default_factory=list, description="your own KataGo configs "
+                               "instead of generated ones")
+    overrides: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    analysis_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(g < 0 for g in value):
+            raise ValueError("GPU indices are 0 or more")
+        return value
+
+    def member_count(self) -> int:
+        return self.members or (len(self.gpus) if self.gpus else 1)
+
+
+class Listen(_Strict):
+    unix: str | None = Field(default="default", description="Unix socket path; 'default' for "
+                             "katapool's own, null to disable")
+    websocket: str | None = Field(default=None, description="host:port for WebSocket, "
+                                  "/healthz and /metrics (e.g. 127.0.0.1:6364)")
+    token_file: str | None = Field(default=None, description="default: <state dir>/token")
+    require_token: bool | None = Field(default=None, description="default: only when the "
+                                       "WebSocket endpoint is bound beyond loopback")
+
+    @field_validator("websocket")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
+        return value
+
+
+def split_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Limits(_Strict):
+    max_queue: int = Field(default=10_000, ge=1, description="queries in the pool before refusing")
+    max_visits: int | None = Field(default=None, ge=1, description="largest maxVisits a query may ask")
+    per_client_concurrency: int = Field(default=1_000, ge=1, description="queries one connection "
+                                        "may have in flight")
+    max_line_bytes: int = Field(default=4 << 20, ge=1024, description="longest query line")
+
+
+class PoolFile(_Strict):
+    engine: str | None = Field(default=None, description="KataGo binary; default: the installed one")
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: {"main": ModelSpec()})
+    default_model: str | None = None
+    listen: Listen = Field(default_factory=Listen)
+    limits: Limits = Field(default_factory=Limits)
+    log_dir: str | None = Field(default=None, description="default: <state dir>/logs")
+    policy: PoolPolicy = Field(default_factory=PoolPolicy)
+
+    @model_validator(mode="after")
+    def _models(self) -> PoolFile:
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        for name in self.models:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '-', '_' or '.'")
+        if self.default_model is None:
+            self.default_model = next(iter(self.models))
+        elif self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models "
+                             f"({', '.join(self.models)})")
+        return self
+
+
+def default_pool_file(gpus: list[int] | None = None) -> PoolFile:
+    """What ``katapool start`` serves without a file: the default network, one member per
+    GPU asked for (or one on the best device found)."""
+    return PoolFile(models={"main": ModelSpec(gpus=gpus)})
+
+
+def load_pool_file(path: Path) -> PoolFile:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_pool_file(text, str(path))
+
+
+def parse_pool_file(text: str, source: str = "katapool.yaml") -> PoolFile:
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if node is None:
+        data: Any = {}
+        lines: dict[tuple[Any, ...], int] = {}
+    else:
+        data = yaml.safe_load(text)
+        lines = {}
+        _index_lines(node, (), lines)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: expected a mapping of settings at the top")
+    try:
+        return PoolFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        line = _nearest_line(loc, lines)
+        path = ".".join(str(p) for p in loc) or "(top)"
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise ConfigError(f"{source}:{line}: {path}: {message}" if line else
+                          f"{source}: {path}: {message}") from None
+
+
+def _index_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, key.value)
+            lines[child] = key.start_mark.line + 1
+            _index_lines_children(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*path, i), lines)
+
+
+def _index_lines_children(node: yaml.Node, path: tuple[Any, ...],
+                          lines: dict[tuple[Any, ...], int]) -> None:
+    keep = lines[path]
+    _index_lines(node, path, lines)
+    lines[path] = keep  # a key's own line is where a reader looks for it
+
+
+def _nearest_line(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        key = tuple(str(p) if isinstance(p, str) else p for p in loc[:end])
+        if key in lines:
+            return lines[key]
+    return None

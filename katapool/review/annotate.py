@@ -1,0 +1,65 @@
+"""Write a reviewed game back as SGF: Sabaki's winrate/score properties on every node
+(``SBKV`` Black's winrate in percent, ``SBKS`` Black's score lead), a comment on every move
+with the engine's choice and the loss, and SGF's bad-move mark (``BM``) on mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sgfmill import sgf
+
+from katapool.review.batch import GameReview
+
+
+def annotated_sgf(review: GameReview, mistake: float, visits: int) -> bytes:
+    game = sgf.Sgf_game.from_bytes(review.source.read_bytes())
+    nodes = list(game.get_main_sequence())
+    evals = review.evaluations
+    moves = review.moves
+    move_index = 0
+    root_done = False
+    for node in nodes:
+        colour, _ = node.get_move()
+        if colour is None:
+            if not root_done:  # the position before the first move
+                _values(node, evals[0].winrate_black, evals[0].score_lead_black)
+                root_done = True
+            continue
+        if move_index >= len(moves):
+            break
+        m = moves[move_index]
+        move_index += 1
+        _values(node, m.after.winrate_black, m.after.score_lead_black)
+        who = "Black" if m.player == "B" else "White"
+        lines = [f"katapool ({visits} visits): {who} winrate after {m.move}: "
+                 f"{m.after.winrate_black if m.player == 'B' else 1 - m.after.winrate_black:.1%}, "
+                 f"score {_lead(m.after.score_lead_black)}"]
+        best = m.before.best_move
+        if best and best.upper() != m.move.upper():
+            lines.append(f"Engine's choice: {best}; this move lost {m.winrate_loss:.1%} "
+                         f"winrate and {m.score_loss:.1f} points")
+        elif best:
+            lines.append("The engine's choice.")
+        if m.winrate_loss >= mistake:
+            node.set("BM", 2 if m.winrate_loss >= 2 * mistake else 1)
+            lines[0] = ("Blunder. " if m.winrate_loss >= 2 * mistake else "Mistake. ") + lines[0]
+        old = node.get("C") if node.has_property("C") else ""
+        node.set("C", (old + "\n\n" if old else "") + "\n".join(lines))
+    root = game.get_root()
+    root.set("AP", ("katapool", "1"))
+    return bytes(game.serialise())
+
+
+def _values(node: sgf.Tree_node, winrate_black: float, lead_black: float) -> None:
+    node.set_raw("SBKV", f"{winrate_black * 100:.2f}".encode())
+    node.set_raw("SBKS", f"{lead_black:.2f}".encode())
+
+
+def _lead(lead_black: float) -> str:
+    return f"B+{lead_black:.1f}" if lead_black >= 0 else f"W+{-lead_black:.1f}"
+
+
+def write_annotated(review: GameReview, out: Path, mistake: float, visits: int) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(annotated_sgf(review, mistake, visits))
+    return out

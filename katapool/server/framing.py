@@ -1,0 +1,51 @@
+"""JSON-lines framing with a line-length limit."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from katapool.protocol.analysis import error_response
+
+_ID = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){0,200})"')
+
+
+class LineFramer:
+    """Split a byte stream into lines; a line longer than ``limit`` is skipped whole and
+    reported once (as None), so one bad line never desynchronises the stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._skipping = False
+        self._skipped_head = b""
+
+    def feed(self, data: bytes) -> list[bytes | tuple[None, bytes]]:
+        out: list[bytes | tuple[None, bytes]] = []
+        self._buf += data
+        while True:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if not self._skipping and len(self._buf) > self.limit:
+                    self._skipping = True
+                    self._skipped_head = bytes(self._buf[:4096])
+                if self._skipping:
+                    self._buf.clear()
+                return out
+            line = bytes(self._buf[:end])
+            del self._buf[:end + 1]
+            if self._skipping:
+                self._skipping = False
+                out.append((None, self._skipped_head))
+            elif len(line) > self.limit:
+                out.append((None, line[:4096]))
+            elif line.strip():
+                out.append(line)
+
+
+def oversized_error(limit: int, head: bytes) -> dict[str, Any]:
+    """KataGo-style error for a line over the limit, with the query's id when it can be seen."""
+    found = _ID.search(head)
+    rid = found.group(1).decode("utf-8", errors="replace") if found else None
+    return error_response(f"query line is longer than this server's limit of {limit} bytes "
+                          "(limits.max_line_bytes): not read", rid)

@@ -1,0 +1,396 @@
+"""What every daemon endpoint talks to: named pools (one per model) and the daemon's limits.
+
+A *connection* is one client (a Unix-socket stream, a WebSocket). It speaks KataGo's analysis
+JSON lines plus one optional query field, ``"model"``, naming which served network answers;
+limits (visits, per-connection concurrency) are checked here, so an offending query gets an
+error in KataGo's format and nobody else notices. When a connection goes, its queries are
+terminated in the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from katapool.config.poolfile import Limits, ModelSpec, PoolFile
+from katapool.pool import Pool
+from katapool.pool.router import Session
+from katapool.protocol.analysis import BadRequest, Request, error_response, is_final, parse_request
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[dict[str, Any]], None]
+PoolBuilder = Callable[[str, ModelSpec], Pool]
+CONTROL_ACTIONS = ("katapool_status", "katapool_stop", "katapool_reload")
+
+
+@dataclass
+class Served:
+    """One model name and the pool serving it (a reload may swap the pool)."""
+
+    name: str
+    spec: ModelSpec
+    pool: Pool
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+
+
+class Hub:
+    def __init__(self, pool_file: PoolFile, build: PoolBuilder) -> None:
+        self.file = pool_file
+        self.limits: Limits = pool_file.limits
+        self.build = build
+        self.served: dict[str, Served] = {}
+        self.retiring: list[Pool] = []  # replaced pools finishing their queries
+        self.connections: set[Connection] = set()
+        self.started = time.time()
+        self.outcomes: dict[tuple[str, str], int] = {}
+        self.control: Callable[[str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] | None = None
+        self.on_latency: Callable[[str, float], None] | None = None
+        self.ready = asyncio.Event()
+        self._rates: dict[tuple[str, int], tuple[float, int, float]] = {}
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def build_all(self) -> None:
+        """Build every model's pool (not yet started: queries sent now wait for a member)."""
+        for name, spec in self.file.models.items():
+            if name not in self.served:
+                self.served[name] = Served(name, spec, self.build(name, spec))
+
+    async def start(self) -> None:
+        self.build_all()
+        # Every model's members start together (the supervisor staggers engine starts).
+        await asyncio.gather(*(s.pool.start(wait="any") for s in self.served.values()))
+        self.ready.set()
+
+    async def close(self) -> None:
+        self.ready.clear()
+        for conn in list(self.connections):
+            conn.close()
+        await asyncio.gather(*(s.pool.close() for s in self.served.values()),
+                             *(p.close() for p in self.retiring), return_exceptions=True)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no query is in flight anywhere (True), or ``timeout``."""
+        waits = [s.pool.drain() for s in self.served.values()] + [p.drain() for p in self.retiring]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def default_model(self) -> str:
+        return self.file.default_model or next(iter(self.served))
+
+    # --- reload -------------------------------------------------------------------------------
+
+    async def reload(self, new_file: PoolFile, drain_timeout: float = 120.0) -> dict[str, str]:
+        """Apply a new pool file without dropping a query: a model whose member count is
+        unchanged gets a rolling restart; a new or resized one gets a fresh pool that takes
+        new queries once ready, while the old one finishes its own; a removed one stops
+        taking queries and closes when done."""
+        done: dict[str, str] = {}
+        if new_file.limits != self.limits:
+            self.limits = new_file.limits
+        for name, spec in new_file.models.items():
+            current = self.served.get(name)
+            if current is not None and spec.member_count() == current.spec.member_count():
+                fresh = self.build(name, spec)  # for its factories only
+                ok = await current.pool.reload(fresh.supervisor.factories(), drain_timeout)
+                current.pool.adopt_cleanup(fresh)
+                for slot, new_slot in zip(current.pool.supervisor.slots, fresh.supervisor.slots,
+                                          strict=True):
+                    slot.label = new_slot.label
+                current.spec = spec
+                done[name] = "restarted member by member" if ok else "restarted; some members failed"
+                continue
+            pool = self.build(name, spec)
+            await pool.start(wait="any")
+            self.served[name] = Served(name, spec, pool)
+            if current is not None:
+                self._retire(current.pool)
+                done[name] = "replaced by a new pool"
+            else:
+                done[name] = "added"
+        for name in [n for n in self.served if n not in new_file.models]:
+            self._retire(self.served.pop(name).pool)
+            done[name] = "removed (finishing its queries)"
+        self.file = new_file
+        return done
+
+    def _retire(self, pool: Pool) -> None:
+        self.retiring.append(pool)
+
+        async def finish() -> None:
+            await pool.drain()
+            await pool.close()
+            self.retiring.remove(pool)
+
+        task = asyncio.create_task(finish())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    # --- numbers for status, the dashboard and /metrics ---------------------------------------
+
+    def count(self, model: str, outcome: str) -> None:
+        key = (model, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        models = []
+        for served in self.served.values():
+            members = []
+            for slot in served.pool.supervisor.slots:
+                info = slot.status()
+                pid = info.get("pid")
+                info["rss_mb"] = _rss_mb(pid)
+                info["in_flight"] = served.pool.router.parts_on(slot)
+                info["visits_per_s"] = self._rate(served.name, slot.index, slot.visits_done, now)
+                lat = sorted(slot.part_latencies)
+                info["p50_s"] = round(statistics.median(lat), 3) if lat else None
+                info["p99_s"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None
+                members.append(info)
+            lat = sorted(served.latencies)
+            models.append({
+                "name": served.name, "default": served.name == self.default_model(),
+                "members": members, "queue": served.pool.router.outstanding,
+                "waiting": len(served.pool.router.waiting),
+                "p50_s": round(statistics.median(lat), 3) if lat else None,
+                "p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None,
+            })
+        return {"ready": self.ready.is_set(), "uptime_s": round(time.time() - self.started, 1),
+                "connections": len(self.connections), "models": models,
+                "outcomes": {f"{m}/{o}": n for (m, o), n in sorted(self.outcomes.items())}}
+
+    def _rate(self, model: str, index: int, visits: int, now: float) -> float:
+        """Visits per second since the previous look (smoothed), per member."""
+        key = (model, index)
+        last = self._rates.get(key)
+        if last is None:
+            self._rates[key] = (now, visits, 0.0)
+            return 0.0
+        then, before, rate = last
+        if now - then >= 1.0:
+            fresh = (visits - before) / (now - then)
+            rate = fresh if rate == 0.0 else 0.5 * rate + 0.5 * fresh
+            self._rates[key] = (now, visits, rate)
+        return round(rate, 1)
+
+    def connect(self, deliver: Deliver, peer: str, control: bool = False) -> Connection:
+        conn = Connection(self, deliver, peer, control)
+        self.connections.add(conn)
+        return conn
+
+
+def _rss_mb(pid: Any) -> float | None:
+    if not isinstance(pid, int):
+        return None
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except psutil.Error:
+        return None
+
+
+_background: set[asyncio.Task[Any]] = set()
+FANOUT_MARK = "\x1fkp"
+
+
+class Connection:
+    """One client of the daemon; its queries, whatever model answers them."""
+
+    _fanouts = itertools.count(1)
+
+    def __init__(self, hub: Hub, deliver: Deliver, peer: str, control: bool) -> None:
+        self.hub = hub
+        self._deliver = deliver
+        self.peer = peer
+        self.control = control
+        self.closed = False
+        self.sessions: dict[int, tuple[str, Session]] = {}  # id(pool) -> (model, session)
+        self._accepted: dict[str, deque[list[float]]] = {}  # query id -> [start, turns left]
+        self._fanout: dict[str, tuple[dict[str, Any], int, list[dict[str, Any]]]] = {}
+
+    # --- in ------------------------------------------------------------------------------------
+
+    def submit(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            request = parse_request(line.rstrip("\r\n"), CONTROL_ACTIONS)
+        except BadRequest as exc:
+            self.hub.count("-", "rejected")
+            self.deliver(exc.response)
+            return
+        raw = request.raw
+        if request.action in CONTROL_ACTIONS:  # katapool's own, answered by the daemon
+            self._control(request)
+            return
+        if request.action == "query_version":
+            self._session(self.hub.default_model()).submit_request(request)
+        elif request.action in ("terminate", "terminate_all"):
+            target = raw["terminateId"] if request.action == "terminate" else None
+            for _, session in self.sessions.values():
+                session.terminate(target, raw.get("turnNumbers"))
+            self.deliver(dict(raw))
+        elif request.action in ("clear_cache", "query_models"):
+            self._fan_out(request)
+        else:
+            self._analysis(request)
+
+    def _analysis(self, request: Request) -> None:
+        raw = request.raw
+        model = raw.pop("model", None)
+        if model is None:
+            model = self.hub.default_model()
+        if not isinstance(model, str) or model not in self.hub.served:
+            self._reject(request, f"unknown model {model!r}: this server has "
+                         f"{', '.join(sorted(self.hub.served))}", "model")
+            return
+        limits = self.hub.limits
+        if limits.max_visits is not None:
+            settings = raw.get("overrideSettings")
+            for where, value in (("maxVisits", raw.get("maxVisits")),
+                                 ("overrideSettings.maxVisits",
+                                  settings.get("maxVisits") if isinstance(settings, dict) else None)):
+                if isinstance(value, (int, float)) and value > limits.max_visits:
+                    self._reject(request, f"{where} {value:g} is over this server's limit of "
+                                 f"{limits.max_visits} visits per query", where.split(".")[-1])
+                    return
+        in_flight = self.in_flight()
+        if in_flight >= limits.per_client_concurrency:
+            self._reject(request, f"too many queries in flight on this connection ({in_flight}; "
+                         f"limit {limits.per_client_concurrency}): wait for answers first")
+            return
+        served = self.hub.served[model]
+        if served.pool.router.outstanding >= limits.max_queue:
+            self._reject(request, f"katapool is busy: {served.pool.router.outstanding} queries "
+                         f"queued for model {model!r} (max_queue {limits.max_queue}); "
+                         "send it again later")
+            return
+        self._accepted.setdefault(request.id, deque()).append([time.monotonic(), len(request.turns)])
+        self._session(model).submit_request(request)
+
+    def _reject(self, request: Request, message: str, field: str | None = None) -> None:
+        self.hub.count("-", "rejected")
+        self.deliver(error_response(message, request.id, field))
+
+    def _session(self, model: str) -> Session:
+        pool = self.hub.served[model].pool
+        entry = self.sessions.get(id(pool))
+        if entry is None:
+            entry = self.sessions[id(pool)] = (model, pool.session(
+                functools.partial(self._from_pool, model)))
+        return entry[1]
+
+    def _fan_out(self, request: Request) -> None:
+        """clear_cache and query_models concern every model: ask each, answer once."""
+        key = f"{request.id}{FANOUT_MARK}{next(self._fanouts)}"
+        names = list(self.hub.served)
+        self._fanout[key] = (dict(request.raw), len(names), [])
+        for name in names:
+            self._session(name).submit_request(
+                Request({**request.raw, "id": f"{key}:{name}"}, f"{key}:{name}", request.action))
+
+    def _fanout_reply(self, model: str, msg: dict[str, Any]) -> None:
+        key = str(msg["id"]).rsplit(":", 1)[0]
+        entry = self._fanout.get(key)
+        if entry is None:
+            return
+        raw, expected, replies = entry
+        replies.append({**msg, "_model": model})
+        if len(replies) < expected:
+            return
+        del self._fanout[key]
+        errors = [r for r in replies if "error" in r]
+        if errors:
+            self.deliver({**{k: v for k, v in errors[0].items() if k != "_model"}, "id": raw["id"]})
+            return
+        answer = dict(raw)
+        if raw.get("action") == "query_models":
+            answer["models"] = [{**m, "katapoolModel": r["_model"]}
+                                for r in replies for m in r.get("models", [])]
+        self.deliver(answer)
+
+    def _control(self, request: Request) -> None:
+        if not self.control or self.hub.control is None:
+            self.deliver(error_response(f"{request.raw['action']} is only accepted on the "
+                                        "daemon's Unix socket", request.id, "action"))
+            return
+        work = self.hub.control(str(request.raw["action"]), request.raw)
+        task: asyncio.Task[dict[str, Any]] = asyncio.create_task(work)
+
+        def answer(t: asyncio.Task[dict[str, Any]]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            reply = error_response(str(exc), request.id) if exc else {**t.result(), "id": request.id}
+            self.deliver(reply)
+
+        task.add_done_callback(answer)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    # --- out -----------------------------------------------------------------------------------
+
+    def _from_pool(self, model: str, msg: dict[str, Any]) -> None:
+        rid = msg.get("id")
+        if isinstance(rid, str) and FANOUT_MARK in rid:
+            self._fanout_reply(model, msg)
+            return
+        if "error" in msg:
+            self.hub.count(model, "error")
+            if isinstance(rid, str):
+                self._settle(model, rid, all_turns=True)
+        elif is_final(msg) and "turnNumber" in msg:
+            self.hub.count(model, "no_results" if msg.get("noResults") else "answered")
+            if isinstance(rid, str):
+                self._settle(model, rid, all_turns=False)
+        self.deliver(msg)
+
+    def _settle(self, model: str, rid: str, all_turns: bool) -> None:
+        entries = self._accepted.get(rid)
+        if not entries:
+            return
+        entry = entries[0]
+        latency = time.monotonic() - entry[0]
+        served = self.hub.served.get(model)
+        if served is not None and not all_turns:
+            served.latencies.append(latency)
+        if self.hub.on_latency is not None and not all_turns:
+            self.hub.on_latency(model, latency)
+        entry[1] -= 1
+        if all_turns or entry[1] <= 0:
+            entries.popleft()
+            if not entries:
+                del self._accepted[rid]
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        if not self.closed:
+            try:
+                self._deliver(msg)
+            except Exception:  # a broken transport must not reach into the router
+                log.exception("connection %s: could not deliver", self.peer)
+                self.close()
+
+    def in_flight(self) -> int:
+        return sum(s.in_flight for _, s in self.sessions.values()) + len(self._fanout)
+
+    def close(self) -> None:
+        """The client went away: stop its queries in the engines; late answers are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        for _, session in self.sessions.values():
+            session.terminate(None)
+        self.hub.connections.discard(self)

@@ -1,0 +1,85 @@
+"""The Unix socket: KataGo's analysis JSON lines, owner-only (mode 0600). Also the daemon's
+control channel (status, stop, reload), since only its owner can reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+from pathlib import Path
+from typing import Any
+
+from katapool.server.framing import LineFramer, oversized_error
+from katapool.server.hub import Hub
+
+log = logging.getLogger(__name__)
+SLOW_CLIENT_BYTES = 256 << 20  # a client that reads nothing for this long is dropped
+
+
+async def serve_unix(hub: Hub, path: Path) -> asyncio.Server:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket from a killed daemon (the caller checked the pidfile)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_connection(hub, reader, writer)
+
+    old = os.umask(0o177)  # created 0600: no window where others could connect
+    try:
+        server = await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+    transport = writer.transport
+
+    def deliver(msg: dict[str, Any]) -> None:
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
+            log.warning("unix client reads nothing: dropping it")
+            transport.abort()
+            return
+        transport.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+
+    conn = hub.connect(deliver, peer="unix", control=True)
+    limit = hub.limits.max_line_bytes
+    framer = LineFramer(limit)
+    try:
+        while data := await reader.read(1 << 16):
+            for line in framer.feed(data):
+                if isinstance(line, tuple):
+                    conn.deliver(oversized_error(limit, line[1]))
+                else:
+                    conn.submit(line.decode("utf-8", errors="replace"))
+        # End of input: like `katago analysis`, answer what was asked, unless the client
+        # has gone for good (then its queries are stopped).
+        await _drain_unless_gone(conn, writer)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        conn.close()
+        # Let answers already written (e.g. a stop acknowledgement) reach the client.
+        with contextlib.suppress(Exception):
+            writer.write_eof()
+            await asyncio.wait_for(writer.drain(), 5)
+        writer.close()
+
+
+async def _drain_unless_gone(conn: Any, writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    poller = select.poll()
+    if sock is not None:
+        poller.register(sock.fileno(), select.POLLHUP)
+    while conn.in_flight() and not writer.transport.is_closing():
+        # A half-closed socket still reads; POLLHUP means the peer closed both ways.
+        if sock is not None and any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+            return
+        await asyncio.sleep(0.2)

@@ -1,0 +1,118 @@
+"""The network endpoint: KataGo analysis JSON over WebSocket text frames (KaTrain's remote
+engine framing), plus HTTP ``/healthz`` and Prometheus ``/metrics`` on the same port.
+
+Bound to loopback by default. Bound elsewhere, a token is required: ``?token=...`` in the
+URL (KaTrain's remote engine can only pass a URL) or ``Authorization: Bearer ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from katapool.server.framing import oversized_error
+from katapool.server.hub import Hub
+from katapool.server.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger(__name__)
+SEND_QUEUE_MAX = 100_000  # responses buffered for a client that does not read
+
+
+class WebEndpoint:
+    def __init__(self, hub: Hub, metrics: Metrics, token: str | None) -> None:
+        self.hub = hub
+        self.metrics = metrics
+        self.token = token  # None: no token needed
+
+    async def serve(self, host: str, port: int) -> Server:
+        limit = self.hub.limits.max_line_bytes
+        # Frames a little over the line limit get a JSON error; far over, the library
+        # closes the connection with 1009 (message too big) before reading it all.
+        return await serve(self._handle, host, port, process_request=self._http,
+                           max_size=limit * 2 + 65536, compression=None,
+                           ping_interval=20, ping_timeout=60)
+
+    def _authorised(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        given = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            ready = self.hub.ready.is_set() and any(
+                s.pool.supervisor.slots and any(sl.ready for sl in s.pool.supervisor.slots)
+                for s in self.hub.served.values())
+            body = json.dumps({"live": True, "ready": ready}) + "\n"
+            response = connection.respond(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                                          body)
+            response.headers["Content-Type"] = "application/json"
+            return response
+        if not self._authorised(request):
+            return connection.respond(HTTPStatus.UNAUTHORIZED,
+                                      "katapool: missing or wrong token (add ?token=TOKEN to the "
+                                      "URL, or send 'Authorization: Bearer TOKEN'; the token is in "
+                                      "the daemon's token file)\n")
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, "")
+            response.body = self.metrics.render()
+            response.headers["Content-Type"] = CONTENT_TYPE
+            response.headers["Content-Length"] = str(len(response.body))
+            return response
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(HTTPStatus.NOT_FOUND, "katapool: WebSocket analysis "
+                                      "endpoint; also /healthz and /metrics\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        limit = self.hub.limits.max_line_bytes
+
+        def deliver(msg: dict[str, Any]) -> None:
+            if outbox.qsize() > SEND_QUEUE_MAX:
+                raise ConnectionError("client does not read its answers")
+            outbox.put_nowait(json.dumps(msg, separators=(",", ":")) + "\n")
+
+        peer = f"ws:{ws.remote_address[0] if ws.remote_address else '?'}"
+        conn = self.hub.connect(deliver, peer=peer, control=False)
+        sender = asyncio.create_task(self._send(ws, outbox))
+        try:
+            async for message in ws:
+                text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) \
+                    else message
+                # A frame may hold several newline-separated queries.
+                for line in text.split("\n"):
+                    if len(line.encode()) > limit:
+                        conn.deliver(oversized_error(limit, line[:4096].encode()))
+                    elif line.strip():
+                        conn.submit(line)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.close()  # its queries are terminated in the engines
+            outbox.put_nowait(None)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    @staticmethod
+    async def _send(ws: ServerConnection, outbox: asyncio.Queue[str | None]) -> None:
+        while (text := await outbox.get()) is not None:
+            try:
+                await ws.send(text)
+            except ConnectionClosed:
+                return
