@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.live import Live
 
 from katapool.cli.common import err, out
@@ -221,18 +222,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its parent counts as exited)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # our own child (a test's daemon) would linger as a zombie: reap it
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 return True
-        except ChildProcessError:
-            pass
+        except psutil.NoSuchProcess:
+            return True
         time.sleep(0.1)
     return False
 

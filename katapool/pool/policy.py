@@ -45,5 +45,11 @@ class PoolPolicy(BaseModel):
     affinity_slack: float = Field(default=1.5, ge=1.0, description="how much busier than the least-"
                                   "loaded member a game's member may be and still get its query")
 
+    # Reload (rolling restart).
+    reload_drain: float = Field(default=5.0, ge=0, description="a member being replaced "
+                                "finishes its work for up to this long; what is left moves "
+                                "to other members (KataGo queues all it is sent, so waiting "
+                                "for everything could take as long as the whole backlog)")
+
     # Shutdown.
     stop_grace: float = Field(default=10.0, ge=0)

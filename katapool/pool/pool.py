@@ -62,13 +62,15 @@ class Pool:
             cleanup()
         self._cleanup, other._cleanup = other._cleanup, []
 
-    async def reload(self, factories: list[MemberFactory], drain_timeout: float = 120.0) -> bool:
+    async def reload(self, factories: list[MemberFactory], drain_timeout: float | None = None) -> bool:
         """Rolling restart: members are replaced one at a time from ``factories`` (a new model
         or config), each finishing its work first, so no query is lost and the others keep
         serving. True if every new member started."""
         if len(factories) != len(self.supervisor.slots):
             raise ValueError("a rolling reload keeps the number of members")
         ok = True
+        if drain_timeout is None:
+            drain_timeout = self.policy.reload_drain
         for slot, factory in zip(self.supervisor.slots, factories, strict=True):
             ok = await self.supervisor.replace(
                 slot, factory, functools.partial(self.router.parts_on, slot), drain_timeout) and ok

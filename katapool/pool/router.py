@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from katapool.pool.policy import PoolPolicy
-from katapool.pool.supervisor import Slot, SlotState, Supervisor
+from katapool.pool.supervisor import PLANNED_STOP, Slot, SlotState, Supervisor
 from katapool.protocol.analysis import (
     BadRequest,
     Request,
@@ -431,8 +431,11 @@ class Router:
         for flight, parts in hit.items():
             for part in parts:
                 self._release_part(flight, part)
-            flight.deaths += 1
             self.stats["rerouted"] += 1
+            if reason == PLANNED_STOP:  # a reload, not a crash: nobody is to blame
+                self._dispatch(flight)
+                continue
+            flight.deaths += 1
             # Only a death while it ran alone proves a query guilty.
             if flight is solo and flight.deaths >= self.policy.quarantine_after:
                 self.stats["quarantined"] += 1

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "katapool-health-"
 MemberFactory = Callable[[int, int], Member]  # (slot index, generation) -> a fresh member
+PLANNED_STOP = "replaced (reload)"  # the loss reason of a member stopped on purpose
 
 
 class SlotState(StrEnum):
@@ -228,7 +229,7 @@ class Supervisor:
                 slot.reloads += 1
                 with contextlib.suppress(Exception):
                     await member.stop(self.policy.stop_grace)
-                self._tell(self.listener.on_lost, slot, "replaced (reload)")
+                self._tell(self.listener.on_lost, slot, PLANNED_STOP)
                 slot.member = None
                 await self._notify()
                 continue

@@ -192,7 +192,7 @@ class Daemon:
                 log.warning("reload: listen settings change only on restart")
             new = new.model_copy(update={"listen": self.file.listen})
             self.file = new
-            done = await self.hub.reload(new, self.drain_timeout)
+            done = await self.hub.reload(new)
             log.info("reloaded: %s", done)
             return done
 

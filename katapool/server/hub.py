@@ -94,7 +94,7 @@ class Hub:
 
     # --- reload -------------------------------------------------------------------------------
 
-    async def reload(self, new_file: PoolFile, drain_timeout: float = 120.0) -> dict[str, str]:
+    async def reload(self, new_file: PoolFile) -> dict[str, str]:
         """Apply a new pool file without dropping a query: a model whose member count is
         unchanged gets a rolling restart; a new or resized one gets a fresh pool that takes
         new queries once ready, while the old one finishes its own; a removed one stops
@@ -106,7 +106,8 @@ class Hub:
             current = self.served.get(name)
             if current is not None and spec.member_count() == current.spec.member_count():
                 fresh = self.build(name, spec)  # for its factories only
-                ok = await current.pool.reload(fresh.supervisor.factories(), drain_timeout)
+                ok = await current.pool.reload(fresh.supervisor.factories(),
+                                              new_file.policy.reload_drain)
                 current.pool.adopt_cleanup(fresh)
                 for slot, new_slot in zip(current.pool.supervisor.slots, fresh.supervisor.slots,
                                           strict=True):
@@ -156,6 +157,7 @@ class Hub:
                 pid = info.get("pid")
                 info["rss_mb"] = _rss_mb(pid)
                 info["in_flight"] = served.pool.router.parts_on(slot)
+                info["visits"] = slot.visits_done
                 info["visits_per_s"] = self._rate(served.name, slot.index, slot.visits_done, now)
                 lat = sorted(slot.part_latencies)
                 info["p50_s"] = round(statistics.median(lat), 3) if lat else None

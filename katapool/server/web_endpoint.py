@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -68,11 +69,9 @@ class WebEndpoint:
                                       "URL, or send 'Authorization: Bearer TOKEN'; the token is in "
                                       "the daemon's token file)\n")
         if path == "/metrics":
-            response = connection.respond(HTTPStatus.OK, "")
-            response.body = self.metrics.render()
-            response.headers["Content-Type"] = CONTENT_TYPE
-            response.headers["Content-Length"] = str(len(response.body))
-            return response
+            metrics = self.metrics.render()
+            return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE),
+                                                ("Content-Length", str(len(metrics)))]), metrics)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return connection.respond(HTTPStatus.NOT_FOUND, "katapool: WebSocket analysis "
                                       "endpoint; also /healthz and /metrics\n")
