@@ -21,7 +21,8 @@ from katapool.review.batch import GameReview, review_games
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("analyze", help="review games (SGF): tables, annotated SGFs, graphs",
+    p = sub.add_parser("analyze", aliases=["review"],
+                       help="review games (SGF): tables, annotated SGFs, graphs",
                        description="Analyse every position of the given games through a pool "
                                    "(embedded, or a running daemon with --connect).")
     p.add_argument("games", nargs="+", type=Path, metavar="GAME.sgf")
@@ -61,7 +62,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     reviews = asyncio.run(_run(args, games))
+    failed = 0
     for stem, review in zip(stems, reviews, strict=True):
+        if review.error is not None:
+            failed += 1
+            err.print(f"[bold red]error:[/] {review.source}: {review.error}", soft_wrap=True)
+            continue
         sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake, args.visits)
         png_out = None
         if args.plot:
@@ -72,7 +78,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             out.out(json.dumps(_as_json(review, args, sgf_out, png_out)))
         else:
             _print_game(review, args, sgf_out, png_out)
-    return 0
+    return 1 if failed else 0
 
 
 async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]]) -> list[GameReview]:

@@ -17,7 +17,6 @@ from katapool.cli import (
     devices_cmd,
     engine_cmd,
     prepare_cmd,
-    review_cmd,
 )
 from katapool.cli.common import err
 from katapool.errors import KatapoolError
@@ -35,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.register(sub)
     prepare_cmd.register(sub)
     analyze_cmd.register(sub)
-    review_cmd.register(sub)
     analysis_cmd.register(sub)
     daemon_cmd.register(sub)
     return parser

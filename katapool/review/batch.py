@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katapool.client.async_client import AsyncClient
+from katapool.client.async_client import AsyncClient, QueryError
 from katapool.game.record import GameRecord
 from katapool.review.game_review import Evaluation, MoveReview
 
@@ -18,6 +18,7 @@ class GameReview:
     source: Path
     record: GameRecord
     evaluations: list[Evaluation] = field(default_factory=list)  # turn 0..N
+    error: str | None = None  # the engine refused the game (an illegal move, ...)
 
     @property
     def moves(self) -> list[MoveReview]:
@@ -37,15 +38,18 @@ async def review_games(client: AsyncClient, games: list[tuple[Path, GameRecord]]
                        model: str | None = None) -> list[GameReview]:
     async def one(path: Path, record: GameRecord) -> GameReview:
         review = GameReview(path, record)
-        async for result in client.analyze_game(record, visits=visits, model=model):
-            root = result.root_info
-            review.evaluations.append(Evaluation(
-                turn=result.turn_number,
-                winrate_black=root.winrate if root else 0.5,
-                score_lead_black=root.score_lead if root else 0.0,
-                best_move=result.best_move, visits=result.visits))
-            if on_position:
-                on_position()
+        try:
+            async for result in client.analyze_game(record, visits=visits, model=model):
+                root = result.root_info
+                review.evaluations.append(Evaluation(
+                    turn=result.turn_number,
+                    winrate_black=root.winrate if root else 0.5,
+                    score_lead_black=root.score_lead if root else 0.0,
+                    best_move=result.best_move, visits=result.visits))
+                if on_position:
+                    on_position()
+        except QueryError as exc:  # this game only: the others go on
+            review.error = str(exc)
         return review
 
     return list(await asyncio.gather(*(one(p, r) for p, r in games)))

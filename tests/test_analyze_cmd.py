@@ -1,0 +1,101 @@
+"""`katapool analyze`: real games from ../shared/sgf reviewed through an embedded pool on the
+real engine; annotated SGFs re-parsed, graphs opened and looked at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sgfmill import sgf
+
+from conftest import G170, SAMPLE_SGF, SHARED, Katapool
+from katapool.game.record import load_sgf
+
+pytestmark = pytest.mark.engine
+
+GAMES = [SHARED / "sgf" / "master-online" / "08-2016.12.29-Magist-Han_Yizou.sgf",
+         SHARED / "sgf" / "alphago-zero-selfplay" / "Game_002.sgf"]
+
+
+@pytest.fixture(scope="module")
+def analysed(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    for game in GAMES:
+        assert game.is_file(), f"game records missing from {SHARED / 'sgf'}"
+    out = tmp_path_factory.mktemp("analysis")
+    proc = kp.run("analyze", *map(str, GAMES), "--visits", "2", "--model", str(G170),
+                  "--members", "2", "--plot", "--json", "-o", str(out), check=True)
+    return out, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_json_per_game(analysed: tuple[Path, list[dict]]) -> None:
+    _, games = analysed
+    assert [g["game"] for g in games] == [str(p) for p in GAMES]
+    for game, path in zip(games, GAMES, strict=True):
+        record = load_sgf(path)
+        assert [m["vertex"] for m in game["moves"]] == [m for _, m in record.moves]
+        assert all(0.0 <= m["winrateBlack"] <= 1.0 for m in game["moves"])
+        rates = [m["winrateBlack"] for m in game["moves"]]
+        assert max(rates) - min(rates) > 0.05  # a real evaluation moves over a whole game
+        losses = [m["winrateLoss"] for m in game["moves"]]
+        assert [m["winrateLoss"] for m in game["mistakes"]] == sorted(
+            [x for x in losses if x >= 0.10], reverse=True)[:5]
+
+
+def test_annotated_sgfs_reparse(analysed: tuple[Path, list[dict]]) -> None:
+    _, games = analysed
+    for game, original in zip(games, GAMES, strict=True):
+        written = sgf.Sgf_game.from_bytes(Path(game["sgf"]).read_bytes())
+        source = sgf.Sgf_game.from_bytes(original.read_bytes())
+        nodes = written.get_main_sequence()
+        # The game itself is unchanged: same moves, same players.
+        assert [n.get_move() for n in nodes] == [n.get_move() for n in source.get_main_sequence()]
+        assert written.get_root().get("PB") == source.get_root().get("PB")
+        # Sabaki's values on the root and on every move, matching the JSON.
+        assert float(nodes[0].get_raw("SBKV")) == pytest.approx(50, abs=50)
+        moves = [n for n in nodes if n.get_move()[0] is not None]
+        assert len(moves) == len(game["moves"])
+        for node, row in zip(moves, game["moves"], strict=True):
+            assert float(node.get_raw("SBKV")) == pytest.approx(100 * row["winrateBlack"], abs=0.01)
+            assert float(node.get_raw("SBKS")) == pytest.approx(row["scoreLeadBlack"], abs=0.01)
+            assert "katapool (2 visits)" in node.get("C")
+        marked = {i + 1 for i, n in enumerate(moves) if n.has_property("BM")}
+        assert marked == {m["move"] for m in game["moves"] if m["winrateLoss"] >= 0.10}
+
+
+def test_plots_are_real_graphs(analysed: tuple[Path, list[dict]]) -> None:
+    _, games = analysed
+    for game in games:
+        image = Image.open(game["png"])
+        assert image.format == "PNG" and image.size[0] >= 800 and image.size[1] >= 500
+        pixels = np.asarray(image.convert("L"), dtype=float)
+        # Not blank: a white page with a black curve, grey fills and text.
+        assert pixels.std() > 20 and (pixels < 60).mean() > 0.005 and (pixels > 240).mean() > 0.4
+
+
+def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
+    proc = kp.run("review", str(SAMPLE_SGF), "--visits", "1", "--model", str(G170),
+                  "-o", str(tmp_path), check=True)
+    assert "B winrate" in proc.stdout and "annotated SGF" in proc.stdout
+    assert ("biggest mistakes" in proc.stdout) or ("no move lost" in proc.stdout)
+    assert "visits/position" in proc.stderr  # the progress bar: stderr, never stdout
+    assert (tmp_path / "selfplay-b6c96.sgf").is_file()
+
+
+def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
+    bad = tmp_path / "illegal.sgf"
+    bad.write_text("(;GM[1]SZ[19]KM[7.5];B[pd];W[pd])")
+    proc = kp.run("analyze", str(bad), str(SAMPLE_SGF), "--visits", "1", "--model", str(G170),
+                  "--json", "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert "illegal.sgf" in proc.stderr and "llegal" in proc.stderr
+    games = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [g["game"] for g in games] == [str(SAMPLE_SGF)]  # the good game is still reviewed
+
+
+def test_missing_model_is_a_clear_error(kp: Katapool, tmp_path: Path) -> None:
+    proc = kp.run("analyze", str(SAMPLE_SGF), "--model", str(tmp_path / "none.bin.gz"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == f"error: model not found: {tmp_path / 'none.bin.gz'}"

@@ -1,0 +1,103 @@
+"""The Python client on a pool embedded in the test process (the real engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import G170, SAMPLE_SGF, Katapool
+from katapool.client import AnalysisTimeout, AsyncClient, Client, Position, QueryError
+from katapool.game.record import load_sgf
+from katapool.pool import Pool
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def engine_env(kp: Katapool, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("KATAPOOL_DATA_DIR", str(kp.data_dir))
+    monkeypatch.delenv("KATAPOOL_KATAGO", raising=False)
+    monkeypatch.delenv("KATAPOOL_MODEL", raising=False)
+    yield kp.data_dir
+
+
+def test_async_client_embedded(engine_env: Path) -> None:
+    async def go() -> None:
+        async with AsyncClient.embedded(G170, members=2) as client:
+            pool = client.channel.pool  # type: ignore[attr-defined]
+            assert isinstance(pool, Pool)
+            # Perspective: values come from Black's view whatever the side to move.
+            p = Position.from_moves(["Q16", "D4", "Q3"])
+            r = await client.analyze(p, visits=16, ownership=True, policy=True)
+            assert r.root_info is not None and r.root_info.current_player == p.next_player == "W"
+            assert r.visits >= 16 and r.best_move and len(r.ownership or []) == 361
+            assert len(r.policy or []) == 362
+            assert r.root_info.winrate_for("W") == pytest.approx(1 - r.root_info.winrate)
+
+            # Streaming: partial results, then the final one after cancel.
+            seen = []
+            async with client.analyze_stream(p, visits=100_000, every=0.2) as stream:
+                async for info in stream:
+                    seen.append(info)
+                    if len(seen) == 3:
+                        await stream.cancel()
+            assert [s.is_during_search for s in seen[:3]] == [True, True, True]
+            assert stream.final is seen[-1] and not stream.final.is_during_search
+            assert stream.final.visits < 100_000
+            visits = [s.visits for s in seen]
+            assert visits == sorted(visits)
+
+            # A per-call timeout ends in AnalysisTimeout and frees the pool.
+            started = time.monotonic()
+            with pytest.raises(AnalysisTimeout):
+                await client.analyze(p, visits=100_000, timeout=1.0)
+            assert time.monotonic() - started < 5
+            deadline = time.monotonic() + 15
+            while pool.router.outstanding:
+                assert time.monotonic() < deadline, "the timed-out query still runs"
+                await asyncio.sleep(0.1)
+
+            # Whole game: one result per position, in turn order.
+            record = load_sgf(SAMPLE_SGF)
+            turns = [a.turn_number async for a in client.analyze_game(SAMPLE_SGF, visits=1,
+                                                                       turns=list(range(0, 60, 3)))]
+            assert turns == list(range(0, 60, 3))
+            n = 0
+            async for a in client.analyze_game(SAMPLE_SGF.read_text(), visits=1):
+                assert a.turn_number == n and not a.is_during_search
+                n += 1
+            assert n == len(record.moves) + 1
+
+            # KataGo's own refusal reaches the caller as a QueryError naming the field.
+            with pytest.raises(QueryError) as info:
+                await client.analyze(Position.from_moves(["Z99"]), visits=1)
+            assert info.value.field == "moves"
+            with pytest.raises(QueryError, match="embedded pool serves one network"):
+                await client.analyze(p, visits=1, model="other")
+            version = await client.query_version()
+            assert version["version"] == "1.18.1"
+
+    asyncio.run(go())
+
+
+def test_sync_client_embedded(engine_env: Path) -> None:
+    with Client.embedded(G170) as client:
+        p = Position.from_sgf(SAMPLE_SGF, move_number=20)
+        r = client.analyze(p, visits=8)
+        assert r.turn_number == 20 and r.visits >= 8
+        with client.analyze_stream(p, visits=100_000, every=0.2) as stream:
+            first = next(iter(stream))
+            assert first.is_during_search
+            stream.cancel()
+            rest = list(stream)
+        assert rest and not rest[-1].is_during_search and stream.final is rest[-1]
+        results = list(client.analyze_game(SAMPLE_SGF, visits=1, turns=[0, 10, 20]))
+        assert [a.turn_number for a in results] == [0, 10, 20]
+        with pytest.raises(AnalysisTimeout):
+            client.analyze(p, visits=100_000, timeout=0.5)
+        # Still usable after a timeout.
+        assert client.analyze(p, visits=2).visits >= 2
