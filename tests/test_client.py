@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,16 @@ def test_async_client_embedded(engine_env: Path) -> None:
                 assert a.turn_number == n and not a.is_during_search
                 n += 1
             assert n == len(record.moves) + 1
+
+            # Leaving a whole-game analysis early stops the rest of the game in the engines.
+            async with contextlib.aclosing(client.analyze_game(SAMPLE_SGF, visits=50)) as game:
+                async for a in game:
+                    assert a.turn_number == 0
+                    break
+            deadline = time.monotonic() + 5
+            while pool.router.outstanding:
+                assert time.monotonic() < deadline, "the abandoned game is still analysed"
+                await asyncio.sleep(0.1)
 
             # KataGo's own refusal reaches the caller as a QueryError naming the field.
             with pytest.raises(QueryError) as info:

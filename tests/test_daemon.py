@@ -25,7 +25,7 @@ import pytest
 import websocket  # websocket-client: what KaTrain's remote engine uses
 
 from conftest import G170, SAMPLE_SGF, TRANSFORMER, Katapool
-from katapool.client import AsyncClient, Client, Position
+from katapool.client import AsyncClient, Client, ConnectionLost, Position
 from katapool.game.record import load_sgf
 from katapool.server import control
 
@@ -267,12 +267,13 @@ def test_bad_input_errors_reach_only_the_caller(daemon: Daemon) -> None:
             json.dumps(p.query(id="nomodel", maxVisits=8, model="nope")),
             json.dumps(p.query(id="greedy", maxVisits=5000)),
             json.dumps(p.query(id="greedy2", overrideSettings={"maxVisits": 99999})),
+            json.dumps(p.query(id="greedy3", overrideSettings={"maxVisits0": "99999"})),
             json.dumps(p.query(id="fine", maxVisits=8)),
         ]
         s.sendall(("\n".join(lines) + "\n").encode())
         got: dict[str, dict[str, Any]] = {}
         buf = b""
-        while len(got) < 5:
+        while len(got) < 6:
             chunk = s.recv(1 << 16)
             assert chunk, got
             buf += chunk
@@ -284,7 +285,8 @@ def test_bad_input_errors_reach_only_the_caller(daemon: Daemon) -> None:
     assert got["nomodel"] == {"error": "unknown model 'nope': this server has main, tf",
                               "field": "model", "id": "nomodel"}
     assert got["greedy"]["field"] == "maxVisits" and "limit of 2000" in got["greedy"]["error"]
-    assert "overrideSettings.maxVisits" in got["greedy2"]["error"]
+    assert "overrideSettings.maxVisits 99999" in got["greedy2"]["error"]
+    assert "overrideSettings.maxVisits0 99999" in got["greedy3"]["error"]
     _check_final(got["fine"], "fine", len(p.moves))  # the same connection goes on working
 
     # Per-connection concurrency: the 65th query in flight is refused, the others answered.
@@ -409,13 +411,27 @@ def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
     assert [m["state"] for m in daemon.members("tf")] == ["ready", "ready"]
 
 
-def test_stop_leaves_no_process(daemon: Daemon) -> None:
+def test_stop_drains_and_leaves_no_process(daemon: Daemon) -> None:
+    """`katapool stop` lets a query in flight finish (its client gets the answer), then
+    stops every engine; a client still connected learns at once that the daemon is gone."""
     status = daemon.status()
     pids = [m["pid"] for model in status["models"] for m in model["members"]]
     assert len(pids) == 4 and all(pids)
+    p = _positions(1)[0]
+    ws = websocket.create_connection(f"{daemon.ws_url}?token={daemon.token}", timeout=60)
+    ws.send(json.dumps(p.query(id="last", maxVisits=150)))
+    client = Client.connect(f"unix:{daemon.socket}")
     stop = daemon.cli("stop")
     assert stop.returncode == 0, stop.stderr
+    final = json.loads(ws.recv())
+    _check_final(final, "last", len(p.moves))
+    assert final["rootInfo"]["visits"] >= 150  # finished, not cut short
     assert daemon.proc.wait(30) == 0
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        client.analyze(p, visits=1)
+    assert time.monotonic() - started < 5
+    client.close()
     time.sleep(0.5)
     alive = [p for p in pids if psutil.pid_exists(p)
              and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

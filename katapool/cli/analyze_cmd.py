@@ -56,6 +56,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stems = [p.stem for p, _ in games]
     if len(set(stems)) != len(stems):  # two games with one name must not overwrite each other
         stems = [f"{i + 1:02d}-{s}" for i, s in enumerate(stems)]
+    for (path, _), stem in zip(games, stems, strict=True):
+        if (args.out / f"{stem}.sgf").resolve() == path.resolve():
+            raise ConfigError(f"-o {args.out} would overwrite {path} with its annotated copy: "
+                              "choose another output folder")
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--members", type=int, help="engine processes (without --config)")
     p.add_argument("--model", help="network (without --config)")
     p.add_argument("--listen", action="append", default=[], metavar="ADDRESS",
-                   help="unix:PATH or ws://HOST:PORT (repeatable; replaces the file's)")
+                   help="unix:PATH and/or ws://HOST:PORT (repeatable; replaces the file's; the "
+                        "Unix socket is always on, as the control channel)")
     p.add_argument("--detach", action="store_true", help="run in the background (pidfile, logs)")
     p.add_argument("--no-dashboard", action="store_true", help="log lines instead of a live table")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -103,16 +104,20 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
         if args.model:
             main.path = args.model
     if args.listen:
-        listen = pool_file.listen.model_copy(update={"unix": None, "websocket": None})
+        unix, websocket = "default", None
         for address in args.listen:
             if address.startswith("unix:"):
-                listen.unix = address[5:] or "default"
+                unix = address[5:] or "default"
             elif address.startswith("ws://"):
-                listen.websocket = address[5:].rstrip("/")
+                websocket = address[5:].rstrip("/")
             else:
                 raise ConfigError(f"--listen {address!r}: expected unix:PATH or ws://HOST:PORT")
-        pool_file = pool_file.model_copy(update={"listen": type(listen).model_validate(
-            listen.model_dump())})
+        try:
+            listen = type(pool_file.listen).model_validate(
+                {**pool_file.listen.model_dump(), "unix": unix, "websocket": websocket})
+        except ValueError as exc:
+            raise ConfigError(f"--listen: {exc}".replace("\n", " ")) from None
+        pool_file = pool_file.model_copy(update={"listen": listen})
     return pool_file
 
 
@@ -125,7 +130,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise KatapoolError(f"a katapool daemon is already running (pid {running})")
     if args.detach:
         return _detach(args, state)
-    log_file = state.logs / "daemon.log"
+    log_dir = Path(pool_file.log_dir).expanduser() if pool_file.log_dir else state.logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / "daemon.log"
     show_dashboard = not args.no_dashboard and err.is_terminal
     configure_logging(log_file, args.log_level, to_stderr=not show_dashboard)
     regenerate = None if args.config else (lambda: _pool_file(args))
@@ -203,8 +210,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     state = _state(args)
     pid = read_pid(state.pidfile)
     try:
-        reply = control.request(_socket(state), "katapool_stop", timeout=10)
-        pid = int(reply.get("pid", pid or 0)) or pid
+        control.request(_socket(state), "katapool_stop", timeout=10)
     except control.DaemonNotRunning:
         if pid is None:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -80,6 +81,7 @@ class AsyncClient:
 
     async def open(self) -> None:
         if not self._opened:
+            self._closed_reason = None
             await self.channel.open(self._on_message, self._on_closed)
             self._opened = True
 
@@ -114,23 +116,36 @@ class AsyncClient:
     def _new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _send(self, query: dict[str, Any], turns: set[int]) -> _Pending:
+    def _check_open(self) -> None:
         if not self._opened:
             raise ConnectionLost("the client is not open (use `async with` or `await open()`)")
-        pending = self._pending[query["id"]] = _Pending(turns)
+        if self._closed_reason is not None:
+            raise ConnectionLost(f"{self.channel.description}: {self._closed_reason}")
+
+    def _send(self, query: dict[str, Any], turns: set[int]) -> _Pending:
+        self._check_open()
+        qid = query.get("id")
+        if not isinstance(qid, str):
+            raise QueryError('a query needs a string "id"', "id")
+        if qid in self._pending:
+            raise QueryError(f"query id {qid!r} is already in flight on this client", "id", qid)
+        pending = self._pending[qid] = _Pending(turns)
         try:
             self.channel.send(query)
         except Exception:
-            self._pending.pop(query["id"], None)
+            self._pending.pop(qid, None)
             raise
         return pending
+
+    def _forget(self, qid: str, pending: _Pending) -> None:
+        if self._pending.get(qid) is pending:
+            del self._pending[qid]
 
     def request(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send any KataGo query now (an ``id`` is added if missing); iterate the result for
         every response to it, partial and final, until it is complete. Errors raise
         :class:`QueryError`."""
-        query = dict(query)
-        query.setdefault("id", self._new_id())
+        query = {"id": query.get("id", self._new_id()), **query}  # id first: seen in any error
         action = query.get("action")
         if action is None:
             moves = query.get("moves") or []
@@ -157,7 +172,7 @@ class AsyncClient:
                     if not pending.turns:
                         return
         finally:
-            self._pending.pop(query["id"], None)
+            self._forget(query["id"], pending)
 
     # --- analysis -------------------------------------------------------------------------------
 
@@ -166,7 +181,7 @@ class AsyncClient:
         if model is not None and isinstance(self.channel, EmbeddedChannel):
             raise QueryError("an embedded pool serves one network: `model` selects among a "
                              "daemon's models", "model")
-        q = position.query(id=self._new_id(), **extra)
+        q = {"id": self._new_id(), **position.query(**extra)}
         if visits is not None:
             q["maxVisits"] = visits
         if ownership:
@@ -175,9 +190,9 @@ class AsyncClient:
             q["includePolicy"] = True
         if model is not None:
             q["model"] = model
-        # Values from Black's view, whatever the server's config says: results then carry
-        # an unambiguous perspective (see Analysis.*_for).
-        q["overrideSettings"] = {"reportAnalysisWinratesAs": "BLACK", **settings}
+        # Values from Black's view, whatever the server's config says (or the caller asks):
+        # results then carry an unambiguous perspective (see Analysis.*_for).
+        q["overrideSettings"] = {**settings, "reportAnalysisWinratesAs": "BLACK"}
         return q
 
     async def analyze(self, position: Position, *, visits: int | None = None,
@@ -221,17 +236,25 @@ class AsyncClient:
                             analyzeTurns=wanted)
         early: dict[int, Analysis] = {}
         next_index = 0
-        async for msg in self.request(query):
-            if not is_final(msg):
-                continue
-            result = Analysis.model_validate(msg)
-            early[result.turn_number] = result
-            while next_index < len(wanted) and wanted[next_index] in early:
-                yield early.pop(wanted[next_index])
-                next_index += 1
+        responses = self.request(query)
+        try:
+            async for msg in responses:
+                if not is_final(msg):
+                    continue
+                result = Analysis.model_validate(msg)
+                early[result.turn_number] = result
+                while next_index < len(wanted) and wanted[next_index] in early:
+                    yield early.pop(wanted[next_index])
+                    next_index += 1
+        finally:
+            if next_index < len(wanted):  # abandoned (or failed): stop the rest of the game
+                with contextlib.suppress(KatapoolError):
+                    await self.cancel(query["id"])
+            await responses.aclose()  # type: ignore[attr-defined]
 
     async def cancel(self, query_id: str | None = None) -> None:
         """Stop one query (or all of this client's); their final responses still arrive."""
+        self._check_open()
         if query_id is None:
             self.channel.send({"id": self._new_id(), "action": "terminate_all"})
         else:
@@ -281,14 +304,27 @@ class AnalysisStream:
     async def cancel(self) -> None:
         """Stop the search; iterating further yields its last (final) response."""
         if self._responses is not None and self.final is None:
-            await self.client.cancel(self.id)
+            with contextlib.suppress(ConnectionLost):
+                await self.client.cancel(self.id)
+
+    async def aclose(self) -> None:
+        """Stop the search (if still running) and forget the query."""
+        await self.cancel()
+        if self._responses is not None:
+            with contextlib.suppress(RuntimeError):  # being iterated elsewhere: it ends itself
+                await self._responses.aclose()  # type: ignore[attr-defined]
+            pending = self.client._pending.get(self.id)
+            if pending is not None and not self._iterating:
+                self.client._forget(self.id, pending)
+
+    @property
+    def _iterating(self) -> bool:
+        frame = getattr(self._responses, "ag_running", False)
+        return bool(frame)
 
     async def __aenter__(self) -> AnalysisStream:
         self._start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.final is None and self._responses is not None:
-            await self.cancel()
-        if self._responses is not None:
-            await self._responses.aclose()  # type: ignore[attr-defined]
+        await self.aclose()

@@ -27,7 +27,8 @@ def handicap_stones(count: int, size: int = 19) -> list[str]:
     if count == 0:
         return []
     edge = 4 if size >= 13 else 3
-    if size < 7 or count < 2 or count > (9 if size % 2 else 4):
+    most = 4 if size % 2 == 0 or size == 7 else 9
+    if size < 7 or count < 2 or count > most:
         raise GameRecordError(f"no standard placement for {count} handicap stones on {size}x{size}")
     lo, hi, mid = edge, size - edge + 1, (size + 1) // 2
 
@@ -135,6 +136,7 @@ def game_record(source: str | bytes | Path | GameRecord) -> GameRecord:
         return load_sgf(source)
     if isinstance(source, bytes):
         return parse_sgf(source)
-    if source.lstrip().startswith("("):
+    text = source.lstrip()
+    if text.startswith("(") and ";" in text[:200]:  # SGF text, not a file named "(2) x.sgf"
         return parse_sgf(source.encode())
     return load_sgf(Path(source))

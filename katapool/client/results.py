@@ -20,7 +20,10 @@ class _KataGo(BaseModel):
 
 
 def _flip(value: float, color: Color, kind: Literal["winrate", "score"]) -> float:
-    if color == "B":
+    side = str(color).strip().upper()[:1]
+    if side not in ("B", "W"):
+        raise ValueError(f"colour {color!r}: expected 'B' or 'W'")
+    if side == "B":
         return value
     return 1.0 - value if kind == "winrate" else -value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
@@ -53,6 +54,10 @@ class Client:
                                         katago=katago, policy=policy))
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a blocking katapool Client call from its own event-loop thread "
+                               "(use AsyncClient inside asyncio code)")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -61,6 +66,13 @@ class Client:
                 raise  # the call's own timeout error (AnalysisTimeout)
             future.cancel()
             raise TimeoutError(f"no answer within {timeout} s") from None
+        except BaseException:
+            # Interrupted (Ctrl-C): stop the coroutine before anyone touches what it holds.
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(BaseException):
+                    future.result(5)
+            raise
 
     def analyze(self, position: Position, *, visits: int | None = None,
                 timeout: float | None = None, model: str | None = None, ownership: bool = False,
@@ -87,7 +99,9 @@ class Client:
                                            ownership=ownership, **settings)
         return self._iterate(results)
 
-    def _iterate(self, results: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, results: AsyncIterator[T], close: bool = True) -> Iterator[T]:
+        """Blocking iteration; an abandoned iterator closes ``results`` unless ``close`` is
+        False (a stream is closed by its own ``with`` block, and may be iterated in parts)."""
         try:
             while True:
                 try:
@@ -95,9 +109,14 @@ class Client:
                 except StopAsyncIteration:
                     return
         finally:
-            closer = getattr(results, "aclose", None)
+            closer = getattr(results, "aclose", None) if close else None
             if closer is not None and self._loop.is_running():
-                self._call(closer())
+                if threading.current_thread() is self._thread:
+                    # Finalised by the garbage collector on the loop's own thread: never block it.
+                    self._loop.create_task(closer())
+                else:
+                    with contextlib.suppress(RuntimeError, TimeoutError):
+                        self._call(closer(), 30)
 
     def cancel(self, query_id: str | None = None) -> None:
         self._call(self._async.cancel(query_id))
@@ -116,6 +135,8 @@ class Client:
                 self._stop_loop()
 
     def _stop_loop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._call(self._loop.shutdown_asyncgens(), 10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._loop.is_running():
@@ -142,13 +163,18 @@ class SyncAnalysisStream:
         return self._stream.final
 
     def __iter__(self) -> Iterator[Analysis]:
-        return self._client._iterate(self._stream)
+        return self._client._iterate(self._stream, close=False)
 
     def cancel(self) -> None:
         self._client._call(self._stream.cancel())
+
+    def close(self) -> None:
+        """Stop the search and forget the query (safe while another thread iterates: that
+        iteration then ends with the final response)."""
+        self._client._call(self._stream.aclose())
 
     def __enter__(self) -> SyncAnalysisStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._client._call(self._stream.__aexit__(None, None, None))
+        self.close()

@@ -34,8 +34,17 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
+def _json(message: dict[str, Any]) -> str:
+    """Strict JSON: a NaN would be refused by the server without the query's id."""
+    try:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise KatapoolError(f"query {message.get('id')!r} holds a value JSON cannot carry "
+                            f"(NaN or infinity): {exc}") from None
+
+
 def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return _json(message).encode() + b"\n"
 
 
 class UnixChannel:
@@ -44,6 +53,7 @@ class UnixChannel:
         self.description = f"unix:{path}"
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._lost = False
 
     async def open(self, on_message: OnMessage, on_closed: OnClosed) -> None:
         try:
@@ -59,12 +69,15 @@ class UnixChannel:
                     on_message(json.loads(line))
             except (ConnectionError, OSError, ValueError) as exc:
                 reason = f"connection to the daemon failed: {exc}"
+            finally:
+                self._lost = True
             on_closed(reason)
 
+        self._lost = False
         self._reader_task = asyncio.create_task(read())
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._writer is None or self._writer.is_closing():
+        if self._writer is None or self._writer.is_closing() or self._lost:
             raise ConnectionLost(f"not connected to {self.description}")
         self._writer.write(_line(message))
 
@@ -90,6 +103,7 @@ class WebSocketChannel:
         self._ws: Any = None
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._lost = False
 
     async def open(self, on_message: OnMessage, on_closed: OnClosed) -> None:
         from websockets.asyncio.client import connect
@@ -108,24 +122,34 @@ class WebSocketChannel:
             try:
                 async for frame in ws:
                     text = frame.decode() if isinstance(frame, bytes) else frame
-                    for line in text.splitlines():
+                    for line in text.split("\n"):
                         if line.strip():
                             on_message(json.loads(line))
             except ConnectionClosed as exc:
                 reason = f"connection closed: {exc}"
+            except ValueError as exc:
+                reason = f"unreadable data from the daemon: {exc}"
+            finally:
+                self._lost = True
             on_closed(reason)
 
         async def write() -> None:
-            while (text := await self._outbox.get()) is not None:
-                with contextlib.suppress(ConnectionClosed):
+            while (text := await outbox.get()) is not None:
+                try:
                     await ws.send(text)
+                except ConnectionClosed:
+                    self._lost = True
+                    return
 
+        self._lost = False
+        outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outbox = outbox
         self._tasks = [asyncio.create_task(read()), asyncio.create_task(write())]
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._ws is None:
+        if self._ws is None or self._lost:
             raise ConnectionLost(f"not connected to {self.description}")
-        self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+        self._outbox.put_nowait(_json(message))
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)
@@ -154,7 +178,7 @@ class EmbeddedChannel:
     def send(self, message: dict[str, Any]) -> None:
         if self._session is None:
             raise ConnectionLost("the embedded pool is not running")
-        self._session.submit(json.dumps(message))
+        self._session.submit(_json(message))
 
     async def close(self) -> None:
         if self._session is not None:

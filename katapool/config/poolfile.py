@@ -49,13 +49,16 @@ class ModelSpec(_Strict):
 
 
 class Listen(_Strict):
-    unix: str | None = Field(default="default", description="Unix socket path; 'default' for "
-                             "katapool's own, null to disable")
+    unix: str = Field(default="default", description="Unix socket path, or 'default' for "
+                      "katapool's own (always on: it is also the control channel)")
     websocket: str | None = Field(default=None, description="host:port for WebSocket, "
                                   "/healthz and /metrics (e.g. 127.0.0.1:6364)")
     token_file: str | None = Field(default=None, description="default: <state dir>/token")
     require_token: bool | None = Field(default=None, description="default: only when the "
                                        "WebSocket endpoint is bound beyond loopback")
+    origins: list[str] = Field(default_factory=list, description="web page origins allowed "
+                               "to open the WebSocket (e.g. https://my-gui.example); programs "
+                               "without an Origin header are always allowed")
 
     @field_validator("websocket")
     @classmethod

@@ -65,16 +65,26 @@ class Pool:
     async def reload(self, factories: list[MemberFactory], drain_timeout: float | None = None) -> bool:
         """Rolling restart: members are replaced one at a time from ``factories`` (a new model
         or config), each finishing its work first, so no query is lost and the others keep
-        serving. True if every new member started."""
+        serving. If a new member cannot start, every member goes back to its old factory and
+        False is returned."""
         if len(factories) != len(self.supervisor.slots):
             raise ValueError("a rolling reload keeps the number of members")
-        ok = True
         if drain_timeout is None:
             drain_timeout = self.policy.reload_drain
+        old = self.supervisor.factories()
+        done: list[int] = []
         for slot, factory in zip(self.supervisor.slots, factories, strict=True):
-            ok = await self.supervisor.replace(
-                slot, factory, functools.partial(self.router.parts_on, slot), drain_timeout) and ok
-        return ok
+            if await self.supervisor.replace(
+                    slot, factory, functools.partial(self.router.parts_on, slot), drain_timeout):
+                done.append(slot.index)
+                continue
+            for index in [*done, slot.index]:  # back to what worked
+                back = self.supervisor.slots[index]
+                await self.supervisor.replace(back, old[index],
+                                              functools.partial(self.router.parts_on, back),
+                                              drain_timeout)
+            return False
+        return True
 
     async def start(self, wait: str = "any") -> None:
         """Start every member; return when one is ready (``wait="any"``), when all have

@@ -51,6 +51,14 @@ class Session:
         self.deliver = deliver
         self.number = next(self._ids)
         self.flights: set[Flight] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        """The caller is gone: stop its queries (their late answers go nowhere)."""
+        self.closed = True
+        self.router.terminate_for(self, None, None)
+        if not self.flights:
+            self.router._session_idle.pop(self.number, None)
 
     def submit(self, line: str) -> None:
         self.router.submit(self, line)
@@ -320,9 +328,10 @@ class Router:
             payload["firstReportDuringSearchAfter"] = heartbeat
 
     def _release_part(self, flight: Flight, part: Part) -> None:
+        if self.by_key.pop(part.key, None) is None:
+            return  # already released (a caller's delivery may have ended the flight)
         if part in flight.parts:
             flight.parts.remove(part)
-        self.by_key.pop(part.key, None)
         slot = part.slot
         slot.load = max(0.0, slot.load - part.cost)
         part.open_turns = set()
@@ -347,6 +356,8 @@ class Router:
             self.outstanding -= 1
             if not flight.session.flights:
                 self._session_event(flight.session).set()
+                if flight.session.closed:
+                    self._session_idle.pop(flight.session.number, None)
             if self.outstanding == 0:
                 self._idle.set()
 
@@ -432,12 +443,11 @@ class Router:
             for part in parts:
                 self._release_part(flight, part)
             self.stats["rerouted"] += 1
-            if reason == PLANNED_STOP:  # a reload, not a crash: nobody is to blame
-                self._dispatch(flight)
-                continue
-            flight.deaths += 1
+            if reason != PLANNED_STOP:  # a reload is not a crash: nobody is to blame
+                flight.deaths += 1
             # Only a death while it ran alone proves a query guilty.
-            if flight is solo and flight.deaths >= self.policy.quarantine_after:
+            if reason != PLANNED_STOP and flight is solo \
+                    and flight.deaths >= self.policy.quarantine_after:
                 self.stats["quarantined"] += 1
                 flight.session.deliver(error_response(
                     f"query quarantined: {flight.deaths} engine members died while analysing it "

@@ -222,7 +222,7 @@ class Supervisor:
             reason = await self._serve(slot, member)
             if self._closing:
                 return
-            if slot.replace.is_set():
+            if reason == "replaced":
                 # A planned replacement (reload): a clean stop, not a crash; anything it
                 # still held goes to the other members.
                 slot.state = SlotState.STARTING
@@ -375,6 +375,7 @@ class Supervisor:
 
     async def close(self, grace: float) -> None:
         self._closing = True
+        await self._notify()  # waiters (a reload in progress) see the pool closing
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -16,15 +16,16 @@ def annotated_sgf(review: GameReview, mistake: float, visits: int) -> bytes:
     nodes = list(game.get_main_sequence())
     evals = review.evaluations
     moves = review.moves
+    # The position before the first move belongs to the last node without a move before it
+    # (the root, or a setup node with handicap stones).
+    first_move = next((i for i, n in enumerate(nodes) if n.get_move()[0] is not None), len(nodes))
+    start = nodes[max(0, first_move - 1)] if first_move else nodes[0]
+    _values(start, evals[0].winrate_black, evals[0].score_lead_black)
     move_index = 0
-    root_done = False
-    for node in nodes:
+    for node in nodes[first_move:]:
         colour, _ = node.get_move()
         if colour is None:
-            if not root_done:  # the position before the first move
-                _values(node, evals[0].winrate_black, evals[0].score_lead_black)
-                root_done = True
-            continue
+            continue  # a comment-only node between moves: the previous move's values stand
         if move_index >= len(moves):
             break
         m = moves[move_index]

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katapool.client.async_client import AsyncClient, QueryError
+from katapool.client.async_client import AsyncClient
+from katapool.errors import KatapoolError
 from katapool.game.record import GameRecord
 from katapool.review.game_review import Evaluation, MoveReview
 
@@ -41,6 +42,10 @@ async def review_games(client: AsyncClient, games: list[tuple[Path, GameRecord]]
         try:
             async for result in client.analyze_game(record, visits=visits, model=model):
                 root = result.root_info
+                if result.no_results or root is None:
+                    # Terminated (a server deadline, a stop): a gap, not a 50% position.
+                    review.error = f"turn {result.turn_number} was not analysed (terminated)"
+                    return review
                 review.evaluations.append(Evaluation(
                     turn=result.turn_number,
                     winrate_black=root.winrate if root else 0.5,
@@ -48,7 +53,7 @@ async def review_games(client: AsyncClient, games: list[tuple[Path, GameRecord]]
                     best_move=result.best_move, visits=result.visits))
                 if on_position:
                     on_position()
-        except QueryError as exc:  # this game only: the others go on
+        except KatapoolError as exc:  # this game only: the others go on
             review.error = str(exc)
         return review
 

@@ -7,7 +7,12 @@ from pathlib import Path
 from katapool.review.batch import GameReview
 
 
-def plot_game(review: GameReview, out: Path, mistake: float, visits: int) -> Path:
+def _short(name: str, width: int = 36) -> str:
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def plot_game(review: GameReview, out: Path, mistake: float, visits: int,
+              label_top: int = 6) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -21,7 +26,7 @@ def plot_game(review: GameReview, out: Path, mistake: float, visits: int) -> Pat
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 2]})
     record = review.record
-    fig.suptitle(f"{record.black} (B) vs {record.white} (W)"
+    fig.suptitle(f"{_short(record.black)} (B) vs {_short(record.white)} (W)"
                  + (f" — {record.result}" if record.result else "")
                  + f"\n{review.source.name}, {visits} visits per position", fontsize=11)
     top.fill_between(turns, winrate, 50, where=[w >= 50 for w in winrate], color="#333333",
@@ -32,11 +37,12 @@ def plot_game(review: GameReview, out: Path, mistake: float, visits: int) -> Pat
     top.axhline(50, color="grey", linewidth=0.6, linestyle="--")
     top.set_ylim(0, 100)
     top.set_ylabel("Black winrate %")
+    labelled = {m.number for m in review.mistakes(mistake, top=label_top)}
     for m in review.moves:
         if m.winrate_loss >= mistake:
             colour = "#d62728" if m.player == "B" else "#1f77b4"
-            top.plot(m.number, 100 * m.after.winrate_black, "o", color=colour, markersize=5)
-            if m.winrate_loss >= 2 * mistake:
+            top.plot(m.number, 100 * m.after.winrate_black, "o", color=colour, markersize=4)
+            if m.number in labelled:  # only the biggest: labels on every dot would be noise
                 top.annotate(f"{m.number}.{m.move}", (m.number, 100 * m.after.winrate_black),
                              textcoords="offset points", xytext=(3, 6), fontsize=7, color=colour)
     bottom.bar(turns, lead, color=["#333333" if v >= 0 else "#aaaaaa" for v in lead], width=1.0)
@@ -46,7 +52,8 @@ def plot_game(review: GameReview, out: Path, mistake: float, visits: int) -> Pat
     bottom.set_xlim(0, max(turns) if turns else 1)
     handles = [Line2D([], [], marker="o", linestyle="", color="#d62728", label="Black mistake"),
                Line2D([], [], marker="o", linestyle="", color="#1f77b4", label="White mistake")]
-    top.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    top.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8,
+               frameon=False, borderaxespad=0.2)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -26,7 +26,7 @@ from katapool.pool import Pool
 from katapool.pool.launch import launch_from_options
 from katapool.server.hub import Hub
 from katapool.server.metrics import Metrics
-from katapool.server.state import StateDir, read_or_create_token, read_pid
+from katapool.server.state import PidLock, StateDir, read_or_create_token, read_pid
 from katapool.server.unix_endpoint import serve_unix
 from katapool.server.web_endpoint import WebEndpoint
 
@@ -77,11 +77,11 @@ class Daemon:
 
     async def run(self, on_started: Callable[[Daemon], None] | None = None) -> int:
         self.state.ensure()
-        other = read_pid(self.state.pidfile)
-        if other is not None and other != os.getpid():
+        lock = PidLock(self.state.pidfile)
+        if not lock.acquire():
+            other = read_pid(self.state.pidfile)
             raise AlreadyRunning(f"a katapool daemon is already running (pid {other}); "
                                  "`katapool stop` it first or use another --state-dir")
-        self.state.pidfile.write_text(f"{os.getpid()}\n")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -107,8 +107,9 @@ class Daemon:
                 starting.cancel()
             stopper.cancel()
             log.info("stopping: finishing queries in flight (up to %.0f s)", self.drain_timeout)
+            hub.stopping = True  # connected clients get their answers but start nothing new
             for server in servers:
-                server.close()
+                _stop_accepting(server)
             if not await hub.drain(self.drain_timeout):
                 log.warning("stopping with queries unfinished after %.0f s", self.drain_timeout)
         finally:
@@ -118,18 +119,18 @@ class Daemon:
             if self.socket_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket_path.unlink()
-            if read_pid(self.state.pidfile) == os.getpid():
-                self.state.pidfile.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.state.root / "socket").unlink()
+            lock.release()
         log.info("stopped")
         return 0
 
     async def _listen(self, hub: Hub) -> list[Any]:
         servers: list[Any] = []
         listen = self.file.listen
-        if listen.unix is not None:
-            self.socket_path = self.state.socket if listen.unix == "default" \
-                else Path(listen.unix).expanduser()
-            servers.append(await serve_unix(hub, self.socket_path))
+        self.socket_path = self.state.socket if listen.unix == "default" \
+            else Path(listen.unix).expanduser()
+        servers.append(await serve_unix(hub, self.socket_path))
         if listen.websocket is not None:
             host, port = split_address(listen.websocket)
             self.token_required = listen.require_token if listen.require_token is not None \
@@ -139,7 +140,7 @@ class Daemon:
                 token_file = Path(listen.token_file).expanduser() if listen.token_file \
                     else self.state.token_file
                 token = read_or_create_token(token_file)
-            endpoint = WebEndpoint(hub, Metrics(hub), token)
+            endpoint = WebEndpoint(hub, Metrics(hub), token, listen.origins)
             try:
                 server = await endpoint.serve(host, port)
             except OSError as exc:
@@ -148,8 +149,6 @@ class Daemon:
             bound = sockets[0].getsockname() if sockets else (host, port)
             self.web_address = f"{bound[0]}:{bound[1]}"
             servers.append(server)
-        if not servers:
-            raise ConfigError("listen: no endpoint enabled (set listen.unix or listen.websocket)")
         return servers
 
     def addresses(self) -> list[str]:
@@ -182,6 +181,8 @@ class Daemon:
         """Re-read the pool file (a bad one changes nothing) and apply it member by member."""
         assert self.hub is not None
         async with self._reload_lock:
+            if self.hub.stopping:
+                raise KatapoolError("the daemon is stopping")
             if self.file_path is not None:
                 new = load_pool_file(self.file_path)
             elif self.regenerate is not None:
@@ -190,17 +191,25 @@ class Daemon:
                 new = self.file
             if new.listen != self.file.listen:
                 log.warning("reload: listen settings change only on restart")
-            new = new.model_copy(update={"listen": self.file.listen})
-            self.file = new
+            new = new.model_copy(update={"listen": self.file.listen, "log_dir": self.file.log_dir})
             done = await self.hub.reload(new)
+            self.file = self.hub.file
             log.info("reloaded: %s", done)
             return done
 
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
-        except KatapoolError as exc:
+        except Exception as exc:  # a signal has no caller to tell: the log does
             log.error("reload failed, still serving the previous configuration: %s", exc)
+
+
+def _stop_accepting(server: Any) -> None:
+    """No new connections; connected clients keep theirs until their queries are answered."""
+    try:
+        server.close(close_connections=False)  # websockets' server
+    except TypeError:
+        server.close()  # asyncio's: existing connections stay open
 
 
 def _kv(value: Any) -> str:

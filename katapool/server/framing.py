@@ -43,6 +43,17 @@ class LineFramer:
                 out.append(line)
 
 
+    def finish(self) -> list[bytes | tuple[None, bytes]]:
+        """End of input: what is left is a last line without its newline."""
+        if self._skipping:
+            self._skipping = False
+            return [(None, self._skipped_head)]
+        rest, self._buf = bytes(self._buf), bytearray()
+        if len(rest) > self.limit:
+            return [(None, rest[:4096])]
+        return [rest] if rest.strip() else []
+
+
 def oversized_error(limit: int, head: bytes) -> dict[str, Any]:
     """KataGo-style error for a line over the limit, with the query's id when it can be seen."""
     found = _ID.search(head)

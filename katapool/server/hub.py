@@ -13,6 +13,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 import statistics
 import time
 from collections import deque
@@ -23,7 +24,8 @@ from typing import Any
 import psutil
 
 from katapool.config.poolfile import Limits, ModelSpec, PoolFile
-from katapool.pool import Pool
+from katapool.errors import KatapoolError
+from katapool.pool import Pool, PoolPolicy
 from katapool.pool.router import Session
 from katapool.protocol.analysis import BadRequest, Request, error_response, is_final, parse_request
 
@@ -57,6 +59,7 @@ class Hub:
         self.control: Callable[[str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] | None = None
         self.on_latency: Callable[[str, float], None] | None = None
         self.ready = asyncio.Event()
+        self.stopping = False  # draining: new queries are refused
         self._rates: dict[tuple[str, int], tuple[float, int, float]] = {}
 
     # --- life ---------------------------------------------------------------------------------
@@ -89,6 +92,9 @@ class Hub:
         except TimeoutError:
             return False
 
+    def live_pools(self) -> set[Pool]:
+        return {s.pool for s in self.served.values()}
+
     def default_model(self) -> str:
         return self.file.default_model or next(iter(self.served))
 
@@ -98,26 +104,40 @@ class Hub:
         """Apply a new pool file without dropping a query: a model whose member count is
         unchanged gets a rolling restart; a new or resized one gets a fresh pool that takes
         new queries once ready, while the old one finishes its own; a removed one stops
-        taking queries and closes when done."""
+        taking queries and closes when done. A model whose new members cannot start keeps
+        serving as before (its entry in the result says why)."""
         done: dict[str, str] = {}
-        if new_file.limits != self.limits:
-            self.limits = new_file.limits
+        self.limits = new_file.limits
         for name, spec in new_file.models.items():
             current = self.served.get(name)
-            if current is not None and spec.member_count() == current.spec.member_count():
-                fresh = self.build(name, spec)  # for its factories only
-                ok = await current.pool.reload(fresh.supervisor.factories(),
-                                              new_file.policy.reload_drain)
+            fresh = self.build(name, spec)
+            if current is not None and len(fresh.supervisor.slots) == len(current.pool.supervisor.slots):
+                _apply_policy(current.pool, fresh.policy)
+                try:
+                    ok = await current.pool.reload(fresh.supervisor.factories(),
+                                                  new_file.policy.reload_drain)
+                except BaseException:
+                    await fresh.close()
+                    raise
+                if not ok:
+                    await fresh.close()  # its generated files; the old ones stay in use
+                    failed = [s.last_cause for s in current.pool.supervisor.slots if s.last_cause]
+                    done[name] = ("new members failed to start; still serving the previous "
+                                  f"settings ({failed[-1] if failed else 'no cause reported'})")
+                    continue
                 current.pool.adopt_cleanup(fresh)
                 for slot, new_slot in zip(current.pool.supervisor.slots, fresh.supervisor.slots,
                                           strict=True):
                     slot.label = new_slot.label
                 current.spec = spec
-                done[name] = "restarted member by member" if ok else "restarted; some members failed"
+                done[name] = "restarted member by member"
                 continue
-            pool = self.build(name, spec)
-            await pool.start(wait="any")
-            self.served[name] = Served(name, spec, pool)
+            try:
+                await fresh.start(wait="any")  # closes itself if no member starts
+            except KatapoolError as exc:
+                done[name] = f"new pool failed to start; {'unchanged' if current else 'not added'} ({exc})"
+                continue
+            self.served[name] = Served(name, spec, fresh)
             if current is not None:
                 self._retire(current.pool)
                 done[name] = "replaced by a new pool"
@@ -126,7 +146,7 @@ class Hub:
         for name in [n for n in self.served if n not in new_file.models]:
             self._retire(self.served.pop(name).pool)
             done[name] = "removed (finishing its queries)"
-        self.file = new_file
+        self.file = new_file.model_copy(update={"models": {n: s.spec for n, s in self.served.items()}})
         return done
 
     def _retire(self, pool: Pool) -> None:
@@ -195,6 +215,43 @@ class Hub:
         return conn
 
 
+_VISIT_KEYS = re.compile(r"^max(Visits|Playouts)\d*$")
+
+
+def _over_visit_limit(raw: dict[str, Any], limit: int) -> tuple[str, str] | None:
+    """(field, message) if the query asks more visits than ``limit`` anywhere KataGo would
+    read them: ``maxVisits``, or ``overrideSettings`` keys ``maxVisits``/``maxVisits0``/
+    ``maxPlayouts…``, numbers or numeric strings."""
+    candidates: list[tuple[str, Any]] = [("maxVisits", raw.get("maxVisits"))]
+    settings = raw.get("overrideSettings")
+    if isinstance(settings, dict):
+        candidates += [(f"overrideSettings.{k}", v) for k, v in settings.items()
+                       if isinstance(k, str) and _VISIT_KEYS.match(k)]
+    for where, value in candidates:
+        if value is None:
+            continue
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None:
+            return where.split(".")[-1], f"{where} must be a number of visits"
+        if number > limit:
+            return where.split(".")[-1], (f"{where} {number:g} is over this server's limit of "
+                                          f"{limit} visits per query")
+    return None
+
+
+def _apply_policy(pool: Pool, policy: PoolPolicy) -> None:
+    """New policy values for a running pool (its router and supervisor share the object)."""
+    for name in PoolPolicy.model_fields:
+        setattr(pool.policy, name, getattr(policy, name))
+
+
 def _rss_mb(pid: Any) -> float | None:
     if not isinstance(pid, int):
         return None
@@ -219,9 +276,10 @@ class Connection:
         self.peer = peer
         self.control = control
         self.closed = False
-        self.sessions: dict[int, tuple[str, Session]] = {}  # id(pool) -> (model, session)
+        self.sessions: dict[Pool, tuple[str, Session]] = {}  # pool -> (model, session)
         self._accepted: dict[str, deque[list[float]]] = {}  # query id -> [start, turns left]
         self._fanout: dict[str, tuple[dict[str, Any], int, list[dict[str, Any]]]] = {}
+        self._controls = 0
 
     # --- in ------------------------------------------------------------------------------------
 
@@ -260,15 +318,15 @@ class Connection:
                          f"{', '.join(sorted(self.hub.served))}", "model")
             return
         limits = self.hub.limits
+        if self.hub.stopping:
+            self._reject(request, "katapool is stopping: it finishes the queries it has and "
+                         "takes no new ones")
+            return
         if limits.max_visits is not None:
-            settings = raw.get("overrideSettings")
-            for where, value in (("maxVisits", raw.get("maxVisits")),
-                                 ("overrideSettings.maxVisits",
-                                  settings.get("maxVisits") if isinstance(settings, dict) else None)):
-                if isinstance(value, (int, float)) and value > limits.max_visits:
-                    self._reject(request, f"{where} {value:g} is over this server's limit of "
-                                 f"{limits.max_visits} visits per query", where.split(".")[-1])
-                    return
+            over = _over_visit_limit(raw, limits.max_visits)
+            if over is not None:
+                self._reject(request, over[1], over[0])
+                return
         in_flight = self.in_flight()
         if in_flight >= limits.per_client_concurrency:
             self._reject(request, f"too many queries in flight on this connection ({in_flight}; "
@@ -289,9 +347,13 @@ class Connection:
 
     def _session(self, model: str) -> Session:
         pool = self.hub.served[model].pool
-        entry = self.sessions.get(id(pool))
+        entry = self.sessions.get(pool)
         if entry is None:
-            entry = self.sessions[id(pool)] = (model, pool.session(
+            # Sessions on pools a reload retired are dropped once they are done.
+            for old in [p for p, (_, s) in self.sessions.items()
+                        if not s.in_flight and p not in self.hub.live_pools()]:
+                self.sessions.pop(old)[1].close()
+            entry = self.sessions[pool] = (model, pool.session(
                 functools.partial(self._from_pool, model)))
         return entry[1]
 
@@ -339,7 +401,13 @@ class Connection:
             reply = error_response(str(exc), request.id) if exc else {**t.result(), "id": request.id}
             self.deliver(reply)
 
-        task.add_done_callback(answer)
+        self._controls += 1
+
+        def done(t: asyncio.Task[dict[str, Any]]) -> None:
+            self._controls -= 1
+            answer(t)
+
+        task.add_done_callback(done)
         _background.add(task)
         task.add_done_callback(_background.discard)
 
@@ -347,7 +415,7 @@ class Connection:
 
     def _from_pool(self, model: str, msg: dict[str, Any]) -> None:
         rid = msg.get("id")
-        if isinstance(rid, str) and FANOUT_MARK in rid:
+        if isinstance(rid, str) and FANOUT_MARK in rid and rid.rsplit(":", 1)[0] in self._fanout:
             self._fanout_reply(model, msg)
             return
         if "error" in msg:
@@ -386,7 +454,7 @@ class Connection:
                 self.close()
 
     def in_flight(self) -> int:
-        return sum(s.in_flight for _, s in self.sessions.values()) + len(self._fanout)
+        return sum(s.in_flight for _, s in self.sessions.values()) + len(self._fanout) + self._controls
 
     def close(self) -> None:
         """The client went away: stop its queries in the engines; late answers are dropped."""
@@ -394,5 +462,5 @@ class Connection:
             return
         self.closed = True
         for _, session in self.sessions.values():
-            session.terminate(None)
+            session.close()
         self.hub.connections.discard(self)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from katapool import paths
+from katapool.errors import KatapoolError
 
 SOCKET_PATH_MAX = 100  # sockaddr_un holds 108 bytes; keep room
 
@@ -48,6 +53,17 @@ class StateDir:
         self.logs.mkdir(parents=True, exist_ok=True)
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (0700) or check that an existing one is ours and private: a socket in a
+    directory someone else controls could be swapped for theirs."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise KatapoolError(f"{path} must be a directory owned by you with mode 0700 "
+                            "(it holds the daemon's socket)")
+    return path
+
+
 def read_or_create_token(path: Path) -> str:
     """The token remote clients must present; made on first start, readable by its owner only."""
     try:
@@ -65,14 +81,47 @@ def read_or_create_token(path: Path) -> str:
 
 
 def read_pid(pidfile: Path) -> int | None:
+    """The daemon's pid if the pidfile names a live katapool process (a stale file whose pid
+    now belongs to something else does not count)."""
     try:
         pid = int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if "katapool" not in " ".join(proc.cmdline()):
+            return None
+    except psutil.NoSuchProcess:
         return None
-    except PermissionError:
+    except psutil.AccessDenied:
         return pid
     return pid
+
+
+class PidLock:
+    """The pidfile, held locked while the daemon runs: two daemons can never share a state
+    directory, even when started at the same moment."""
+
+    def __init__(self, pidfile: Path) -> None:
+        self.pidfile = pidfile
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.pidfile.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None

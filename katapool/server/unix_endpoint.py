@@ -9,20 +9,33 @@ import json
 import logging
 import os
 import select
+import socket
+import stat
 from pathlib import Path
 from typing import Any
 
+from katapool.errors import KatapoolError
 from katapool.server.framing import LineFramer, oversized_error
 from katapool.server.hub import Hub
+from katapool.server.state import private_dir
 
 log = logging.getLogger(__name__)
 SLOW_CLIENT_BYTES = 256 << 20  # a client that reads nothing for this long is dropped
 
 
 async def serve_unix(hub: Hub, path: Path) -> asyncio.Server:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket from a killed daemon (the caller checked the pidfile)
+    private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise KatapoolError(f"{path} exists and is not a socket: not replacing it")
+        try:  # live: another daemon answers there
+            probe = socket.socket(socket.AF_UNIX)
+            probe.settimeout(1)
+            probe.connect(str(path))
+            probe.close()
+            raise KatapoolError(f"another katapool daemon is listening on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # stale, from a daemon that was killed
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _serve_connection(hub, reader, writer)
@@ -53,12 +66,16 @@ async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
     limit = hub.limits.max_line_bytes
     framer = LineFramer(limit)
     try:
-        while data := await reader.read(1 << 16):
-            for line in framer.feed(data):
+        while True:
+            data = await reader.read(1 << 16)
+            # At end of input a last line without a newline still counts, as in KataGo.
+            for line in framer.feed(data) if data else framer.finish():
                 if isinstance(line, tuple):
                     conn.deliver(oversized_error(limit, line[1]))
                 else:
                     conn.submit(line.decode("utf-8", errors="replace"))
+            if not data:
+                break
         # End of input: like `katago analysis`, answer what was asked, unless the client
         # has gone for good (then its queries are stopped).
         await _drain_unless_gone(conn, writer)

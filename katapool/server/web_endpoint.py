@@ -26,14 +26,16 @@ from katapool.server.hub import Hub
 from katapool.server.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
-SEND_QUEUE_MAX = 100_000  # responses buffered for a client that does not read
+SEND_BUFFER_MAX = 256 << 20  # bytes of answers queued for a client that does not read them
 
 
 class WebEndpoint:
-    def __init__(self, hub: Hub, metrics: Metrics, token: str | None) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics, token: str | None,
+                 origins: list[str] | None = None) -> None:
         self.hub = hub
         self.metrics = metrics
         self.token = token  # None: no token needed
+        self.origins = set(origins or [])
 
     async def serve(self, host: str, port: int) -> Server:
         limit = self.hub.limits.max_line_bytes
@@ -52,6 +54,15 @@ class WebEndpoint:
             given = auth[7:].strip()
         return hmac.compare_digest(given.encode(), self.token.encode())
 
+    def _origin_allowed(self, request: Request) -> bool:
+        """Browsers send an Origin with every WebSocket; a page on another site must not use
+        a loopback daemon (no token there). Programs send none, or their target's own."""
+        origin = request.headers.get("Origin")
+        if origin is None or origin in self.origins:
+            return True
+        host = request.headers.get("Host", "")
+        return origin in (f"http://{host}", f"https://{host}")
+
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
@@ -63,6 +74,10 @@ class WebEndpoint:
                                           body)
             response.headers["Content-Type"] = "application/json"
             return response
+        if not self._origin_allowed(request):
+            return connection.respond(HTTPStatus.FORBIDDEN,
+                                      f"katapool: origin {request.headers.get('Origin')} is not "
+                                      "allowed (listen.origins)\n")
         if not self._authorised(request):
             return connection.respond(HTTPStatus.UNAUTHORIZED,
                                       "katapool: missing or wrong token (add ?token=TOKEN to the "
@@ -80,17 +95,25 @@ class WebEndpoint:
     async def _handle(self, ws: ServerConnection) -> None:
         outbox: asyncio.Queue[str | None] = asyncio.Queue()
         limit = self.hub.limits.max_line_bytes
+        queued = [0]  # bytes waiting in outbox
 
         def deliver(msg: dict[str, Any]) -> None:
-            if outbox.qsize() > SEND_QUEUE_MAX:
+            text = json.dumps(msg, separators=(",", ":")) + "\n"
+            if queued[0] + len(text) > SEND_BUFFER_MAX:
+                log.warning("%s does not read its answers: closing it", peer)
+                asyncio.get_running_loop().create_task(
+                    ws.close(1008, "katapool: too many unread answers"))
                 raise ConnectionError("client does not read its answers")
-            outbox.put_nowait(json.dumps(msg, separators=(",", ":")) + "\n")
+            queued[0] += len(text)
+            outbox.put_nowait(text)
 
         peer = f"ws:{ws.remote_address[0] if ws.remote_address else '?'}"
         conn = self.hub.connect(deliver, peer=peer, control=False)
-        sender = asyncio.create_task(self._send(ws, outbox))
+        sender = asyncio.create_task(self._send(ws, outbox, queued))
         try:
             async for message in ws:
+                if conn.closed:
+                    break
                 text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) \
                     else message
                 # A frame may hold several newline-separated queries.
@@ -109,8 +132,9 @@ class WebEndpoint:
                 await sender
 
     @staticmethod
-    async def _send(ws: ServerConnection, outbox: asyncio.Queue[str | None]) -> None:
+    async def _send(ws: ServerConnection, outbox: asyncio.Queue[str | None], queued: list[int]) -> None:
         while (text := await outbox.get()) is not None:
+            queued[0] -= len(text)
             try:
                 await ws.send(text)
             except ConnectionClosed:
