@@ -114,8 +114,10 @@ def bench_overhead(args: argparse.Namespace) -> None:
     direct = Engine([katago_path(), "analysis", "-config", str(cfg), "-model", str(args.model)])
     direct.ready.wait(120)
     unix, ws = UnixLines(daemon.socket), WsLines(daemon.ws)
+    # A fresh position for every query on every path: the daemon's members would otherwise
+    # answer a position the other path just asked from their NN cache.
     stream = [{"id": f"q{i}", "moves": m, "rules": "chinese", "komi": 7.5, "boardXSize": 19,
-               "boardYSize": 19, "maxVisits": 1} for i, m in enumerate(positions(args.n))]
+               "boardYSize": 19, "maxVisits": 1} for i, m in enumerate(positions(3 * (args.n + 10)))]
 
     def via_direct(q: dict[str, Any]) -> float:
         n = len(direct.lines)
@@ -124,13 +126,14 @@ def bench_overhead(args: argparse.Namespace) -> None:
     def via(conn: UnixLines | WsLines, q: dict[str, Any]) -> float:
         return _timed(lambda: conn.send(q), lambda: conn.recv_lines(1))
 
-    for q in stream[:10]:  # warm up all three
-        via_direct(q), via(unix, q), via(ws, q)
+    triples = [stream[i:i + 3] for i in range(0, len(stream), 3)]
+    for a, b, c in triples[:10]:  # warm up all three
+        via_direct(a), via(unix, b), via(ws, c)
     d, u, w = [], [], []
-    for q in stream:  # one at a time, alternating, so drift hits all alike
-        d.append(via_direct(q))
-        u.append(via(unix, q))
-        w.append(via(ws, q))
+    for a, b, c in triples[10:]:  # one at a time, alternating, so drift hits all alike
+        d.append(via_direct(a))
+        u.append(via(unix, b))
+        w.append(via(ws, c))
     direct.close()
     daemon.close()
     med = statistics.median
@@ -138,7 +141,7 @@ def bench_overhead(args: argparse.Namespace) -> None:
     print("| queries | direct p50 ms | Unix socket p50 ms | overhead (paired p50) | "
           "WebSocket p50 ms | overhead (paired p50) |")
     print("|---|---|---|---|---|---|")
-    print(f"| {len(stream)} | {med(d)*1e3:.2f} | {med(u)*1e3:.2f} | "
+    print(f"| {len(d)} each | {med(d)*1e3:.2f} | {med(u)*1e3:.2f} | "
           f"{med(b - a for a, b in zip(d, u, strict=True))*1e3:.2f} | {med(w)*1e3:.2f} | "
           f"{med(b - a for a, b in zip(d, w, strict=True))*1e3:.2f} |")
 
