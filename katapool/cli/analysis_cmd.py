@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from katapool import paths
+from katapool.cli.common import parse_gpus
 from katapool.engine.discovery import resolve_engine, resolve_model
 from katapool.engine.probe import probe_version
 from katapool.engine.process import STREAM_LIMIT
@@ -94,12 +95,7 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     handler.addFilter(_QuietForGuis())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     policy = _policy(args.policy)
-    gpus = None
-    if args.gpus:
-        try:
-            gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
-        except ValueError:
-            raise ConfigError(f"--gpus {args.gpus!r}: expected indices such as 0,1") from None
+    gpus = parse_gpus(args.gpus)
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")

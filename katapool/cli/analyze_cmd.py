@@ -11,7 +11,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import err, out, parse_gpus
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
 from katapool.errors import ConfigError
@@ -93,7 +93,7 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]]) -
         if args.connect is not None:
             client = await AsyncClient.connect(args.connect or None, token=args.token)
         else:
-            gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+            gpus = parse_gpus(args.gpus)
             from katapool.pool import Pool
 
             pool = Pool.embedded(args.model, members=args.members, gpus=gpus, preset=args.preset,

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
 from katapool.engine.probe import EngineInfo, probe_version
+from katapool.errors import ConfigError
 
 # Stdout is for results (and protocol, in the protocol commands); everything else on stderr.
 out = Console(highlight=False, soft_wrap=True)
@@ -37,3 +38,16 @@ def engine_from_args(args: argparse.Namespace) -> EngineChoice:
 
 def model_from_args(args: argparse.Namespace, engine: EngineChoice | None) -> Path:
     return resolve_model(getattr(args, "model", None), engine.resolved if engine else None)
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``--gpus 0,1`` as indices (None when not given)."""
+    if not text:
+        return None
+    try:
+        gpus = [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpus {text!r}: expected indices such as 0,1") from None
+    if any(g < 0 for g in gpus):
+        raise ConfigError(f"--gpus {text!r}: indices are 0 or more")
+    return gpus or None

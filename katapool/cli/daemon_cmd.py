@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 from rich.live import Live
 
-from katapool.cli.common import err, out
+from katapool.cli.common import err, out, parse_gpus
 from katapool.config.poolfile import PoolFile, default_pool_file, load_pool_file
 from katapool.errors import ConfigError, KatapoolError
 from katapool.server import control
@@ -89,13 +89,7 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
             raise ConfigError("--gpus/--members/--model go in the pool file when --config is given")
         pool_file = load_pool_file(args.config)
     else:
-        gpus = None
-        if args.gpus:
-            try:
-                gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
-            except ValueError:
-                raise ConfigError(f"--gpus {args.gpus!r}: expected indices such as 0,1") from None
-        pool_file = default_pool_file(gpus)
+        pool_file = default_pool_file(parse_gpus(args.gpus))
         main = pool_file.models["main"]
         if args.members is not None:
             if args.members < 1:
