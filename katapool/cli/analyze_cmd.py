@@ -152,8 +152,8 @@ def _print_game(review: GameReview, args: argparse.Namespace, sgf_out: Path,
     worst = review.mistakes(args.mistake, args.top)
     if worst:
         out.print("  biggest mistakes: " + ", ".join(
-            f"{m.number}.{m.player} {m.move} (−{m.winrate_loss:.0%}, best {m.before.best_move})"
-            for m in worst))
+            f"{m.number}.{m.player} {m.move} (−{m.winrate_loss:.0%}"
+            + (f", best {m.before.best_move})" if m.before.best_move else ")") for m in worst))
     else:
         out.print(f"  no move lost {args.mistake:.0%} winrate or more")
     out.print(f"  annotated SGF: {sgf_out}" + (f"   graph: {png_out}" if png_out else ""))
