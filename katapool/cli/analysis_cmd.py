@@ -12,20 +12,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from katapool import paths
 from katapool.cli.common import parse_gpus
+from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.engine.discovery import resolve_engine, resolve_model
 from katapool.engine.probe import probe_version
-from katapool.engine.process import STREAM_LIMIT
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories
@@ -125,7 +122,7 @@ def _run_root() -> Path:
 async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_hash: str | None,
                  quit_without_waiting: bool) -> int:
     loop = asyncio.get_running_loop()
-    out = await _open_stdout(loop)
+    out = await open_stdout(loop)
     pool = Pool(factories, policy, version=version, git_hash=git_hash)
     session = pool.session(out.write)
     stopped = asyncio.Event()
@@ -138,7 +135,7 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
             return 130
         print(READY_LINE, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
-        end_of_input = await _start_stdin_reader(loop, session.submit)
+        end_of_input = await start_stdin_reader(loop, session.submit)
         await _unless_stopped(end_of_input.wait(), stopped)
         if not quit_without_waiting and not stopped.is_set():
             # Like KataGo: finish outstanding work at end of input (a signal cuts it short).
@@ -162,126 +159,3 @@ async def _unless_stopped(work: Any, stopped: asyncio.Event) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
-
-
-async def _start_stdin_reader(loop: asyncio.AbstractEventLoop,
-                             submit: Callable[[str], None]) -> asyncio.Event:
-    """Feed stdin lines to ``submit``; the event is set at end of input. Stdin is read as an
-    asyncio pipe (no thread hop per line), or on a thread where it is not a pipe."""
-    end = asyncio.Event()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-    try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
-    except (ValueError, OSError):
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
-        _start_stdin_thread(loop, lines)
-
-        async def drain_queue() -> None:
-            while (line := await lines.get()) is not None:
-                if line.strip():
-                    submit(line)
-            end.set()
-
-        _background.add(asyncio.create_task(drain_queue()))
-        return end
-
-    async def pump() -> None:
-        while True:
-            try:
-                raw = await reader.readline()
-            except ValueError:  # a line beyond the limit: answered as unparseable
-                submit("{")
-                continue
-            if not raw:
-                end.set()
-                return
-            if raw.strip():
-                submit(raw.decode("utf-8", errors="replace"))
-
-    _background.add(asyncio.create_task(pump()))
-    return end
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _start_stdin_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
-    def run() -> None:
-        stream = sys.stdin.buffer
-        for raw in iter(stream.readline, b""):
-            loop.call_soon_threadsafe(lines.put_nowait, raw.decode("utf-8", errors="replace"))
-        loop.call_soon_threadsafe(lines.put_nowait, None)
-
-    threading.Thread(target=run, name="stdin", daemon=True).start()
-
-
-async def _open_stdout(loop: asyncio.AbstractEventLoop) -> _PipeWriter | _StdoutWriter:
-    """Stdout as a non-blocking asyncio pipe (written at once, buffered if the reader is slow);
-    a writer thread where stdout is a regular file."""
-    try:
-        transport, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0))
-    except (ValueError, OSError):
-        return _StdoutWriter()
-    return _PipeWriter(transport)
-
-
-class _PipeWriter:
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
-
-    def write(self, message: dict[str, Any]) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-
-    async def close(self) -> None:
-        deadline = asyncio.get_running_loop().time() + 30
-        while self.transport.get_write_buffer_size() and not self.transport.is_closing() \
-                and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        self.transport.close()
-
-
-class _StdoutWriter:
-    """Protocol lines to stdout from a writer thread, so a slow reader never stalls the pool."""
-
-    def __init__(self) -> None:
-        self._fd = sys.stdout.fileno()
-        self._thread_queue: list[bytes] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
-        self._thread.start()
-
-    def write(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        with self._cond:
-            self._thread_queue.append(data)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._thread_queue and not self._closed:
-                    self._cond.wait()
-                batch, self._thread_queue = self._thread_queue, []
-                closed = self._closed
-            if batch:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    self._write_all(b"".join(batch))
-            if closed and not batch:
-                return
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-
-    async def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        await asyncio.to_thread(self._thread.join, 30)

@@ -16,6 +16,7 @@ from katapool.cli import (
     daemon_cmd,
     devices_cmd,
     engine_cmd,
+    gtp_cmd,
     prepare_cmd,
 )
 from katapool.cli.common import err
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd.register(sub)
     analysis_cmd.register(sub)
     daemon_cmd.register(sub)
+    gtp_cmd.register(sub)
     return parser
 
 

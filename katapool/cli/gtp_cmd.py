@@ -1,0 +1,162 @@
+"""``katapool gtp``: the engine command to paste into Sabaki, Lizzie or LizGoban.
+
+Stdout carries only GTP; katapool's own notes go to stderr (safe for Lizzie, which reads
+stderr as stdout); the engine's stderr goes to a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from katapool import paths
+from katapool.cli.common import parse_gpus
+from katapool.cli.stdio import open_stdout, start_stdin_reader
+from katapool.config.build import build_config, tuning_for
+from katapool.config.settings import Mode
+from katapool.devices import discover_devices
+from katapool.engine.backend import Backend
+from katapool.engine.discovery import resolve_engine, resolve_model
+from katapool.engine.probe import EngineInfo, probe_version
+from katapool.engine.process import EngineProcess
+from katapool.errors import ConfigError
+from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
+
+log = logging.getLogger("katapool")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "gtp", help="GTP engine for Sabaki, Lizzie, LizGoban (KataGo behind, restarted on crash)",
+        description="Speaks GTP on stdin/stdout exactly as `katago gtp` does, with a KataGo "
+                    "configured for your device behind it; if KataGo dies or hangs it is "
+                    "restarted and the game restored without the GUI noticing.")
+    p.add_argument("-model", "--model", dest="model", help="network (default: the engine's bundled one)")
+    p.add_argument("-human-model", dest="human_model", help="human SL network")
+    p.add_argument("-config", "--config", dest="config", action="append", default=[], type=Path,
+                   help="your own KataGo GTP config(s); default: generated for the device")
+    p.add_argument("-override-config", dest="override_config", action="append", default=[],
+                   help="KataGo overrides, key=value[,key=value]")
+    p.add_argument("--gpus", help="GPU indices for this engine: 0,1")
+    p.add_argument("--preset", default="desktop", help="preset for the generated config")
+    p.add_argument("--katago", metavar="PATH", help="KataGo binary")
+    p.add_argument("--min-interval", type=int, metavar="CS",
+                   help="analysis reports no more often than this (centiseconds), for remote links")
+    p.add_argument("--max-moves", type=int, metavar="N",
+                   help="at most N candidate moves per analysis report, for remote links")
+    p.add_argument("--command-timeout", type=float, default=60.0,
+                   help="seconds before an unanswered command (not a search) means a stuck engine")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_gtp)
+
+
+class _SafeForGuis(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = safe_for_guis(record.getMessage()), None
+        return True
+
+
+def cmd_gtp(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("katapool: %(message)s"))
+    handler.addFilter(_SafeForGuis())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    for value, flag in ((args.min_interval, "--min-interval"), (args.max_moves, "--max-moves")):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    for cfg in args.config:
+        if not cfg.is_file():
+            raise ConfigError(f"-config {cfg}: no such file")
+    resolved = resolve_engine(args.katago)
+    info = probe_version(resolved.path)
+    model = resolve_model(args.model, resolved)
+    human = resolve_model(args.human_model) if args.human_model else None
+    run_root = paths.data_dir() / "run"
+    run_root.mkdir(parents=True, exist_ok=True)
+    log_dir = paths.data_dir() / "logs" / "gtp"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run_root, prefix="gtp-") as run_dir:
+        argv = _engine_argv(args, info, model, human, Path(run_dir))
+        options = BridgeOptions(command_timeout=args.command_timeout,
+                                min_interval=args.min_interval, max_moves=args.max_moves)
+        return asyncio.run(_serve(argv, options, log_dir / f"{os.getpid()}-katago.stderr.log",
+                                  info, model))
+
+
+def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human: Path | None,
+                 run_dir: Path) -> list[str]:
+    argv = [str(info.path), "gtp", "-model", str(model)]
+    if human:
+        argv += ["-human-model", str(human)]
+    gpus = parse_gpus(args.gpus)
+    if args.config:
+        for cfg in args.config:
+            argv += ["-config", str(cfg)]
+        # A GUI's own config with no tuning file would re-tune OpenCL for minutes at first start.
+        text = "\n".join(c.read_text(errors="replace") for c in args.config)
+        if info.backend is Backend.OPENCL and "openclTunerFile" not in text \
+                and not any("openclTunerFile" in o for o in args.override_config):
+            report = discover_devices(info.path, model, opencl=True)
+            if report.opencl:
+                argv += ["-override-config", f"openclTunerFile={tuning_for([], report, info).file}"]
+    else:
+        spec = ",".join(f"gpu:{g}" for g in gpus) if gpus else "auto"
+        built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=spec,
+                             preset=args.preset)
+        cfg_path = run_dir / "gtp.cfg"
+        cfg_path.write_text(built.text)
+        argv += ["-config", str(cfg_path)]
+    for override in args.override_config:
+        argv += ["-override-config", override]
+    return argv
+
+
+async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info: EngineInfo,
+                 model: Path) -> int:
+    loop = asyncio.get_running_loop()
+    out = await open_stdout(loop)
+    first_start = {"on": True}
+
+    def say(line: str) -> None:
+        print(safe_for_guis(line), file=sys.stderr, flush=True)
+
+    def forward(line: str) -> None:
+        # The first start's own messages (model loading, TensorRT builds) reach the GUI's
+        # console, made safe; after that, only the log file has them.
+        if first_start["on"] and READY_LINE not in line and line.strip():
+            say(line)
+
+    async def spawn(first: bool) -> EngineProcess:
+        engine = EngineProcess(argv, name="katago gtp", ready_marker="GTP ready",
+                               start_timeout=900.0, stderr_log=stderr_log,
+                               on_stderr=forward if first else None)
+        try:
+            await engine.start()
+        finally:
+            first_start["on"] = False
+        return engine
+
+    say(f"katapool: starting KataGo {info.version} ({info.backend.value}) with {model.name}; "
+        f"engine log: {stderr_log}")
+    bridge = GtpBridge(spawn, out.write_raw, say, options)
+    loop.add_signal_handler(signal.SIGTERM, bridge.finished.set)
+    try:
+        await bridge.start()
+        end = await start_stdin_reader(loop, bridge.on_gui_line, keep_blank=True)
+        ended = asyncio.ensure_future(end.wait())
+        finished = asyncio.ensure_future(bridge.finished.wait())
+        await asyncio.wait({ended, finished}, return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done():
+            bridge.end_of_input()
+            await bridge.finished.wait()
+        ended.cancel()
+    finally:
+        await bridge.close()
+        await out.close()
+    return 0

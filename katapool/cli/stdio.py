@@ -1,0 +1,144 @@
+"""Stdin and stdout for the protocol commands (`katapool analysis`, `katapool gtp`): asyncio
+pipes where possible, threads where not, and never a blocking write on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from katapool.engine.process import STREAM_LIMIT
+
+
+async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[str], None],
+                             keep_blank: bool = False) -> asyncio.Event:
+    """Feed stdin lines to ``submit``; the event is set at end of input. Stdin is read as an
+    asyncio pipe (no thread hop per line), or on a thread where it is not a pipe. Blank lines
+    are skipped unless ``keep_blank`` (in GTP a blank line ends an analysis)."""
+    end = asyncio.Event()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
+    except (ValueError, OSError):
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        _start_stdin_thread(loop, lines)
+
+        async def drain_queue() -> None:
+            while (line := await lines.get()) is not None:
+                if keep_blank or line.strip():
+                    submit(line)
+            end.set()
+
+        _background.add(asyncio.create_task(drain_queue()))
+        return end
+
+    async def pump() -> None:
+        while True:
+            try:
+                raw = await reader.readline()
+            except ValueError:  # a line beyond the limit: answered as unparseable
+                submit("{")
+                continue
+            if not raw:
+                end.set()
+                return
+            if keep_blank or raw.strip():
+                submit(raw.decode("utf-8", errors="replace"))
+
+    _background.add(asyncio.create_task(pump()))
+    return end
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _start_stdin_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
+    def run() -> None:
+        stream = sys.stdin.buffer
+        for raw in iter(stream.readline, b""):
+            loop.call_soon_threadsafe(lines.put_nowait, raw.decode("utf-8", errors="replace"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=run, name="stdin", daemon=True).start()
+
+
+async def open_stdout(loop: asyncio.AbstractEventLoop) -> _PipeWriter | _StdoutWriter:
+    """Stdout as a non-blocking asyncio pipe (written at once, buffered if the reader is slow);
+    a writer thread where stdout is a regular file."""
+    try:
+        transport, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0))
+    except (ValueError, OSError):
+        return _StdoutWriter()
+    return _PipeWriter(transport)
+
+
+class _PipeWriter:
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+
+    def write(self, message: dict[str, Any]) -> None:
+        self.write_raw(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def write_raw(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def close(self) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while self.transport.get_write_buffer_size() and not self.transport.is_closing() \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        self.transport.close()
+
+
+class _StdoutWriter:
+    """Protocol lines to stdout from a writer thread, so a slow reader never stalls the pool."""
+
+    def __init__(self) -> None:
+        self._fd = sys.stdout.fileno()
+        self._thread_queue: list[bytes] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
+        self._thread.start()
+
+    def write(self, message: dict[str, Any]) -> None:
+        self.write_raw(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def write_raw(self, data: bytes) -> None:
+        with self._cond:
+            self._thread_queue.append(data)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._thread_queue and not self._closed:
+                    self._cond.wait()
+                batch, self._thread_queue = self._thread_queue, []
+                closed = self._closed
+            if batch:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    self._write_all(b"".join(batch))
+            if closed and not batch:
+                return
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join, 30)

@@ -1,0 +1,83 @@
+"""The game state a GUI has set up in the engine, kept so that a restarted engine can be put
+back exactly where the GUI left it.
+
+Settings (board size, rules, komi, time settings, parameters) are kept as the last command of
+each kind, replayed in the order they were last set; the position is the list of commands
+since the last reset (``clear_board``, a board size change), with ``undo`` taking one back
+and generated moves recorded as the ``play`` they became.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from katapool.gtp.command import Command
+
+_COLOURS = {"b": "B", "black": "B", "w": "W", "white": "W"}
+_GENMOVES = {"genmove", "genmove_debug", "lz-genmove_analyze", "kata-genmove_analyze",
+             "genmove_analyze"}
+
+
+class GameState:
+    def __init__(self) -> None:
+        self.settings: OrderedDict[str, str] = OrderedDict()
+        self.position: list[str] = []
+
+    def _set(self, key: str, line: str) -> None:
+        self.settings.pop(key, None)
+        self.settings[key] = line
+
+    def record(self, command: Command, ok: bool, body: str, played: str | None = None) -> None:
+        """Take note of a command the engine answered (``body``: the reply text after '=';
+        ``played``: the move a genmove_analyze reported on its ``play`` line)."""
+        if not ok:
+            return
+        name, args = command.name, list(command.args)
+        text = " ".join([name, *args])
+        if name in ("boardsize", "rectangular_boardsize"):
+            self._set("size", text)
+            self.position = []
+        elif name in ("kata-set-rules", "kgs-rules"):
+            self._set("rules", text)
+            for key in [k for k in self.settings if k.startswith("rule:")]:
+                del self.settings[key]
+        elif name == "kata-set-rule" and args:
+            self._set(f"rule:{args[0].lower()}", text)
+        elif name == "komi":
+            self._set("komi", text)
+        elif name in ("time_settings", "kgs-time_settings", "kata-time_settings"):
+            self._set("time", text)
+        elif name == "time_left" and args:
+            self._set(f"time_left:{_COLOURS.get(args[0].lower(), args[0])}", text)
+        elif name == "kata-set-param" and args:
+            self._set(f"param:{args[0]}", text)
+        elif name in ("kata-set-params",):
+            self._set(f"params:{len(self.settings)}", text)
+        elif name == "clear_board":
+            self.position = []
+        elif name == "loadsgf":
+            # It sets size, komi, rules and the moves: it replaces everything before it.
+            self.settings = OrderedDict()
+            self.position = [text]
+        elif name in ("play", "set_free_handicap", "set_position"):
+            if name == "set_position":
+                self.position = []
+            self.position.append(text)
+        elif name in ("fixed_handicap", "place_free_handicap"):
+            stones = body.split()
+            if stones:
+                self.position.append("set_free_handicap " + " ".join(stones))
+        elif name == "undo":
+            for i in range(len(self.position) - 1, -1, -1):
+                if self.position[i].startswith("play "):
+                    del self.position[i]
+                    break
+        elif name in _GENMOVES and args:
+            move = played if played is not None else body.strip()
+            colour = _COLOURS.get(args[0].lower())
+            if colour and move and move.lower() not in ("resign", "cancelled"):
+                self.position.append(f"play {colour} {move}")
+
+    def replay(self) -> list[str]:
+        """Commands that rebuild this state in a freshly started engine."""
+        return [*self.settings.values(), "clear_board", *self.position]

@@ -1,0 +1,85 @@
+"""The bridge's own logic without an engine: command parsing, game-state tracking for
+replay, throttling, stderr safety."""
+
+from __future__ import annotations
+
+from katapool.gtp.bridge import BridgeOptions, GtpBridge, safe_for_guis
+from katapool.gtp.command import parse
+from katapool.gtp.state import GameState
+
+
+def _bridge(**options: object) -> GtpBridge:
+    async def spawn(first: bool) -> object:
+        raise AssertionError("no engine in these tests")
+
+    return GtpBridge(spawn, lambda data: None, lambda line: None,  # type: ignore[arg-type]
+                     BridgeOptions(**options))  # type: ignore[arg-type]
+
+
+def test_parse_like_katago() -> None:
+    c = parse("12 kata-analyze\tB 50 # comment\r")
+    assert c is not None and (c.id, c.name, c.args, c.raw) == ("12", "kata-analyze", ("B", "50"),
+                                                              "12 kata-analyze B 50")
+    assert parse("   ") is None and parse("# only a comment") is None
+    bare = parse("7")
+    assert bare is not None and bare.id_only
+    assert parse("kata-genmove_analyze W 50").streams  # type: ignore[union-attr]
+    assert not parse("kata-search_cancellable b").streams  # type: ignore[union-attr]
+
+
+def _record(state: GameState, line: str, ok: bool = True, body: str = "", played: str | None = None) -> None:
+    command = parse(line)
+    assert command is not None
+    state.record(command, ok, body, played)
+
+
+def test_state_replays_what_the_gui_set_up() -> None:
+    s = GameState()
+    _record(s, "boardsize 19")
+    _record(s, "komi 7.5")
+    _record(s, "kata-set-rules japanese")
+    _record(s, "play B Q16")
+    _record(s, "play W D4")
+    _record(s, "undo")
+    _record(s, "play W C3", ok=False)  # refused: not part of the game
+    _record(s, "genmove W", body="D16")
+    _record(s, "kata-genmove_analyze B 50", played="R4")
+    _record(s, "kata-genmove_analyze W 50", played="resign")
+    _record(s, "komi 6.5")  # set again: replayed last, once
+    _record(s, "fixed_handicap 2", body="D4 Q16")
+    _record(s, "time_settings 0 2 1")
+    assert s.replay() == ["boardsize 19", "kata-set-rules japanese", "komi 6.5", "time_settings 0 2 1",
+                          "clear_board", "play B Q16", "play W D16", "play B R4",
+                          "set_free_handicap D4 Q16"]
+    _record(s, "clear_board")
+    assert s.replay()[-1] == "clear_board"
+    _record(s, "boardsize 9")
+    _record(s, "play B E5")
+    assert s.replay() == ["kata-set-rules japanese", "komi 6.5", "time_settings 0 2 1",
+                          "boardsize 9", "clear_board", "play B E5"]
+
+
+def test_throttling_rewrites_analysis_arguments() -> None:
+    b = _bridge(min_interval=50, max_moves=10)
+
+    def t(line: str) -> str:
+        command = parse(line)
+        assert command is not None
+        return b._throttle(command).raw
+
+    assert t("5 kata-analyze B 10") == "5 kata-analyze B 50 maxmoves 10"
+    assert t("kata-analyze 100 ownership true") == "kata-analyze 100 ownership true maxmoves 10"
+    assert t("kata-analyze b interval 20 maxmoves 30 rootInfo true") == \
+        "kata-analyze b interval 50 maxmoves 10 rootInfo true"
+    assert t("lz-analyze W") == "lz-analyze W 50 maxmoves 10"
+    assert t("play B Q16") == "play B Q16"  # only analysis commands
+    assert _bridge()._throttle(parse("kata-analyze B 10")).raw == "kata-analyze B 10"  # type: ignore[arg-type]
+
+
+def test_stderr_lines_are_safe_for_lizzie_and_katrain() -> None:
+    for line in ("= 5", "?bad", "info move D4", "play D4", "komi=7.5", "Tuning xgemm 1/20",
+                 "a -> b", "what(): oops", "Uncaught exception"):
+        safe = safe_for_guis(line)
+        assert not safe.startswith(("=", "?", "info", "play", "komi=", "opp_komi=", "Tuning"))
+        assert " -> " not in safe and "what()" not in safe and "Uncaught exception" not in safe
+    assert safe_for_guis("Model name: g170") == "Model name: g170"
