@@ -317,3 +317,24 @@ def test_crash_loop_ends_in_errors_not_a_hang(gui: Gui) -> None:
     gui.send("4 quit")
     gui.response(ok(4))
     assert gui.proc.wait(10) == 0
+
+
+def test_hung_engine_is_replaced(kp: Katapool) -> None:
+    gui = Gui(["-model", str(G170), "--command-timeout", "3"], kp.env)
+    try:
+        gui.send("1 komi 5.5", "2 play B Q16")
+        gui.response(ok(1))
+        gui.response(ok(2))
+        (child,) = gui.katago_children()
+        os.kill(child.pid, signal.SIGSTOP)  # alive, but answers nothing
+        started = time.monotonic()
+        gui.send("3 name")
+        assert gui.response(ok(3), timeout=60) == ["=3 KataGo"]
+        assert time.monotonic() - started < 30
+        assert any("stuck" in line for line in gui.err)
+        gui.send("4 printsgf")
+        sgf = "\n".join(gui.response(ok(4)))
+        assert "KM[5.5]" in sgf and ";B[pd]" in sgf
+        wait_until(lambda: not _alive(child), 15, "the stuck engine to be killed")
+    finally:
+        gui.close()

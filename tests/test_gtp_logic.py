@@ -55,8 +55,10 @@ def test_state_replays_what_the_gui_set_up() -> None:
     assert s.replay()[-1] == "clear_board"
     _record(s, "boardsize 9")
     _record(s, "play B E5")
+    _record(s, "boardsize 9")  # the same size: KataGo keeps the stones
+    _record(s, "kata-genmove_analyze 50", played="C3")  # no colour: the side to move
     assert s.replay() == ["kata-set-rules japanese", "komi 6.5", "time_settings 0 2 1",
-                          "boardsize 9", "clear_board", "play B E5"]
+                          "boardsize 9", "clear_board", "play B E5", "play W C3"]
 
 
 def test_throttling_rewrites_analysis_arguments() -> None:
@@ -71,7 +73,10 @@ def test_throttling_rewrites_analysis_arguments() -> None:
     assert t("kata-analyze 100 ownership true") == "kata-analyze 100 ownership true maxmoves 10"
     assert t("kata-analyze b interval 20 maxmoves 30 rootInfo true") == \
         "kata-analyze b interval 50 maxmoves 10 rootInfo true"
-    assert t("lz-analyze W") == "lz-analyze W 50 maxmoves 10"
+    assert t("lz-analyze W") == "lz-analyze W maxmoves 10"  # no interval given: none added
+    assert t("lz-analyze 10 allow b D4 1") == "lz-analyze 50 allow b D4 1 maxmoves 10"
+    assert t("kata-analyze B 10 avoid b D4,Q16 30") == "kata-analyze B 50 avoid b D4,Q16 30 maxmoves 10"
+    assert t("kata-analyze -5") == "kata-analyze -5 maxmoves 10"  # still refused, truthfully
     assert t("play B Q16") == "play B Q16"  # only analysis commands
     assert _bridge()._throttle(parse("kata-analyze B 10")).raw == "kata-analyze B 10"  # type: ignore[arg-type]
 

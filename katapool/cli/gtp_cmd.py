@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from katapool import paths
@@ -124,7 +126,7 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
     first_start = {"on": True}
 
     def say(line: str) -> None:
-        print(safe_for_guis(line), file=sys.stderr, flush=True)
+        _write_stderr(safe_for_guis(line) + "\n")
 
     def forward(line: str) -> None:
         # The first start's own messages (model loading, TensorRT builds) reach the GUI's
@@ -157,6 +159,25 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
             await bridge.finished.wait()
         ended.cancel()
     finally:
-        await bridge.close()
+        # The GUI sees stdout close as soon as the last answer is out (Sabaki and Lizzie wait
+        # for it after `quit`); the engine is stopped after that.
         await out.close()
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        await bridge.close()
     return 0
+
+
+def _write_stderr(text: str) -> None:
+    """A whole line to stderr, even when the GUI merged stderr into a pipe that asyncio has
+    made non-blocking (Lizzie): retry instead of losing it."""
+    data = text.encode(errors="replace")
+    fd = sys.stderr.fileno()
+    deadline = time.monotonic() + 5
+    while data and time.monotonic() < deadline:
+        try:
+            data = data[os.write(fd, data):]
+        except BlockingIOError:
+            time.sleep(0.002)
+        except OSError:
+            return

@@ -197,8 +197,8 @@ class EngineProcess:
         """The next stdout line, or None at end of output (the process exited)."""
         assert self._proc is not None and self._proc.stdout is not None
         raw = await self._proc.stdout.readline()
-        if not raw:
-            return None
+        if not raw or not raw.endswith(b"\n"):
+            return None  # the end; a line cut off by a crash is not a line
         return raw.decode(errors="replace").rstrip("\r\n")
 
     async def wait(self) -> int:
@@ -212,11 +212,13 @@ class EngineProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, sig)
 
-    async def kill(self) -> None:
+    async def kill(self, wait: float = 10.0) -> None:
+        """SIGKILL, and wait for the exit (bounded: a process stuck in a driver call may not
+        die at once, and the caller must not hang with it)."""
         self.signal(signal.SIGKILL)
         if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                await self._proc.wait()
+            with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), wait)
 
     async def close(self, grace: float = 10.0, term_grace: float = 5.0) -> int | None:
         """Close stdin and let the engine finish; escalate to SIGTERM, then SIGKILL."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from katapool.gtp.state import GameState
 log = logging.getLogger(__name__)
 
 READY_LINE = "GTP ready, beginning main protocol loop"
+_HEADER = re.compile(r"^=\d*$")
 _UNSAFE_PREFIXES = ("=", "?", "info", "play", "komi=", "opp_komi=", "Tuning")
 
 
@@ -62,8 +64,10 @@ class Pending:
     stop_requested: bool = False  # an input line has followed it (it must end)
     lines: list[str] = field(default_factory=list)
     played: str | None = None
-    sent_at: float = field(default_factory=time.monotonic)
+    became_head: float = field(default_factory=time.monotonic)  # the engine is on it since
     last_output: float = field(default_factory=time.monotonic)
+    stop_at: float | None = None  # when an input line asked it to stop
+    losses: int = 0  # engines lost while it was the one being answered
 
 
 class GtpBridge:
@@ -84,6 +88,7 @@ class GtpBridge:
         self.quitting = False
         self.finished = asyncio.Event()
         self.deaths: deque[float] = deque()
+        self.losses_in_a_row = 0  # engine losses with no answer to the GUI in between
         self.restarts = 0
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -110,8 +115,10 @@ class GtpBridge:
     def end_of_input(self) -> None:
         """The GUI closed our stdin: like KataGo, end a running analysis and stop."""
         for item in self.pending:
-            item.stop_requested = True
-        if not self.pending:
+            if not item.stop_requested:
+                item.stop_requested = True
+                item.stop_at = time.monotonic()
+        if not any(not p.internal for p in self.pending):
             self.finished.set()
         else:
             self.quitting = True
@@ -122,9 +129,11 @@ class GtpBridge:
 
     def on_gui_line(self, line: str) -> None:
         command = parse(line)
+        now = time.monotonic()
         for item in self.pending:
-            if item.command.name in INTERRUPTIBLE:
+            if item.command.name in INTERRUPTIBLE and not item.stop_requested:
                 item.stop_requested = True
+                item.stop_at = now
         if command is None:
             # No command, but it still ends a running analysis, as in KataGo.
             if self.engine_ok and self.engine is not None and any(
@@ -135,6 +144,11 @@ class GtpBridge:
             self._answer_failed(command)
             return
         command = self._throttle(command)
+        if command.name == "quit" and not self.engine_ok:
+            # Between engines (a restart): the GUI is leaving; do not make it wait for one.
+            self.write(f"={command.id or ''} \n\n".encode())
+            self.finished.set()
+            return
         self.pending.append(Pending(command))
         if command.name == "quit":
             self.quitting = True
@@ -160,14 +174,14 @@ class GtpBridge:
         if i < len(args) and args[i].lower() in ("b", "w", "black", "white"):
             i += 1
         if opts.min_interval is not None:
-            if i < len(args) and _is_number(args[i]):
-                args[i] = str(max(float(args[i]), opts.min_interval)).removesuffix(".0")
-            elif "interval" in (a.lower() for a in args):
-                k = [a.lower() for a in args].index("interval")
-                if k + 1 < len(args) and _is_number(args[k + 1]):
-                    args[k + 1] = str(max(float(args[k + 1]), opts.min_interval)).removesuffix(".0")
-            else:
-                args.insert(i, str(opts.min_interval))
+            # Only an interval the GUI gave is raised: without one, KataGo reports nothing
+            # periodically, and a value KataGo would refuse stays refused.
+            k = i if i < len(args) and _is_number(args[i]) else None
+            lower = [a.lower() for a in args]
+            if k is None and "interval" in lower and lower.index("interval") + 1 < len(args):
+                k = lower.index("interval") + 1
+            if k is not None and _is_number(args[k]) and float(args[k]) >= 0:
+                args[k] = str(max(float(args[k]), opts.min_interval)).removesuffix(".0")
         if opts.max_moves is not None:
             lower = [a.lower() for a in args]
             if "maxmoves" in lower:
@@ -183,12 +197,13 @@ class GtpBridge:
     async def _read(self, engine: EngineProcess) -> None:
         while True:
             line = await engine.read_line()
-            if line is None:
-                break
+            if line is None or engine is not self.engine:
+                break  # a replaced engine's last lines are not anyone's answer
             self._on_engine_line(line)
         if engine is self.engine and not self.finished.is_set():
-            await engine.wait()
-            self._lost(f"exited with code {engine.returncode}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(engine.wait(), 10)
+            self._lost(f"exited with code {engine.returncode}", engine)
 
     def _emit(self, text: str) -> None:
         self.write(text.encode())
@@ -201,23 +216,27 @@ class GtpBridge:
         head = self.pending[0]
         head.last_output = time.monotonic()
         command = head.command
-        if command.id_only and not head.lines and line.startswith("?"):
-            # KataGo answers a bare id with one line and a single newline.
-            self._done(head, ok=False, body="", text=line + "\n\n")
-            return
-        if command.streams and not head.lines:
-            if line.startswith("?") or line.startswith("= ") or (line.startswith("=") and " " in line):
-                head.lines.append(line)  # an ordinary answer (e.g. an argument error)
+        if not head.lines:
+            if not line.startswith(("=", "?")):
+                # Before an answer starts: a stray line (KataGo's `kata-raw-nn all` blocks,
+                # the extra blank after a failed kata-set-param). Never anyone's answer.
+                if line.strip():
+                    log.info("engine wrote outside any answer: %s", line[:200])
+                return
+            if command.id_only and line.startswith("?"):
+                # KataGo answers a bare (or unreadable) id with one line and a single newline.
+                self._done(head, ok=False, body="", text=line + "\n\n")
                 return
             head.lines.append(line)
-            if not head.internal and not head.header_sent:
+            if command.streams and _HEADER.match(line) and not head.internal \
+                    and not head.header_sent:
                 head.header_sent = True
                 self._emit(line + "\n")
             return
-        if command.streams and not head.lines[0].startswith(("?", "= ")) and " " not in head.lines[0]:
+        if command.streams and _HEADER.match(head.lines[0]):
             # Inside a stream: pass each line on as it comes.
             if line == "":
-                self._done(head, ok=True, body="", text="\n", streamed=True)
+                self._done(head, ok=True, body="", text="\n")
                 return
             if line.startswith("play "):
                 head.played = line[5:].strip()
@@ -225,24 +244,28 @@ class GtpBridge:
                 self._emit(line + "\n")
             return
         if line == "":
-            if not head.lines:
-                return  # a stray blank line before an answer
             first = head.lines[0]
             ok = first.startswith("=")
             body = "\n".join([first.split(" ", 1)[1] if " " in first else "", *head.lines[1:]])
-            self._done(head, ok=ok, body=body, text="\n".join(head.lines) + "\n\n")
+            # A stream the GUI already has the header of (re-run after a crash) can only end.
+            text = "\n" if head.header_sent else "\n".join(head.lines) + "\n\n"
+            self._done(head, ok=ok, body=body, text=text)
             return
         head.lines.append(line)
 
-    def _done(self, head: Pending, ok: bool, body: str, text: str, streamed: bool = False) -> None:
+    def _done(self, head: Pending, ok: bool, body: str, text: str) -> None:
         self.pending.popleft()
+        if self.pending:
+            self.pending[0].became_head = time.monotonic()
         if head.internal:
             if not ok:
                 log.warning("replay command %r was refused: %s", head.command.raw, body.strip())
-            return
-        self.state.record(head.command, ok, body, head.played)
-        self._emit(text)
-        if head.command.name == "quit" or (self.quitting and not self.pending):
+        else:
+            self.losses_in_a_row = 0
+            self.state.record(head.command, ok, body, head.played)
+            self._emit(text)
+        if head.command.name == "quit" and not head.internal or (
+                self.quitting and not any(not p.internal for p in self.pending)):
             self.finished.set()
 
     # --- failure and recovery ---------------------------------------------------------------
@@ -254,21 +277,20 @@ class GtpBridge:
                 continue
             head = self.pending[0]
             now = time.monotonic()
-            quiet = now - max(head.sent_at, head.last_output)
+            quiet = now - max(head.became_head, head.last_output)
             cause = None
             if head.command.name not in SEARCHES and quiet > self.options.command_timeout:
                 cause = f"{head.command.name} unanswered for {quiet:.0f} s"
-            elif head.command.name in INTERRUPTIBLE and head.stop_requested \
-                    and quiet > self.options.stop_timeout:
-                cause = f"{head.command.name} did not stop within {quiet:.0f} s"
+            elif head.command.name in INTERRUPTIBLE and head.stop_at is not None:
+                since_stop = now - max(head.stop_at, head.last_output)
+                if since_stop > self.options.stop_timeout:
+                    cause = f"{head.command.name} did not stop within {since_stop:.0f} s"
             if cause is not None:
                 log.warning("engine stuck: %s", cause)
-                engine = self.engine
-                self._lost(f"stuck ({cause})")
-                await engine.kill()
+                self._lost(f"stuck ({cause})", self.engine)
 
-    def _lost(self, cause: str) -> None:
-        if not self.engine_ok or self.finished.is_set():
+    def _lost(self, cause: str, engine: EngineProcess | None) -> None:
+        if engine is not self.engine or not self.engine_ok or self.finished.is_set():
             return
         self.engine_ok = False
         if self.quitting and all(p.command.name == "quit" for p in self.pending if not p.internal):
@@ -279,16 +301,27 @@ class GtpBridge:
         self._recovering = asyncio.create_task(self._recover(cause))
 
     async def _recover(self, cause: str) -> None:
+        try:
+            await self._restart(cause)
+        except Exception as exc:  # a bug or an OS failure: end in errors, not in a hang
+            log.exception("recovery failed")
+            self._fail(f"could not restart KataGo: {exc.__class__.__name__}: {exc}")
+
+    async def _restart(self, cause: str) -> None:
         tail = self.engine.tail_text(3).replace("\n", " | ") if self.engine else ""
+        self.losses_in_a_row += 1
+        head = next((p for p in self.pending if not p.internal), None)
+        if head is not None and self.pending and self.pending[0] is head:
+            head.losses += 1
         while True:
             now = time.monotonic()
             self.deaths.append(now)
             while self.deaths and now - self.deaths[0] > self.options.crash_window:
                 self.deaths.popleft()
-            if len(self.deaths) > self.options.crash_budget:
-                self._fail(f"KataGo failed {len(self.deaths)} times within "
-                           f"{self.options.crash_window:.0f} s; last: {cause}"
-                           + (f" ({tail})" if tail else ""))
+            if len(self.deaths) > self.options.crash_budget \
+                    or self.losses_in_a_row > self.options.crash_budget:
+                self._fail(f"KataGo failed {max(len(self.deaths), self.losses_in_a_row)} times "
+                           f"without recovering; last: {cause}" + (f" ({tail})" if tail else ""))
                 return
             self.say(f"katapool: KataGo {cause}; restarting it and restoring the game")
             old = self.engine
@@ -298,27 +331,43 @@ class GtpBridge:
                 engine = await self.spawn(False)
             except EngineStartError as exc:
                 cause = f"could not restart: {exc}"
+                self.losses_in_a_row += 1
                 await asyncio.sleep(min(5.0, 0.5 * len(self.deaths)))
                 continue
             break
         self.engine = engine
         self.restarts += 1
         gui_items = [p for p in self.pending if not p.internal]
+        if gui_items and gui_items[0].losses >= 2:
+            # Twice the engine died on this very command: a poison command. Answer it, go on.
+            bad = gui_items.pop(0)
+            cid = bad.command.id or ""
+            self._emit("\n" if bad.header_sent else
+                       f"?{cid} katapool: KataGo died twice running this command; not sent again\n\n")
+        if gui_items and gui_items[0].played is not None and gui_items[0].header_sent:
+            # The GUI already has this genmove_analyze's move: keep it, end the stream.
+            done = gui_items.pop(0)
+            self.state.record(done.command, True, "", done.played)
+            self._emit("\n")
         replay = [Pending(cmd, internal=True) for line in self.state.replay()
                   if (cmd := parse(line)) is not None]
+        now = time.monotonic()
         for item in gui_items:
             item.lines = []  # partial answers start over (a stream's header stays the GUI's)
             item.played = None
-            item.sent_at = item.last_output = time.monotonic()
+            item.became_head = item.last_output = now
+            if item.stop_at is not None:
+                item.stop_at = now
         self.pending = deque([*replay, *gui_items])
         for i, item in enumerate(self.pending):
             engine.write_nowait(item.command.raw)
-            following = list(self.pending)[i + 1:]
-            if item.stop_requested and not following:
+            if item.stop_requested and i == len(self.pending) - 1:
                 engine.write_nowait("")  # the GUI had already asked it to stop
         self.engine_ok = True
         self._reader = asyncio.create_task(self._read(engine))
         self.say("katapool: KataGo restarted; game restored")
+        if self.quitting and not gui_items:
+            self.finished.set()
 
     def _fail(self, reason: str) -> None:
         self.failed = reason

@@ -19,7 +19,9 @@ STREAMING = (INTERRUPTIBLE - {"kata-search_cancellable"}) | SELF_ENDING_STREAMS
 # Commands that may take a whole search (no short answer deadline).
 SEARCHES = INTERRUPTIBLE | SELF_ENDING_STREAMS | frozenset({
     "genmove", "kata-search", "kata-search_debug", "genmove_debug", "kata-benchmark",
-    "kata-raw-nn", "kata-raw-human-nn", "final_score", "final_status_list", "loadsgf"})
+    "kata-raw-nn", "kata-raw-human-nn", "final_score", "final_status_list", "loadsgf",
+    # A new board size rebuilds the network's buffers (a TensorRT engine, minutes).
+    "boardsize", "rectangular_boardsize"})
 ANALYZE_FAMILY = frozenset({"lz-analyze", "kata-analyze", "analyze", "lz-genmove_analyze",
                             "kata-genmove_analyze", "genmove_analyze", "kata-search_analyze",
                             "kata-search_analyze_cancellable"})
@@ -46,7 +48,8 @@ class Command:
 
     @property
     def id_only(self) -> bool:
-        return self.id is not None and not self.name
+        """A bare id, or one KataGo cannot read (beyond 32 bits): a one-line "?" answer."""
+        return self.id is not None and (not self.name or int(self.id) > 2**31 - 1)
 
 
 def preprocess(line: str) -> str:

@@ -35,8 +35,9 @@ class GameState:
         name, args = command.name, list(command.args)
         text = " ".join([name, *args])
         if name in ("boardsize", "rectangular_boardsize"):
+            if self.settings.get("size") != text:  # KataGo keeps the stones at the same size
+                self.position = []
             self._set("size", text)
-            self.position = []
         elif name in ("kata-set-rules", "kgs-rules"):
             self._set("rules", text)
             for key in [k for k in self.settings if k.startswith("rule:")]:
@@ -72,11 +73,22 @@ class GameState:
                 if self.position[i].startswith("play "):
                     del self.position[i]
                     break
-        elif name in _GENMOVES and args:
+        elif name in _GENMOVES:
             move = played if played is not None else body.strip()
-            colour = _COLOURS.get(args[0].lower())
+            colour = _COLOURS.get(args[0].lower()) if args else None
+            colour = colour or self.to_move()
             if colour and move and move.lower() not in ("resign", "cancelled"):
                 self.position.append(f"play {colour} {move}")
+
+    def to_move(self) -> str:
+        """The side to move, as KataGo decides it when a command names none."""
+        for line in reversed(self.position):
+            words = line.split()
+            if words[0] == "play" and len(words) > 1:
+                return "W" if _COLOURS.get(words[1].lower()) == "B" else "B"
+            if words[0] == "set_free_handicap":
+                return "W"
+        return "B"
 
     def replay(self) -> list[str]:
         """Commands that rebuild this state in a freshly started engine."""
