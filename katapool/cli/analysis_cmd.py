@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from katapool import paths
-from katapool.cli.common import parse_gpus
+from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
-from katapool.engine.discovery import resolve_engine, resolve_model
-from katapool.engine.probe import probe_version
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories
@@ -96,13 +94,8 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")
-    for cfg in args.config:
-        if not cfg.is_file():
-            raise ConfigError(f"-config {cfg}: no such file")
-    resolved = resolve_engine(args.katago)
-    info = probe_version(resolved.path)
-    model = resolve_model(args.model, resolved)
-    human = resolve_model(args.human_model) if args.human_model else None
+    found = resolve_katago_args(args)
+    info, model, human = found.info, found.model, found.human_model
     spec = LaunchSpec(info=info, model=model, human_model=human, configs=args.config,
                       overrides=args.override_config, analysis_threads=args.analysis_threads,
                       gpus=gpus, members=members, preset=args.preset,

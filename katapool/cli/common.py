@@ -51,3 +51,24 @@ def parse_gpus(text: str | None) -> list[int] | None:
     if any(g < 0 for g in gpus):
         raise ConfigError(f"--gpus {text!r}: indices are 0 or more")
     return gpus or None
+
+
+@dataclass
+class KataGoArgs:
+    """What `katago analysis` / `katago gtp` style arguments resolve to."""
+
+    info: EngineInfo
+    model: Path
+    human_model: Path | None
+
+
+def resolve_katago_args(args: argparse.Namespace) -> KataGoArgs:
+    """Check `-config` files, then find the engine (`--katago`), `-model` and `-human-model`."""
+    for cfg in args.config:
+        if not cfg.is_file():
+            raise ConfigError(f"-config {cfg}: no such file")
+    resolved = resolve_engine(args.katago)
+    info = probe_version(resolved.path)
+    model = resolve_model(args.model, resolved)
+    human = resolve_model(args.human_model) if args.human_model else None
+    return KataGoArgs(info, model, human)

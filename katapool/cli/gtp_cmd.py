@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 from katapool import paths
-from katapool.cli.common import parse_gpus
+from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.build import build_config, tuning_for
 from katapool.config.settings import Mode
 from katapool.devices import discover_devices
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import resolve_engine, resolve_model
-from katapool.engine.probe import EngineInfo, probe_version
+from katapool.engine.probe import EngineInfo
 from katapool.engine.process import EngineProcess
 from katapool.errors import ConfigError
 from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
@@ -72,13 +71,8 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     for value, flag in ((args.min_interval, "--min-interval"), (args.max_moves, "--max-moves")):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
-    for cfg in args.config:
-        if not cfg.is_file():
-            raise ConfigError(f"-config {cfg}: no such file")
-    resolved = resolve_engine(args.katago)
-    info = probe_version(resolved.path)
-    model = resolve_model(args.model, resolved)
-    human = resolve_model(args.human_model) if args.human_model else None
+    found = resolve_katago_args(args)
+    info, model, human = found.info, found.model, found.human_model
     run_root = paths.data_dir() / "run"
     run_root.mkdir(parents=True, exist_ok=True)
     log_dir = paths.data_dir() / "logs" / "gtp"
