@@ -17,6 +17,7 @@ from katapool.cli import (
     devices_cmd,
     engine_cmd,
     gtp_cmd,
+    model_cmd,
     prepare_cmd,
 )
 from katapool.cli.common import err
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_cmd.register(sub)
     daemon_cmd.register(sub)
     gtp_cmd.register(sub)
+    model_cmd.register(sub)
     return parser
 
 
