@@ -120,6 +120,7 @@ def _as_json(review: GameReview, args: argparse.Namespace, sgf_out: Path,
                    "winrateBlack": round(m.after.winrate_black, 4),
                    "scoreLeadBlack": round(m.after.score_lead_black, 2),
                    "winrateLoss": round(m.winrate_loss, 4), "scoreLoss": round(m.score_loss, 2),
+                   "mistake": m.winrate_loss >= args.mistake,
                    "bestMove": m.before.best_move} for m in review.moves],
         "mistakes": [{"move": m.number, "player": m.player, "vertex": m.move,
                       "winrateLoss": round(m.winrate_loss, 4), "bestMove": m.before.best_move}
