@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,20 @@ def test_start_with_malformed_file_fails_fast(fresh_kp: Katapool, tmp_path: Path
     assert proc.returncode == 2
     assert f"{bad}:3: models.main.members" in proc.stderr
     assert not (tmp_path / "st" / "katapool.pid").exists()
+
+
+def test_start_without_a_file_takes_every_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No file, no flags: one member per NVIDIA GPU found (a FAKE nvidia-smi reports two)."""
+    import argparse
+
+    from katapool.cli import daemon_cmd
+
+    fakes = Path(__file__).parent / "fakes"
+    monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
+    args = argparse.Namespace(config=None, gpus=None, members=None, model=None, listen=[])
+    main = daemon_cmd._pool_file(args).models["main"]
+    assert main.gpus == [0, 1] and main.member_count() == 2
+    args.gpus = "1"
+    assert daemon_cmd._pool_file(args).models["main"].gpus == [1]
+    args.gpus, args.members = None, 3
+    assert daemon_cmd._pool_file(args).models["main"].member_count() == 3

@@ -18,6 +18,7 @@ from rich.live import Live
 
 from katapool.cli.common import err, out, parse_gpus
 from katapool.config.poolfile import PoolFile, default_pool_file, load_pool_file
+from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.errors import ConfigError, KatapoolError
 from katapool.server import control
 from katapool.server.daemon import Daemon, configure_logging
@@ -89,7 +90,12 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
             raise ConfigError("--gpus/--members/--model go in the pool file when --config is given")
         pool_file = load_pool_file(args.config)
     else:
-        pool_file = default_pool_file(parse_gpus(args.gpus))
+        gpus = parse_gpus(args.gpus)
+        if gpus is None and args.members is None:
+            # No file, no flags: one member per NVIDIA GPU found (else one on the best device).
+            found, _ = list_nvidia_gpus()
+            gpus = [d.index for d in found] or None
+        pool_file = default_pool_file(gpus)
         main = pool_file.models["main"]
         if args.members is not None:
             if args.members < 1:
