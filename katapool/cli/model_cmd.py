@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import out
+from katapool.cli.common import err, out
+from katapool.errors import ConfigError, KatapoolError
 from katapool.models import load_model, summarize
 
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i.add_argument("model", type=Path, help=".bin.gz, .bin, .txt.gz or .txt")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+    register_conversion(msub)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -62,3 +65,104 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _kinds(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+
+
+def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    e = msub.add_parser("export-onnx", help="the network as one ONNX graph (dynamic batch)")
+    e.add_argument("model", type=Path)
+    e.add_argument("-o", "--output", type=Path, required=True)
+    e.add_argument("--board", type=int, default=19, help="board size the graph takes (default 19)")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="raw outputs only, as KataGo's own "
+                      "emitter (the default)")
+    mode.add_argument("--postprocess", action="store_true", help="also policy/value "
+                      "probabilities, score in points and ownership in [-1, 1]")
+    e.add_argument("--via-engine", action="store_true",
+                   help="let the engine write it (KataGo builds with an ONNX emitter)")
+    e.add_argument("--katago", metavar="PATH")
+    e.set_defaults(func=cmd_export)
+
+    v = msub.add_parser("validate", help="compare an ONNX export with the engine's own outputs")
+    v.add_argument("model", type=Path, help="the network (.bin.gz)")
+    v.add_argument("onnx", type=Path, help="its ONNX export")
+    v.add_argument("--sgf", type=Path, nargs="+", required=True, metavar="GAME",
+                   help="games to take positions from")
+    v.add_argument("--positions", type=int, default=200)
+    v.add_argument("--limits", choices=["fp32", "fp16"], default="fp32",
+                   help="KataGo's testgpuerror limits to pass (default fp32)")
+    v.add_argument("--input-model", type=Path, metavar="NET",
+                   help="a smaller network with the same input features for `evalsgf` to dump the "
+                        "input tensors with (same tensors, less time)")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--katago", metavar="PATH")
+    v.set_defaults(func=cmd_validate)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from katapool.models.export_onnx import export_onnx
+
+    if args.via_engine:
+        raise KatapoolError("this KataGo has no ONNX emitter of its own (`katago dumponnx` comes "
+                            "with TensorRT/ONNX builds); export without --via-engine")
+    model = load_model(args.model)
+    proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(proto.SerializeToString())
+    err.print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes): {model.name}, "
+              f"{args.board}x{args.board}, opset {proto.opset_import[0].version}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from katapool.config.build import build_config
+    from katapool.config.settings import Mode
+    from katapool.engine.discovery import resolve_engine
+    from katapool.engine.probe import probe_version
+    from katapool.models.validate import (
+        FP16_LIMITS,
+        FP32_LIMITS,
+        sample_positions,
+        validate,
+        with_explicit_rules,
+    )
+
+    if args.positions < 1:
+        raise ConfigError(f"--positions must be at least 1 (got {args.positions})")
+    model = load_model(args.model)
+    try:
+        onnx_bytes = args.onnx.read_bytes()
+    except OSError as exc:
+        raise KatapoolError(f"cannot read {args.onnx}: {exc.strerror}") from None
+    info = probe_version(resolve_engine(args.katago).path)
+    built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
+    with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
+        positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions)
+        cfg = Path(tmp) / "gtp.cfg"
+        cfg.write_text(built.text)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err, transient=args.json) as progress:
+            task = progress.add_task(f"validating {model.name}", total=len(positions))
+            report = validate(model, onnx_bytes, info.path, cfg, positions,
+                              FP16_LIMITS if args.limits == "fp16" else FP32_LIMITS,
+                              on_position=lambda: progress.advance(task),
+                              input_model=args.input_model)
+    if args.json:
+        out.out(json.dumps({"model": model.name, "onnx": str(args.onnx), **report.as_dict()}))
+    else:
+        table = Table(title=f"{model.name}: ONNX vs KataGo {info.version} on {report.positions} "
+                            "positions", caption="KataGo's testgpuerror limits apply to p99")
+        for col in ("", "max error", "p99 error", "limit (p99)", ""):
+            table.add_column(col, justify="right" if col else "left")
+        names = {"winrate": "winrate", "lead": "score lead (points)",
+                 "top_policy": "top-move policy", "policy_kl": "policy KL", "ownership": "ownership"}
+        for key, label in names.items():
+            e = report.errors[key]
+            limit = report.limits.get(key)
+            verdict = "" if limit is None else ("[green]ok[/]" if e["p99"] <= limit else "[red]over[/]")
+            table.add_row(label, f"{e['max']:.6f}", f"{e['p99']:.6f}",
+                          "" if limit is None else f"{limit:g}", verdict)
+        out.print(table)
+        out.print("[green]passed[/]" if report.passed else "[red]failed[/]")
+    return 0 if report.passed else 1

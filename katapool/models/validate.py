@@ -1,0 +1,250 @@
+"""Check an ONNX export against the engine itself, position by position.
+
+Inputs come from the engine (``katago evalsgf … -dump-npz-input-to``: the exact tensors it
+feeds its own network); the engine's outputs from ``kata-raw-nn 0 0`` in one GTP session
+(symmetry 0, optimism 0). The ONNX model's raw outputs get KataGo's post-processing (policy
+softmax over the legal moves, value softmax, score scaling, ownership tanh, White's view) and
+are compared with KataGo's limits for its own FP32 backends (``testgpuerror``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from katapool.errors import EngineError, ModelError
+from katapool.game.record import GameRecord, load_sgf
+from katapool.models.desc import ModelDesc
+
+# KataGo's FP32 limits (p99 over positions): winrate, lead (points), top-move policy, KL.
+FP32_LIMITS = {"winrate": 0.0045, "lead": 0.34, "top_policy": 0.0045, "policy_kl": 0.0006}
+FP16_LIMITS = {"winrate": 0.02, "lead": 1.0, "top_policy": 0.025, "policy_kl": 0.002}
+
+
+@dataclass(frozen=True)
+class Position:
+    sgf: Path
+    moves: int  # the position after this many moves
+    size: int
+    black_to_move: bool
+
+
+@dataclass
+class EngineEval:
+    white_win: float
+    white_lead: float
+    policy: np.ndarray  # board points row-major from the top, then pass; NaN where illegal
+    white_ownership: np.ndarray
+
+
+@dataclass
+class Report:
+    positions: int
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> max, p99
+    limits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.errors[k]["p99"] <= v for k, v in self.limits.items())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"positions": self.positions, "passed": self.passed, "limits": self.limits,
+                "errors": self.errors}
+
+
+def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
+    """Copies of the games that name their rules (Chinese when they do not): `evalsgf` and
+    GTP's `loadsgf` fall back to different defaults, and the inputs must be the same."""
+    from sgfmill import sgf
+
+    copies = []
+    for i, path in enumerate(games):
+        try:
+            game = sgf.Sgf_game.from_bytes(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: not a readable SGF game ({exc})") from None
+        root = game.get_root()
+        if not root.has_property("RU"):
+            root.set("RU", "Chinese")
+        copy = workdir / f"{i:03d}-{path.stem}.sgf"
+        copy.write_bytes(game.serialise())
+        copies.append(copy)
+    return copies
+
+
+def sample_positions(games: list[Path], count: int, seed: int = 7) -> list[Position]:
+    """``count`` positions spread over the games (without handicap or setup stones)."""
+    rng = random.Random(seed)
+    pool: list[Position] = []
+    for path in games:
+        record: GameRecord = load_sgf(path)
+        if record.initial_stones:
+            continue
+        to_move = [record.moves[k][0] == "B" for k in range(len(record.moves))]
+        pool += [Position(path, k, record.size, to_move[k] if k < len(to_move)
+                          else record.moves[-1][0] == "W") for k in range(len(record.moves) + 1)]
+    if not pool:
+        raise ModelError("no usable positions in the given games")
+    rng.shuffle(pool)
+    return sorted(pool[:count], key=lambda p: (str(p.sgf), p.moves))
+
+
+def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
+                  workdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The spatial and global input tensors the engine builds for ``pos`` (symmetry 0)."""
+    out = workdir / f"in-{pos.sgf.stem}-{pos.moves}.npz"
+    proc = subprocess.run([str(katago), "evalsgf", "-config", str(config), "-model", str(model),
+                           "-m", str(pos.moves), "-v", "1", "-dump-npz-input-to", str(out),
+                           str(pos.sgf)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise EngineError(f"katago evalsgf failed on {pos.sgf.name} move {pos.moves}: {tail[0]}")
+    with np.load(out) as data:
+        spatial = data["binaryInputNCHW"].reshape(1, -1, pos.size, pos.size).astype(np.float32)
+        global_ = data["globalInputNC"].astype(np.float32)
+    return spatial, global_
+
+
+class RawNN:
+    """One ``katago gtp`` answering ``kata-raw-nn`` for position after position."""
+
+    def __init__(self, katago: Path, config: Path, model: Path) -> None:
+        self.proc = subprocess.Popen(
+            [str(katago), "gtp", "-config", str(config), "-model", str(model),
+             "-override-config", "rootPolicyOptimism=0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def _ask(self, command: str) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        lines: list[str] = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise EngineError(f"katago gtp exited while answering {command!r}")
+            line = line.rstrip("\n")
+            if line == "" and lines:
+                break
+            if line:
+                lines.append(line)
+        if lines[0].startswith("?"):
+            raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
+        return lines
+
+    def evaluate(self, pos: Position) -> EngineEval:
+        self._ask(f"loadsgf {pos.sgf} {pos.moves + 1}")
+        lines = self._ask("kata-raw-nn 0 0")
+        values: dict[str, float] = {}
+        policy: list[float] = []
+        ownership: list[float] = []
+        section = None
+        for line in lines:
+            words = line.lstrip("=").split()
+            if not words:
+                continue
+            if words[0] in ("policy", "whiteOwnership"):
+                section = words[0]
+            elif words[0] == "policyPass":
+                values["pass"] = float(words[1])
+                section = None
+            elif section == "policy":
+                policy += [float("nan") if w.upper() == "NAN" else float(w) for w in words]
+            elif section == "whiteOwnership":
+                ownership += [float(w) for w in words]
+            elif len(words) == 2:
+                with contextlib.suppress(ValueError):
+                    values[words[0]] = float(words[1])
+        return EngineEval(values["whiteWin"], values["whiteLead"],
+                          np.array([*policy, values["pass"]]), np.array(ownership))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(EngineError):
+                self._ask("quit")
+            self.proc.wait(30)
+
+
+def postprocess(model: ModelDesc, outputs: dict[str, np.ndarray], black_to_move: bool,
+                legal: np.ndarray, global_input: np.ndarray) -> EngineEval:
+    """KataGo's post-processing of one position's raw outputs, from White's view."""
+    value = outputs["OutputValue"][0].astype(np.float64)
+    if global_input[6] != 0 and global_input[9] == 0:
+        value[2] = -1e5  # KataGo: no draws by long cycles under non-simple ko with area scoring
+    probs = np.exp(value - value.max())
+    probs /= probs.sum()
+    win, loss, no_result = probs
+    lead = float(outputs["OutputScoreValue"][0][2]) * model.postprocess[3] * (1.0 - no_result)
+    logits = np.append(outputs["OutputPolicy"][0, 0].reshape(-1),
+                       outputs["OutputPolicyPass"][0, 0]).astype(np.float64)
+    policy = np.full(logits.shape, np.nan)
+    legal_logits = logits[legal]
+    soft = np.exp(legal_logits - legal_logits.max())
+    policy[legal] = soft / soft.sum()
+    ownership = np.tanh(outputs["OutputOwnership"][0, 0].reshape(-1).astype(np.float64))
+    sign = -1.0 if black_to_move else 1.0
+    return EngineEval(loss if black_to_move else win, sign * lead, policy, sign * ownership)
+
+
+def compare(ours: list[EngineEval], engine: list[EngineEval],
+            limits: dict[str, float] | None = None) -> Report:
+    diffs: dict[str, list[float]] = {"winrate": [], "lead": [], "top_policy": [], "policy_kl": [],
+                                     "ownership": []}
+    for a, b in zip(ours, engine, strict=True):
+        diffs["winrate"].append(abs(a.white_win - b.white_win))
+        diffs["lead"].append(abs(a.white_lead - b.white_lead))
+        legal = ~np.isnan(b.policy)
+        p, q = b.policy[legal], a.policy[legal]
+        top = int(np.argmax(p))
+        diffs["top_policy"].append(abs(float(q[top] - p[top])))
+        floor = 1e-9
+        diffs["policy_kl"].append(float(np.sum(p * (np.log(np.maximum(p, floor))
+                                                    - np.log(np.maximum(q, floor))))))
+        diffs["ownership"].append(float(np.max(np.abs(a.white_ownership - b.white_ownership))))
+    report = Report(len(ours), limits=dict(limits or FP32_LIMITS))
+    for key, values in diffs.items():
+        arr = np.array(values)
+        report.errors[key] = {"max": float(arr.max()), "p99": float(np.quantile(arr, 0.99))}
+    return report
+
+
+def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
+             positions: list[Position], limits: dict[str, float] | None = None,
+             on_position: Callable[[], None] | None = None,
+             input_model: Path | None = None) -> Report:
+    """Evaluate ``positions`` with the engine and with the ONNX model; compare.
+    ``input_model``: the network evalsgf loads to dump inputs (any network with the same input
+    features gives the same tensors; a small one is faster)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    raw = RawNN(katago, config, model.source.path)
+    ours: list[EngineEval] = []
+    theirs: list[EngineEval] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
+            for pos in positions:
+                spatial, global_ = engine_inputs(katago, config, input_model or model.source.path,
+                                                 pos, Path(tmp))
+                engine_eval = raw.evaluate(pos)
+                feeds = {"InputSpatial": spatial, "InputGlobal": global_}
+                if model.meta_inputs:
+                    feeds["InputMeta"] = np.zeros((1, model.meta_inputs), dtype=np.float32)
+                outputs = dict(zip(names, session.run(None, feeds), strict=True))
+                ours.append(postprocess(model, outputs, pos.black_to_move,
+                                        ~np.isnan(engine_eval.policy), global_[0]))
+                theirs.append(engine_eval)
+                if on_position:
+                    on_position()
+    finally:
+        raw.close()
+    return compare(ours, theirs, limits)

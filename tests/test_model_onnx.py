@@ -1,0 +1,105 @@
+"""ONNX export checked against the real engine: the exact input tensors from `katago evalsgf`,
+the engine's own outputs from `kata-raw-nn`, KataGo's FP32 limits (docs/models.md has the
+200-position measurement)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import G170, SHARED, TRANSFORMER, TRANSFORMER_KV, Katapool
+from katapool.config.build import build_config
+from katapool.config.settings import Mode
+from katapool.engine.probe import probe_version
+from katapool.errors import ModelError
+from katapool.models import load_model
+from katapool.models.export_onnx import export_onnx
+from katapool.models.validate import FP32_LIMITS, sample_positions, validate, with_explicit_rules
+
+pytestmark = pytest.mark.engine
+GAMES = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))[:3] + \
+    sorted((SHARED / "sgf" / "alphago-zero-selfplay").glob("*.sgf"))[:2]
+
+
+@pytest.fixture(scope="module")
+def engine(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    record = kp.manifest()["engines"][0]  # type: ignore[index]
+    katago, b10 = Path(record["path"]), Path(record["model"])  # type: ignore[index]
+    info = probe_version(katago)
+    root = tmp_path_factory.mktemp("onnx")
+    cfg = root / "gtp.cfg"
+    import os
+
+    old = os.environ.get("KATAPOOL_DATA_DIR")
+    os.environ["KATAPOOL_DATA_DIR"] = str(kp.data_dir)  # the prepared tuning file
+    try:
+        cfg.write_text(build_config(mode=Mode.GTP, info=info, model=G170, preset="desktop").text)
+    finally:
+        if old is None:
+            os.environ.pop("KATAPOOL_DATA_DIR")
+        else:
+            os.environ["KATAPOOL_DATA_DIR"] = old
+    return katago, cfg, b10
+
+
+@pytest.mark.parametrize("net, count", [(G170, 6), (TRANSFORMER, 4), (TRANSFORMER_KV, 4), ("b10", 2)])
+def test_exports_match_the_engine(engine: tuple[Path, Path, Path], tmp_path: Path, net: object,
+                                  count: int) -> None:
+    katago, cfg, b10 = engine
+    path = b10 if net == "b10" else Path(str(net))
+    model = load_model(path)
+    proto = export_onnx(model)
+    onnx.checker.check_model(proto)
+    positions = sample_positions(with_explicit_rules(GAMES, tmp_path), count, seed=11)
+    report = validate(model, proto.SerializeToString(), katago, cfg, positions, FP32_LIMITS,
+                      input_model=G170)
+    assert report.passed, report.as_dict()
+    # Far inside the limits: differences are the engine's printed precision.
+    assert report.errors["winrate"]["max"] < 1e-4 and report.errors["lead"]["max"] < 0.01
+    assert report.errors["ownership"]["max"] < 1e-4
+
+
+def test_export_cli_and_graph(fresh_kp: Katapool, tmp_path: Path) -> None:
+    out = tmp_path / "net.onnx"
+    fresh_kp.run("model", "export-onnx", str(TRANSFORMER_KV), "-o", str(out), "--postprocess",
+                 check=True)
+    proto = onnx.load(str(out))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["modelVersion"] == "17" and props["numInputChannels"] == "22"
+    assert props["name"] == "b7c96h6kv3qk32v16tflrs-fson-bnh" and props["boardLength"] == "19"
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    spatial = np.zeros((2, 22, 19, 19), dtype=np.float32)
+    spatial[:, 0] = 1.0  # an empty 19x19 board, twice: the batch is dynamic
+    result = dict(zip([o.name for o in session.get_outputs()],
+                      session.run(None, {"InputSpatial": spatial,
+                                         "InputGlobal": np.zeros((2, 19), dtype=np.float32)}),
+                      strict=True))
+    assert result["OutputPolicy"].shape == (2, 2, 19, 19) and result["OutputValue"].shape == (2, 3)
+    assert np.allclose(result["Policy"].sum(axis=1), 1) and np.allclose(result["Value"].sum(axis=1), 1)
+    assert np.abs(result["Ownership"]).max() <= 1 and result["ScoreLead"].shape == (2, 1)
+    assert np.allclose(result["OutputPolicy"][0], result["OutputPolicy"][1])
+    refused = fresh_kp.run("model", "export-onnx", str(G170), "-o", str(out), "--via-engine")
+    assert refused.returncode != 0 and "no ONNX emitter" in refused.stderr
+    with pytest.raises(ModelError, match="board size 25"):
+        export_onnx(load_model(G170), board=25)
+
+
+def test_validate_cli(kp: Katapool, tmp_path: Path) -> None:
+    out = tmp_path / "g170.onnx"
+    kp.run("model", "export-onnx", str(G170), "-o", str(out), check=True)
+    proc = kp.run("model", "validate", str(G170), str(out), "--sgf", *map(str, GAMES[:2]),
+                  "--positions", "3", "--json", check=True)
+    report = json.loads(proc.stdout)
+    assert report["passed"] and report["positions"] == 3
+    assert set(report["errors"]) == {"winrate", "lead", "top_policy", "policy_kl", "ownership"}
+    # A model that is not the network's own export fails, and says so with exit code 1.
+    other = tmp_path / "other.onnx"
+    kp.run("model", "export-onnx", str(TRANSFORMER), "-o", str(other), check=True)
+    bad = kp.run("model", "validate", str(G170), str(other), "--sgf", str(GAMES[0]),
+                 "--positions", "2")
+    assert bad.returncode == 1 and "failed" in bad.stdout
