@@ -90,6 +90,8 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
     v.add_argument("--positions", type=int, default=200)
     v.add_argument("--limits", choices=["fp32", "fp16"], default="fp32",
                    help="KataGo's testgpuerror limits to pass (default fp32)")
+    v.add_argument("--symmetry", type=int, default=0, choices=range(8),
+                   help="the board symmetry both evaluate under (default 0)")
     v.add_argument("--input-model", type=Path, metavar="NET",
                    help="a smaller network with the same input features for `evalsgf` to dump the "
                         "input tensors with (same tensors, less time)")
@@ -147,7 +149,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             report = validate(model, onnx_bytes, info.path, cfg, positions,
                               FP16_LIMITS if args.limits == "fp16" else FP32_LIMITS,
                               on_position=lambda: progress.advance(task),
-                              input_model=args.input_model)
+                              input_model=args.input_model, symmetry=args.symmetry)
     if args.json:
         out.out(json.dumps({"model": model.name, "onnx": str(args.onnx), **report.as_dict()}))
     else:

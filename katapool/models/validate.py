@@ -1,8 +1,8 @@
 """Check an ONNX export against the engine itself, position by position.
 
 Inputs come from the engine (``katago evalsgf … -dump-npz-input-to``: the exact tensors it
-feeds its own network); the engine's outputs from ``kata-raw-nn 0 0`` in one GTP session
-(symmetry 0, optimism 0). The ONNX model's raw outputs get KataGo's post-processing (policy
+feeds its own network); the engine's outputs from ``kata-raw-nn S 0`` in one GTP session
+(symmetry S, default 0; optimism 0). The ONNX model's raw outputs get KataGo's post-processing (policy
 softmax over the legal moves, value softmax, score scaling, ownership tanh, White's view) and
 are compared with KataGo's limits for its own FP32 backends (``testgpuerror``).
 """
@@ -23,6 +23,7 @@ import numpy as np
 from katapool.errors import EngineError, ModelError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.models.desc import ModelDesc
+from katapool.models.symmetry import apply_symmetry, invert_symmetry
 
 # KataGo's FP32 limits (p99 over positions): winrate, lead (points), top-move policy, KL.
 FP32_LIMITS = {"winrate": 0.0045, "lead": 0.34, "top_policy": 0.0045, "policy_kl": 0.0006}
@@ -140,9 +141,9 @@ class RawNN:
             raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
         return lines
 
-    def evaluate(self, pos: Position) -> EngineEval:
+    def evaluate(self, pos: Position, symmetry: int = 0) -> EngineEval:
         self._ask(f"loadsgf {pos.sgf} {pos.moves + 1}")
-        lines = self._ask("kata-raw-nn 0 0")
+        lines = self._ask(f"kata-raw-nn {symmetry} 0")
         values: dict[str, float] = {}
         policy: list[float] = []
         ownership: list[float] = []
@@ -219,7 +220,7 @@ def compare(ours: list[EngineEval], engine: list[EngineEval],
 def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
              positions: list[Position], limits: dict[str, float] | None = None,
              on_position: Callable[[], None] | None = None,
-             input_model: Path | None = None) -> Report:
+             input_model: Path | None = None, symmetry: int = 0) -> Report:
     """Evaluate ``positions`` with the engine and with the ONNX model; compare.
     ``input_model``: the network evalsgf loads to dump inputs (any network with the same input
     features gives the same tensors; a small one is faster)."""
@@ -235,11 +236,13 @@ def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
             for pos in positions:
                 spatial, global_ = engine_inputs(katago, config, input_model or model.source.path,
                                                  pos, Path(tmp))
-                engine_eval = raw.evaluate(pos)
-                feeds = {"InputSpatial": spatial, "InputGlobal": global_}
+                engine_eval = raw.evaluate(pos, symmetry)
+                feeds = {"InputSpatial": apply_symmetry(spatial, symmetry), "InputGlobal": global_}
                 if model.meta_inputs:
                     feeds["InputMeta"] = np.zeros((1, model.meta_inputs), dtype=np.float32)
                 outputs = dict(zip(names, session.run(None, feeds), strict=True))
+                for key in ("OutputPolicy", "OutputOwnership"):
+                    outputs[key] = invert_symmetry(outputs[key], symmetry)
                 ours.append(postprocess(model, outputs, pos.black_to_move,
                                         ~np.isnan(engine_eval.policy), global_[0]))
                 theirs.append(engine_eval)
