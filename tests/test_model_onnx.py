@@ -70,8 +70,12 @@ def test_export_cli_and_graph(fresh_kp: Katapool, tmp_path: Path) -> None:
                  check=True)
     proto = onnx.load(str(out))
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["modelVersion"] == "17" and props["numInputChannels"] == "22"
-    assert props["name"] == "b7c96h6kv3qk32v16tflrs-fson-bnh" and props["boardLength"] == "19"
+    # What KataGo's ONNX model reader requires.
+    assert props["modelVersion"] == "17" and props["num_spatial_inputs"] == "22"
+    assert props["num_global_inputs"] == "19" and props["has_mask"] == "true"
+    assert props["pos_len_x"] == props["pos_len_y"] == "19"
+    assert props["name"] == "b7c96h6kv3qk32v16tflrs-fson-bnh"
+    assert json.loads(props["model_config"])["trunk"]["attention"][0]["kv_heads"] == 3
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     spatial = np.zeros((2, 22, 19, 19), dtype=np.float32)
     spatial[:, 0] = 1.0  # an empty 19x19 board, twice: the batch is dynamic

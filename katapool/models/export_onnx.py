@@ -11,6 +11,7 @@ and the block semantics follow KataGo (see docs/models.md).
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import numpy as np
@@ -366,12 +367,18 @@ class _Builder:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="katapool")
         model.ir_version = 8
-        # What KataGo's ONNX model reader looks for, so KataGo's ONNX builds can load it.
+        # The fields KataGo's ONNX model-file reader requires (onnxprotoreader.cpp), so that
+        # KataGo builds with ONNX/TensorRT backends can load the file as a model.
+        from katapool.models.summary import summarize
+
+        config = {k: v for k, v in summarize(m).items() if k in ("trunk", "heads", "inputs")}
         meta = {"name": m.name, "modelVersion": str(m.version),
-                "numInputChannels": str(m.spatial_inputs),
-                "numInputGlobalChannels": str(m.global_inputs),
-                "numInputMetaChannels": str(m.meta_inputs), "hasMask": "1",
-                "boardLength": str(self.h)}
+                "num_spatial_inputs": str(m.spatial_inputs),
+                "num_global_inputs": str(m.global_inputs),
+                "num_meta_inputs": str(m.meta_inputs), "has_mask": "true",
+                "pos_len_x": str(self.w), "pos_len_y": str(self.h),
+                "model_config": json.dumps(config, sort_keys=True),
+                "producer": "katapool"}
         helper.set_model_props(model, meta)
         return model
 
