@@ -104,14 +104,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     from katapool.models.export_onnx import export_onnx
 
     if args.via_engine:
-        raise KatapoolError("this KataGo has no ONNX emitter of its own (`katago dumponnx` comes "
-                            "with TensorRT/ONNX builds); export without --via-engine")
+        return _export_via_engine(args)
     model = load_model(args.model)
     proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(proto.SerializeToString())
     err.print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes): {model.name}, "
               f"{args.board}x{args.board}, opset {proto.opset_import[0].version}")
+    return 0
+
+
+def _export_via_engine(args: argparse.Namespace) -> int:
+    """The engine's own emitter (`katago dumponnx`, TensorRT/ONNX builds of KataGo)."""
+    import subprocess
+
+    from katapool.engine.discovery import resolve_engine
+
+    katago = resolve_engine(args.katago).path
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([str(katago), "dumponnx", "-model", str(args.model), "-output",
+                           str(args.output)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not args.output.exists():
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise KatapoolError(f"the engine could not write ONNX: {said[-1] if said else 'no output'} "
+                            "(export without --via-engine to use katapool's own exporter)")
+    err.print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes) with {katago.name} dumponnx")
     return 0
 
 
