@@ -286,3 +286,24 @@ def test_rmsnorm_trunk_tip(spatial: bool) -> None:
                  + n.beta.reshape(1, -1, 1, 1)) * mask
     if spatial:
         assert not _close(got, wrong)
+
+
+def test_validate_accepts_katagos_own_export_layout() -> None:
+    """KataGo's emitter takes InputMask and [N,19,1,1] globals and gives [N,C,1,1] outputs."""
+    from katapool.models.validate import _feeds, _squeeze
+
+    def item(name: str, rank: int) -> SimpleNamespace:
+        return SimpleNamespace(name=name, shape=[None] * rank)
+
+    engine_style = SimpleNamespace(get_inputs=lambda: [item("InputMask", 4), item("InputSpatial", 4),
+                                                       item("InputGlobal", 4)])
+    spatial = np.ones((1, 22, 19, 19), dtype=np.float32)
+    feeds = _feeds(engine_style, spatial, np.zeros((1, 19), dtype=np.float32), 0)
+    assert feeds["InputMask"].shape == (1, 1, 19, 19) and feeds["InputGlobal"].shape == (1, 19, 1, 1)
+    ours = SimpleNamespace(get_inputs=lambda: [item("InputSpatial", 4), item("InputGlobal", 2)])
+    assert _feeds(ours, spatial, np.zeros((1, 19), dtype=np.float32), 0)["InputGlobal"].shape == (1, 19)
+    assert _squeeze(np.zeros((2, 3, 1, 1))).shape == (2, 3)
+    assert _squeeze(np.zeros((2, 1, 19, 19))).shape == (2, 1, 19, 19)
+    strange = SimpleNamespace(get_inputs=lambda: [item("Board", 4)])
+    with pytest.raises(Exception, match="does not know: Board"):
+        _feeds(strange, spatial, np.zeros((1, 19), dtype=np.float32), 0)

@@ -195,6 +195,32 @@ def postprocess(model: ModelDesc, outputs: dict[str, np.ndarray], black_to_move:
     return EngineEval(loss if black_to_move else win, sign * lead, policy, sign * ownership)
 
 
+def _feeds(session: Any, spatial: np.ndarray, global_: np.ndarray, meta: int) -> dict[str, np.ndarray]:
+    """Inputs by name and rank, so that KataGo's own export (``InputMask``, NC11 globals) and
+    katapool's are both accepted."""
+    feeds: dict[str, np.ndarray] = {}
+    for item in session.get_inputs():
+        rank = len(item.shape)
+        if item.name == "InputSpatial":
+            feeds[item.name] = spatial
+        elif item.name == "InputMask":
+            feeds[item.name] = np.ascontiguousarray(spatial[:, :1])
+        elif item.name == "InputGlobal":
+            feeds[item.name] = global_.reshape(global_.shape + (1,) * (rank - 2))
+        elif item.name == "InputMeta":
+            feeds[item.name] = np.zeros((1, meta) + (1,) * (rank - 2), dtype=np.float32)
+        else:
+            raise ModelError(f"the ONNX model has an input katapool does not know: {item.name}")
+    return feeds
+
+
+def _squeeze(value: np.ndarray) -> np.ndarray:
+    """[N, C, 1, 1] -> [N, C] for the non-spatial outputs of KataGo's own export."""
+    if value.ndim == 4 and value.shape[2:] == (1, 1):
+        return value.reshape(value.shape[:2])
+    return value
+
+
 def compare(ours: list[EngineEval], engine: list[EngineEval],
             limits: dict[str, float] | None = None) -> Report:
     diffs: dict[str, list[float]] = {"winrate": [], "lead": [], "top_policy": [], "policy_kl": [],
@@ -237,10 +263,10 @@ def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
                 spatial, global_ = engine_inputs(katago, config, input_model or model.source.path,
                                                  pos, Path(tmp))
                 engine_eval = raw.evaluate(pos, symmetry)
-                feeds = {"InputSpatial": apply_symmetry(spatial, symmetry), "InputGlobal": global_}
-                if model.meta_inputs:
-                    feeds["InputMeta"] = np.zeros((1, model.meta_inputs), dtype=np.float32)
-                outputs = dict(zip(names, session.run(None, feeds), strict=True))
+                spatial = apply_symmetry(spatial, symmetry)
+                feeds = _feeds(session, spatial, global_, model.meta_inputs)
+                outputs = {name: _squeeze(v) for name, v in
+                           zip(names, session.run(None, feeds), strict=True)}
                 for key in ("OutputPolicy", "OutputOwnership"):
                     outputs[key] = invert_symmetry(outputs[key], symmetry)
                 ours.append(postprocess(model, outputs, pos.black_to_move,
