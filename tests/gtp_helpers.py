@@ -120,6 +120,12 @@ class Gui:
             infos.append(got)
         return infos
 
+    def interrupt(self, command: str, pattern: re.Pattern[str] | None = None) -> list[str]:
+        """Send ``command`` while an analysis streams: the stream ends first, then its answer."""
+        self.send(command)
+        self.drain_stream()
+        return self.response(pattern or ok())
+
     def katago_children(self) -> list[psutil.Process]:
         try:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
