@@ -53,3 +53,10 @@ def tuning_dir() -> Path:
 
 def downloads_dir() -> Path:
     return cache_dir() / "downloads"
+
+
+def run_dir() -> Path:
+    """Scratch space for generated configs of running engines (created on demand)."""
+    path = data_dir() / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -100,16 +100,10 @@ def cmd_analysis(args: argparse.Namespace) -> int:
                       overrides=args.override_config, analysis_threads=args.analysis_threads,
                       gpus=gpus, members=members, preset=args.preset,
                       start_timeout=policy.start_timeout)
-    with tempfile.TemporaryDirectory(dir=_run_root(), prefix="analysis-") as run_dir:
+    with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="analysis-") as run_dir:
         factories = build_factories(spec, Path(run_dir))
         return asyncio.run(_serve(factories, policy, info.version, info.git_revision,
                                   args.quit_without_waiting))
-
-
-def _run_root() -> Path:
-    root = paths.data_dir() / "run"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_hash: str | None,

@@ -20,14 +20,13 @@ from pathlib import Path
 from katapool import paths
 from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
-from katapool.config.build import build_config, tuning_for
+from katapool.config.build import build_config
 from katapool.config.settings import Mode
-from katapool.devices import discover_devices
-from katapool.engine.backend import Backend
 from katapool.engine.probe import EngineInfo
 from katapool.engine.process import EngineProcess
 from katapool.errors import ConfigError
 from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
+from katapool.pool.launch import prepared_tuning_override
 
 log = logging.getLogger("katapool")
 
@@ -73,11 +72,9 @@ def cmd_gtp(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
     found = resolve_katago_args(args)
     info, model, human = found.info, found.model, found.human_model
-    run_root = paths.data_dir() / "run"
-    run_root.mkdir(parents=True, exist_ok=True)
     log_dir = paths.data_dir() / "logs" / "gtp"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run_root, prefix="gtp-") as run_dir:
+    with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="gtp-") as run_dir:
         argv = _engine_argv(args, info, model, human, Path(run_dir))
         options = BridgeOptions(command_timeout=args.command_timeout,
                                 min_interval=args.min_interval, max_moves=args.max_moves)
@@ -94,13 +91,9 @@ def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human:
     if args.config:
         for cfg in args.config:
             argv += ["-config", str(cfg)]
-        # A GUI's own config with no tuning file would re-tune OpenCL for minutes at first start.
-        text = "\n".join(c.read_text(errors="replace") for c in args.config)
-        if info.backend is Backend.OPENCL and "openclTunerFile" not in text \
-                and not any("openclTunerFile" in o for o in args.override_config):
-            report = discover_devices(info.path, model, opencl=True)
-            if report.opencl:
-                argv += ["-override-config", f"openclTunerFile={tuning_for([], report, info).file}"]
+        tuning = prepared_tuning_override(info, model, args.config, args.override_config)
+        if tuning:
+            argv += ["-override-config", tuning]
     else:
         spec = ",".join(f"gpu:{g}" for g in gpus) if gpus else "auto"
         built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=spec,

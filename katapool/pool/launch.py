@@ -57,6 +57,19 @@ def member_labels(spec: LaunchSpec) -> list[str]:
     return ["auto" if d is None else f"gpu {d}" for d in member_devices(spec)]
 
 
+def prepared_tuning_override(info: EngineInfo, model: Path, configs: list[Path],
+                             overrides: list[str]) -> str | None:
+    """``openclTunerFile=<katapool's prepared tuning>`` for a caller's own OpenCL config that
+    names none: an app's private homeDataDir (KaTrain's ~/.katrain) would otherwise re-tune
+    OpenCL for minutes at first start. None when it does not apply."""
+    if info.backend is not Backend.OPENCL or _mentions(configs, overrides, "openclTunerFile"):
+        return None
+    report = discover_devices(info.path, model, opencl=True)
+    if not report.opencl:
+        return None
+    return f"openclTunerFile={tuning_for([], report, info).file}"
+
+
 def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None,
                     log_prefix: str | None = None) -> list[MemberFactory]:
     """One factory per member. Member stderr goes to ``log_dir`` (default: the data dir's
@@ -69,14 +82,8 @@ def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None
     devices = member_devices(spec)
 
     if spec.configs:
-        extra: list[str] = []
-        # Point the engine at katapool's prepared tuning unless the caller chose one, so an
-        # app's private homeDataDir (KaTrain's ~/.katrain) does not re-tune OpenCL for minutes.
-        if spec.info.backend is Backend.OPENCL and not _mentions(spec.configs, spec.overrides,
-                                                                   "openclTunerFile"):
-            report = discover_devices(spec.info.path, spec.model, opencl=True)
-            if report.opencl:
-                extra.append(f"openclTunerFile={tuning_for([], report, spec.info).file}")
+        tuning = prepared_tuning_override(spec.info, spec.model, spec.configs, spec.overrides)
+        extra = [tuning] if tuning else []
         key_prefix = BACKEND_PREFIX.get(spec.info.backend)
         for device in devices:
             moved = list(extra)
@@ -146,9 +153,7 @@ def launch_from_options(*, model: str | Path | None = None, members: int = 1,
                       overrides=list(overrides or []), analysis_threads=analysis_threads,
                       gpus=gpus, members=count, preset=preset, start_timeout=start_timeout,
                       batch=batch)
-    root = paths.data_dir() / "run"
-    root.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(dir=root, prefix="pool-"))
+    run_dir = Path(tempfile.mkdtemp(dir=paths.run_dir(), prefix="pool-"))
     try:
         factories = build_factories(spec, run_dir, log_dir, log_prefix)
     except BaseException:

@@ -53,8 +53,12 @@ class Pool:
                                        batch=batch)
         pool = cls(launched.factories, policy, version=launched.info.version,
                    git_hash=launched.info.git_revision, labels=launched.labels)
-        pool._cleanup.append(launched.cleanup)
+        pool.on_close(launched.cleanup)
         return pool
+
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` (e.g. removing generated config files) when the pool closes."""
+        self._cleanup.append(cleanup)
 
     def adopt_cleanup(self, other: Pool) -> None:
         """After a reload to ``other``'s factories: drop this pool's old files, keep its."""

@@ -70,7 +70,7 @@ class Daemon:
         policy = self.file.policy.model_copy(update={"max_outstanding": self.file.limits.max_queue})
         pool = Pool(launched.factories, policy, version=launched.info.version,
                     git_hash=launched.info.git_revision, labels=launched.labels)
-        pool._cleanup.append(launched.cleanup)
+        pool.on_close(launched.cleanup)
         return pool
 
     # --- running --------------------------------------------------------------------------------
