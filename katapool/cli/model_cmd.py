@@ -11,6 +11,8 @@ from typing import Any
 from rich.table import Table
 
 from katapool.cli.common import err, out
+from katapool.cli.model_trt_cmd import register_trt
+from katapool.cli.quantize_cmd import register_quantize
 from katapool.errors import ConfigError, KatapoolError
 from katapool.models import load_model, summarize
 
@@ -23,6 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
     register_conversion(msub)
+    register_quantize(msub)
+    register_trt(msub)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ and the block semantics follow KataGo (see docs/models.md).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,17 @@ class _Graph:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._ids = itertools.count()
+        self._scopes: list[str] = []
+
+    @contextlib.contextmanager
+    def scope(self, part: str) -> Iterator[None]:
+        """Name the nodes made inside by the network part they belong to ("stem",
+        "block3/rms", "policy", ...): quantization keeps chosen parts in higher precision."""
+        self._scopes.append(part)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
 
     def name(self, base: str) -> str:
         return f"{base}_{next(self._ids)}"
@@ -59,7 +72,8 @@ class _Graph:
 
     def op(self, kind: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
         name = out or self.name(kind.lower())
-        self.nodes.append(self.helper.make_node(kind, list(inputs), [name], **attrs))
+        node_name = "/".join([*self._scopes, name])
+        self.nodes.append(self.helper.make_node(kind, list(inputs), [name], name=node_name, **attrs))
         return name
 
 
@@ -152,17 +166,20 @@ class _Builder:
     def gpool(self, x: str) -> str:
         """[mean, mean·(√area−14)/10, max] over the board -> [N, 3C] (x already masked)."""
         g = self.g
-        mean = g.op("Div", g.op("ReduceSum", x, g.ints([2, 3]), keepdims=1), self.area)
-        scaled = g.op("Mul", mean, self.area_scale)
-        shifted = g.op("Add", x, g.op("Sub", self.mask, g.const(np.array(1.0, dtype=np.float32))))
-        mx = g.op("ReduceMax", shifted, axes=[2, 3], keepdims=1)
-        return g.op("Flatten", g.op("Concat", mean, scaled, mx, axis=1), axis=1)
+        with g.scope("pool"):
+            mean = g.op("Div", g.op("ReduceSum", x, g.ints([2, 3]), keepdims=1), self.area)
+            scaled = g.op("Mul", mean, self.area_scale)
+            shifted = g.op("Add", x, g.op("Sub", self.mask,
+                                          g.const(np.array(1.0, dtype=np.float32))))
+            mx = g.op("ReduceMax", shifted, axes=[2, 3], keepdims=1)
+            return g.op("Flatten", g.op("Concat", mean, scaled, mx, axis=1), axis=1)
 
     def value_pool(self, x: str) -> str:
         g = self.g
-        mean = g.op("Div", g.op("ReduceSum", x, g.ints([2, 3]), keepdims=1), self.area)
-        return g.op("Flatten", g.op("Concat", mean, g.op("Mul", mean, self.area_scale),
-                                    g.op("Mul", mean, self.area_quad), axis=1), axis=1)
+        with g.scope("pool"):
+            mean = g.op("Div", g.op("ReduceSum", x, g.ints([2, 3]), keepdims=1), self.area)
+            return g.op("Flatten", g.op("Concat", mean, g.op("Mul", mean, self.area_scale),
+                                        g.op("Mul", mean, self.area_quad), axis=1), axis=1)
 
     # --- blocks ---------------------------------------------------------------------------------
 
@@ -180,13 +197,16 @@ class _Builder:
             return g.op("Add", x, self.conv(self.nba(regular, b.mid_norm, b.mid_act), b.final_conv))
         if isinstance(b, NestedBottleneckBlock):
             y = self.conv(self.nba(x, b.pre_norm, b.pre_act), b.pre_conv)
-            for inner in b.blocks:
-                y = self.block(y, inner)
+            for j, inner in enumerate(b.blocks):
+                with g.scope(f"inner{j}"):
+                    y = self.block(y, inner)
             return g.op("Add", x, self.conv(self.nba(y, b.post_norm, b.post_act), b.post_conv))
         if isinstance(b, AttentionBlock):
-            return g.op("Add", x, self.attention(x, b))
+            with g.scope("attn"):
+                return g.op("Add", x, self.attention(x, b))
         if isinstance(b, FFNBlock):
-            return g.op("Add", x, self.ffn(x, b))
+            with g.scope("ffn"):
+                return g.op("Add", x, self.ffn(x, b))
         raise ModelError(f"{b.name}: cannot export block kind {b.kind}")
 
     def seq(self, x: str) -> str:
@@ -202,9 +222,10 @@ class _Builder:
     def tnorm(self, x: str, n: TransformerNorm) -> str:
         """RMSNorm over channels at each position of [N, S, C], then the mask."""
         g = self.g
-        ms = g.op("ReduceMean", g.op("Mul", x, x), axes=[2], keepdims=1)
-        rms = g.op("Sqrt", g.op("Add", ms, g.const(np.array(n.epsilon, dtype=np.float32))))
-        y = g.op("Mul", g.op("Div", x, rms), g.const(n.weight.reshape(1, 1, -1)))
+        with g.scope("rms"):
+            ms = g.op("ReduceMean", g.op("Mul", x, x), axes=[2], keepdims=1)
+            rms = g.op("Sqrt", g.op("Add", ms, g.const(np.array(n.epsilon, dtype=np.float32))))
+            y = g.op("Mul", g.op("Div", x, rms), g.const(n.weight.reshape(1, 1, -1)))
         return g.op("Mul", y, self.mask_seq)
 
     def heads(self, x: str, count: int, dim: int) -> str:
@@ -257,10 +278,12 @@ class _Builder:
         if b.heads != b.kv_heads:  # grouped-query attention: each kv head serves a group
             index = g.const(np.repeat(np.arange(b.kv_heads), b.heads // b.kv_heads).astype(np.int64))
             k, v = g.op("Gather", k, index, axis=1), g.op("Gather", v, index, axis=1)
-        scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
-        scores = g.op("Mul", scores, g.const(np.array(1.0 / np.sqrt(b.q_head_dim), dtype=np.float32)))
-        scores = g.op("Add", scores, self.key_bias)  # off-board keys get no attention
-        out = g.op("MatMul", g.op("Softmax", scores, axis=3), v)  # [N, H, S, dv]
+        with g.scope("scores"):  # activation x activation: never quantized
+            scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+            scores = g.op("Mul", scores, g.const(np.array(1.0 / np.sqrt(b.q_head_dim),
+                                                          dtype=np.float32)))
+            scores = g.op("Add", scores, self.key_bias)  # off-board keys get no attention
+            out = g.op("MatMul", g.op("Softmax", scores, axis=3), v)  # [N, H, S, dv]
         out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]),
                    g.ints([0, 0, b.heads * b.v_head_dim]))
         out = g.op("Mul", self.matmul(out, b.out), self.mask_seq)
@@ -281,15 +304,17 @@ class _Builder:
         if isinstance(t.tip_norm, Norm):
             return self.nba(x, t.tip_norm, t.tip_act)
         n: RMSNorm = t.tip_norm
-        sq = g.op("Mul", x, x)
-        eps = g.const(np.array(n.epsilon, dtype=np.float32))
-        if n.spatial:  # one RMS per sample, over channels and the on-board points
-            total = g.op("ReduceSum", g.op("Mul", sq, self.mask), g.ints([1, 2, 3]), keepdims=1)
-            count = g.op("Mul", self.area, g.const(np.array(float(n.gamma.size), dtype=np.float32)))
-            ms = g.op("Div", total, count)
-        else:
-            ms = g.op("ReduceMean", sq, axes=[1], keepdims=1)
-        y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, eps)))
+        with g.scope("rms"):
+            sq = g.op("Mul", x, x)
+            eps = g.const(np.array(n.epsilon, dtype=np.float32))
+            if n.spatial:  # one RMS per sample, over channels and the on-board points
+                total = g.op("ReduceSum", g.op("Mul", sq, self.mask), g.ints([1, 2, 3]), keepdims=1)
+                count = g.op("Mul", self.area,
+                             g.const(np.array(float(n.gamma.size), dtype=np.float32)))
+                ms = g.op("Div", total, count)
+            else:
+                ms = g.op("ReduceMean", sq, axes=[1], keepdims=1)
+            y = g.op("Div", x, g.op("Sqrt", g.op("Add", ms, eps)))
         y = g.op("Add", g.op("Mul", y, g.const(n.gamma.reshape(1, -1, 1, 1))),
                  g.const(n.beta.reshape(1, -1, 1, 1)))
         return self.masked(self.act(y, t.tip_act))
@@ -320,21 +345,32 @@ class _Builder:
                                                 [n_dim, m.spatial_inputs, self.h, self.w]),
                   helper.make_tensor_value_info("InputGlobal", TensorProto.FLOAT,
                                                 [n_dim, m.global_inputs])]
-        self.use_mask(g.op("Slice", "InputSpatial", g.ints([0]), g.ints([1]), g.ints([1])))
+        with g.scope("mask"):
+            self.use_mask(g.op("Slice", "InputSpatial", g.ints([0]), g.ints([1]), g.ints([1])))
         t = m.trunk
-        x = self.conv("InputSpatial", t.initial_conv)
-        x = g.op("Add", x, self.as_spatial_bias(self.matmul("InputGlobal", t.initial_matmul)))
-        if t.meta is not None:
-            inputs.append(helper.make_tensor_value_info("InputMeta", TensorProto.FLOAT,
-                                                        [n_dim, t.meta.in_channels]))
-            e = t.meta
-            h = self.act(self.bias(self.matmul("InputMeta", e.mul1), e.bias1.weights), e.act1)
-            h = self.act(self.bias(self.matmul(h, e.mul2), e.bias2.weights), e.act2)
-            x = g.op("Add", x, self.as_spatial_bias(self.matmul(h, e.mul3)))
-        for block in t.blocks:
-            x = self.block(x, block)
-        x = self.tip(x)
-        # Policy head.
+        with g.scope("stem"):
+            x = self.conv("InputSpatial", t.initial_conv)
+            x = g.op("Add", x, self.as_spatial_bias(self.matmul("InputGlobal", t.initial_matmul)))
+            if t.meta is not None:
+                inputs.append(helper.make_tensor_value_info("InputMeta", TensorProto.FLOAT,
+                                                            [n_dim, t.meta.in_channels]))
+                e = t.meta
+                h = self.act(self.bias(self.matmul("InputMeta", e.mul1), e.bias1.weights), e.act1)
+                h = self.act(self.bias(self.matmul(h, e.mul2), e.bias2.weights), e.act2)
+                x = g.op("Add", x, self.as_spatial_bias(self.matmul(h, e.mul3)))
+        for i, block in enumerate(t.blocks):
+            with g.scope(f"block{i}"):
+                x = self.block(x, block)
+        with g.scope("tip"):
+            x = self.tip(x)
+        with g.scope("policy"):
+            self.policy_head(x)
+        with g.scope("value"):
+            self.value_head(x)
+        return self.finish(inputs)
+
+    def policy_head(self, x: str) -> None:
+        g, m = self.g, self.m
         p = m.policy
         p1 = self.conv(x, p.p1_conv)
         pooled = self.gpool(self.nba(self.conv(x, p.g1_conv), p.g1_norm, p.g1_act))
@@ -345,7 +381,9 @@ class _Builder:
             passed = self.matmul(self.act(self.bias(passed, p.pass_bias.weights), p.pass_act),
                                  p.gpool_to_pass2)
         g.op("Identity", passed, out="OutputPolicyPass")
-        # Value head.
+
+    def value_head(self, x: str) -> None:
+        g, m = self.g, self.m
         v = m.value
         v1 = self.nba(self.conv(x, v.v1_conv), v.v1_norm, v.v1_act)
         v2 = self.act(self.bias(self.matmul(self.value_pool(v1), v.v2_mul), v.v2_bias.weights),
@@ -354,7 +392,13 @@ class _Builder:
         g.op("Identity", self.bias(self.matmul(v2, v.sv3_mul), v.sv3_bias.weights),
              out="OutputScoreValue")
         g.op("Identity", self.conv(v1, v.ownership_conv), out="OutputOwnership")
-        f = TensorProto.FLOAT
+
+    def finish(self, inputs: list[Any]) -> Any:
+        from onnx import TensorProto
+
+        helper, g, m = self.g.helper, self.g, self.m
+        p, n_dim = m.policy, "batch"
+        f: Any = TensorProto.FLOAT
         outputs = [helper.make_tensor_value_info("OutputPolicyPass", f, [n_dim, p.out_channels]),
                    helper.make_tensor_value_info("OutputPolicy", f,
                                                  [n_dim, p.out_channels, self.h, self.w]),
@@ -362,7 +406,8 @@ class _Builder:
                    helper.make_tensor_value_info("OutputScoreValue", f, [n_dim, m.score_channels]),
                    helper.make_tensor_value_info("OutputOwnership", f, [n_dim, 1, self.h, self.w])]
         if self.postprocess:
-            outputs += self.postprocessed()
+            with g.scope("post"):
+                outputs += self.postprocessed()
         graph = helper.make_graph(g.nodes, m.name, inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="katapool")

@@ -243,37 +243,81 @@ def compare(ours: list[EngineEval], engine: list[EngineEval],
     return report
 
 
-def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
-             positions: list[Position], limits: dict[str, float] | None = None,
-             on_position: Callable[[], None] | None = None,
-             input_model: Path | None = None, symmetry: int = 0) -> Report:
-    """Evaluate ``positions`` with the engine and with the ONNX model; compare.
+@dataclass
+class Sample:
+    """One position as the engine sees it: its input tensors (symmetry 0) and its own
+    evaluation under the chosen symmetry."""
+
+    position: Position
+    spatial: np.ndarray
+    global_: np.ndarray
+    engine: EngineEval
+
+
+def engine_reference(model: ModelDesc, katago: Path, config: Path, positions: list[Position],
+                     on_position: Callable[[], None] | None = None,
+                     input_model: Path | None = None, symmetry: int = 0) -> list[Sample]:
+    """The engine's inputs and outputs for ``positions``; made once, compared with any number
+    of ONNX models (FP32, FP16, INT8) of the same network.
     ``input_model``: the network evalsgf loads to dump inputs (any network with the same input
     features gives the same tensors; a small one is faster)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
     raw = RawNN(katago, config, model.source.path)
-    ours: list[EngineEval] = []
-    theirs: list[EngineEval] = []
+    samples: list[Sample] = []
     try:
         with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
             for pos in positions:
                 spatial, global_ = engine_inputs(katago, config, input_model or model.source.path,
                                                  pos, Path(tmp))
-                engine_eval = raw.evaluate(pos, symmetry)
-                spatial = apply_symmetry(spatial, symmetry)
-                feeds = _feeds(session, spatial, global_, model.meta_inputs)
-                outputs = {name: _squeeze(v) for name, v in
-                           zip(names, session.run(None, feeds), strict=True)}
-                for key in ("OutputPolicy", "OutputOwnership"):
-                    outputs[key] = invert_symmetry(outputs[key], symmetry)
-                ours.append(postprocess(model, outputs, pos.black_to_move,
-                                        ~np.isnan(engine_eval.policy), global_[0]))
-                theirs.append(engine_eval)
+                samples.append(Sample(pos, spatial, global_, raw.evaluate(pos, symmetry)))
                 if on_position:
                     on_position()
     finally:
         raw.close()
-    return compare(ours, theirs, limits)
+    return samples
+
+
+def onnx_session(onnx_bytes: bytes) -> Any:
+    """A CPU session. For FP16 models, without graph optimizations: ONNX Runtime's CPU provider
+    has few FP16 kernels and computes the rest in FP32 between inserted casts; its optimizer
+    then removes FP16->FP32 cast pairs, so activations would skip FP16 rounding. Unoptimized,
+    every FP16 tensor is rounded, as on a GPU."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    proto = onnx.load_from_string(onnx_bytes)
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def feeds_for(session: Any, model: ModelDesc, spatial: np.ndarray, global_: np.ndarray,
+              symmetry: int = 0) -> dict[str, np.ndarray]:
+    return _feeds(session, apply_symmetry(spatial, symmetry), global_, model.meta_inputs)
+
+
+def onnx_evals(model: ModelDesc, onnx_bytes: bytes, samples: list[Sample],
+               symmetry: int = 0) -> list[EngineEval]:
+    """The ONNX model's post-processed evaluations of the samples' positions."""
+    session = onnx_session(onnx_bytes)
+    names = [o.name for o in session.get_outputs()]
+    evals = []
+    for s in samples:
+        feeds = feeds_for(session, model, s.spatial, s.global_, symmetry)
+        outputs = {name: _squeeze(v) for name, v in
+                   zip(names, session.run(None, feeds), strict=True)}
+        for key in ("OutputPolicy", "OutputOwnership"):
+            outputs[key] = invert_symmetry(outputs[key], symmetry)
+        evals.append(postprocess(model, outputs, s.position.black_to_move,
+                                 ~np.isnan(s.engine.policy), s.global_[0]))
+    return evals
+
+
+def validate(model: ModelDesc, onnx_bytes: bytes, katago: Path, config: Path,
+             positions: list[Position], limits: dict[str, float] | None = None,
+             on_position: Callable[[], None] | None = None,
+             input_model: Path | None = None, symmetry: int = 0) -> Report:
+    """Evaluate ``positions`` with the engine and with the ONNX model; compare."""
+    samples = engine_reference(model, katago, config, positions, on_position, input_model, symmetry)
+    return compare(onnx_evals(model, onnx_bytes, samples, symmetry), [s.engine for s in samples],
+                   limits)

@@ -1,0 +1,182 @@
+"""``katapool model quantize``: FP16 and INT8 versions of an export, checked against the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from katapool.cli.common import err, out
+from katapool.errors import ConfigError, ModelError
+
+NETWORK_SUFFIXES = (".bin.gz", ".bin", ".txt.gz", ".txt")
+
+
+def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    q = msub.add_parser(
+        "quantize", help="FP16 or INT8 version of an ONNX export, validated against the engine",
+        description="Write an FP16 or INT8 (Q/DQ, ONNX Runtime static quantization) version of "
+        "a katapool ONNX export, then compare it and the FP32 export with the engine on the same "
+        "positions (KataGo's FP16 limits are the pass line for FP16 and reported for INT8), with "
+        "file sizes and ONNX Runtime CPU evaluations/s.")
+    q.add_argument("model", type=Path, help="a katapool ONNX export, or the network itself "
+                   "(.bin.gz: exported first)")
+    kind = q.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--fp16", action="store_true", help="FP16, FP32 kept where it matters")
+    kind.add_argument("--int8", action="store_true", help="INT8 weights and activations (Q/DQ)")
+    q.add_argument("-o", "--output", type=Path, required=True)
+    q.add_argument("--network", type=Path, metavar="NET",
+                   help="the .bin.gz the ONNX file was exported from (the engine evaluates it)")
+    q.add_argument("--calibration", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take INT8 calibration positions from (also validation "
+                        "positions unless --sgf is given)")
+    q.add_argument("--calibration-positions", type=int, default=64, metavar="N")
+    q.add_argument("--calibration-method", choices=["percentile", "minmax", "entropy"],
+                   default="percentile", help="how activation ranges are chosen (default "
+                   "percentile)")
+    q.add_argument("--percentile", type=float, default=99.999,
+                   help="with --calibration-method percentile (default 99.999)")
+    q.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take validation positions from")
+    q.add_argument("--positions", type=int, default=200,
+                   help="validation positions (default 200; 0 skips validation)")
+    q.add_argument("--input-model", type=Path, metavar="NET",
+                   help="a smaller network with the same input features to dump input tensors")
+    q.add_argument("--board", type=int, default=19, help="board size when exporting (default 19)")
+    q.add_argument("--bench-batch", type=int, default=8, help="batch for the speed figure")
+    q.add_argument("--bench-seconds", type=float, default=3.0,
+                   help="seconds per speed figure (0 skips it)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--katago", metavar="PATH")
+    q.set_defaults(func=cmd_quantize)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """The FP32 export and the network it came from (when known)."""
+    import onnx
+
+    from katapool.models import load_model
+    from katapool.models.export_onnx import export_onnx
+
+    if args.model.name.endswith(NETWORK_SUFFIXES):
+        return export_onnx(load_model(args.model), board=args.board), args.model
+    try:
+        proto = onnx.load(str(args.model))
+    except (OSError, Exception) as exc:  # onnx raises DecodeError and friends
+        raise ModelError(f"{args.model}: not a readable ONNX file ({exc})") from None
+    return proto, args.network
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from katapool.config.build import build_config
+    from katapool.config.settings import Mode
+    from katapool.engine.discovery import resolve_engine
+    from katapool.engine.probe import probe_version
+    from katapool.models import load_model, quantize
+    from katapool.models.precision_check import calibration_feeds, check_variant, split_positions
+    from katapool.models.validate import engine_reference, with_explicit_rules
+
+    if args.positions < 0 or args.calibration_positions < 1:
+        raise ConfigError("--positions must be 0 or more and --calibration-positions at least 1")
+    if not 0 < args.percentile <= 100:
+        raise ConfigError(f"--percentile {args.percentile}: must be in (0, 100]")
+    proto, network = _load(args)
+    quantize.check_katapool_export(proto)
+    validation_games = args.sgf or args.calibration
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration GAME... (positions to calibrate on)")
+    if args.positions and not validation_games:
+        raise ConfigError("validation needs games: --sgf GAME... (or --positions 0 to skip it)")
+    needs_engine = args.int8 or args.positions > 0
+    if needs_engine and network is None:
+        raise ConfigError("the engine needs the network this ONNX file came from: --network NET")
+    model = load_model(network) if network else None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if model is not None and meta.get("name") not in (None, model.name):
+        raise ConfigError(f"{args.model} is an export of {meta['name']}, not of {model.name}")
+    fp32 = proto.SerializeToString()
+    calibration_count = args.calibration_positions if args.int8 else 0
+
+    with tempfile.TemporaryDirectory(prefix="katapool-quantize-") as tmp, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                     console=err, transient=True) as progress:
+        samples, feeds = None, []
+        if needs_engine:
+            assert model is not None and network is not None
+            info = probe_version(resolve_engine(args.katago).path)
+            cfg = Path(tmp) / "gtp.cfg"
+            cfg.write_text(build_config(mode=Mode.GTP, info=info, model=network,
+                                        preset="desktop").text)
+            if args.sgf and args.int8:  # separate game sets: no overlap possible
+                (Path(tmp) / "val").mkdir()
+                (Path(tmp) / "cal").mkdir()
+                validation, _ = split_positions(
+                    with_explicit_rules(args.sgf, Path(tmp) / "val"), args.positions, 0)
+                _, calibration = split_positions(
+                    with_explicit_rules(args.calibration, Path(tmp) / "cal"), 0, calibration_count)
+            else:
+                validation, calibration = split_positions(
+                    with_explicit_rules(validation_games, Path(tmp)), args.positions,
+                    calibration_count)
+            if calibration:
+                task = progress.add_task("calibration inputs", total=len(calibration))
+                feeds = calibration_feeds(model, fp32, info.path, cfg, calibration,
+                                          args.input_model, Path(tmp),
+                                          lambda: progress.advance(task))
+            if validation:
+                task = progress.add_task(f"engine on {len(validation)} positions",
+                                         total=len(validation))
+                samples = engine_reference(model, info.path, cfg, validation,
+                                           lambda: progress.advance(task), args.input_model)
+        if args.fp16:
+            converted = quantize.to_fp16(proto)
+        else:
+            converted = quantize.to_int8(proto, feeds, quantize.Int8Options(
+                args.calibration_method, args.percentile))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        import onnx
+
+        onnx.save(converted, str(args.output))
+        progress.add_task("checking FP32 and the new model", total=None)
+        variants = [check_variant(model, "fp32", fp32, samples, args.bench_batch, args.bench_seconds),
+                    check_variant(model, quantize.precision_of(converted),
+                                  converted.SerializeToString(), samples, args.bench_batch,
+                                  args.bench_seconds)]
+    return _report(args, variants, meta.get("name") or (model.name if model else "?"))
+
+
+def _report(args: argparse.Namespace, variants: list[Any], name: str) -> int:
+    new = variants[-1]
+    fp16_failed = args.fp16 and new.report is not None and not new.report.passed
+    if args.json:
+        out.out(json.dumps({"network": name, "output": str(args.output),
+                            "limits": "KataGo FP16 (testgpuerror), p99",
+                            "variants": [v.as_dict() for v in variants]}))
+        return 1 if fp16_failed else 0
+    table = Table(title=f"{name}: FP32 export and {new.precision}",
+                  caption="errors: p99 against the engine; KataGo's FP16 limits are 0.02 "
+                          "winrate, 1.0 point, 0.025 top policy, 0.002 KL")
+    for col in ("", "MB", "evals/s", "winrate", "lead", "top pol.", "KL", "owner.", "FP16 lim."):
+        table.add_column(col, justify="left" if not col else "right")
+    for v in variants:
+        r = v.report
+        errors = ["-"] * 5 if r is None else [
+            f"{r.errors[k]['p99']:.2g}" for k in ("winrate", "lead", "top_policy", "policy_kl",
+                                                  "ownership")]
+        verdict = "-" if r is None else ("[green]within[/]" if r.passed else "[red]over[/]")
+        speed = "-" if v.speed is None else f"{v.speed.evals_per_second:.0f}"
+        table.add_row(v.precision.split(" ")[0], f"{v.size_bytes / 1e6:.1f}", speed, *errors,
+                      verdict)
+    out.print(table)
+    if new.report is None:
+        err.print("[yellow]not validated against the engine (--positions 0)[/]")
+    if new.speed is not None:
+        out.print(f"evals/s: ONNX Runtime CPU, batch {args.bench_batch}")
+    out.print(f"wrote {args.output}")
+    return 1 if fp16_failed else 0

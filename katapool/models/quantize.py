@@ -1,0 +1,244 @@
+"""FP16 and INT8 versions of katapool's ONNX exports, for runtimes other than the engine.
+
+Which parts stay in higher precision is read from the node names the exporter gives
+(``stem/…``, ``block3/rms/…``, ``policy/…``): KataGo's own TensorRT path keeps the trunk tip,
+the heads, norm reductions and global pooling sums in FP32 for FP16 and we follow it; INT8 only
+touches the convolutions and matrix products of the trunk blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from katapool.errors import ModelError
+
+# Whole network parts kept in FP32 for FP16, and never quantized to INT8.
+HIGH_PRECISION_PARTS = frozenset({"mask", "stem", "tip", "policy", "value", "post"})
+# Sub-steps inside trunk blocks that reduce over many values (sums of squares, board sums)
+# or multiply two activations (attention scores).
+FP16_KEEP_STEPS = frozenset({"rms", "pool"})
+INT8_SKIP_STEPS = frozenset({"rms", "pool", "scores"})
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def _parts(node: Any) -> list[str]:
+    return str(node.name).split("/")[:-1]
+
+
+def check_katapool_export(proto: Any) -> None:
+    """Quantization needs the part names katapool's exporter writes; KataGo's own ONNX files
+    (``dumponnx``) name nodes differently."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("producer") != "katapool" or not any("/" in n.name for n in proto.graph.node):
+        raise ModelError("this ONNX file was not made by `katapool model export-onnx` (its "
+                         "nodes carry no part names, so the layers to keep in higher precision "
+                         "cannot be found): export the .bin.gz network with katapool first")
+    if any(init.data_type in (10, 3) for init in proto.graph.initializer):  # FLOAT16, INT8
+        raise ModelError("this ONNX file is already quantized: start from the FP32 export")
+
+
+def fp16_kept_nodes(proto: Any) -> list[str]:
+    kept = []
+    for node in proto.graph.node:
+        parts = _parts(node)
+        if (parts and parts[0] in HIGH_PRECISION_PARTS) or FP16_KEEP_STEPS & set(parts):
+            kept.append(node.name)
+    return kept
+
+
+def int8_excluded_nodes(proto: Any) -> list[str]:
+    excluded = []
+    weights = {init.name for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul"):
+            continue
+        parts = _parts(node)
+        if ((parts and parts[0] in HIGH_PRECISION_PARTS) or INT8_SKIP_STEPS & set(parts)
+                or not weights & set(node.input)):  # activation x activation
+            excluded.append(node.name)
+    return excluded
+
+
+def to_fp16(proto: Any) -> Any:
+    """FP16 weights and activations; inputs, outputs and the kept parts in FP32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    check_katapool_export(proto)
+    kept = fp16_kept_nodes(proto)
+    converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
+    _skip_fp16_between_kept(converted, set(kept))
+    _mark(converted, "fp16")
+    return converted
+
+
+def _skip_fp16_between_kept(proto: Any, kept: set[str]) -> None:
+    """The converter casts every kept node's output to FP16 and back, even when the consumer
+    is kept too: a sum of squares over the board would overflow right there. Consumers read
+    the FP32 value instead; casts nobody reads any more are dropped."""
+    nodes = proto.graph.node
+    producer = {out: n for n in nodes for out in n.output}
+
+    def cast_to(node: Any) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) \
+            if node.op_type == "Cast" else None
+
+    graph_inputs = {i.name for i in proto.graph.input}  # FP32: the converter keeps I/O types
+    shortcut: dict[str, str] = {}
+    for node in nodes:
+        if cast_to(node) != 1:  # FLOAT
+            continue
+        back = producer.get(node.input[0])
+        if back is None or cast_to(back) != 10:  # FLOAT16
+            continue
+        origin = producer.get(back.input[0])
+        if back.input[0] in graph_inputs or (origin is not None and origin.name in kept):
+            shortcut[node.output[0]] = back.input[0]
+    for node in nodes:
+        if node.name in kept:
+            for i, name in enumerate(node.input):
+                node.input[i] = shortcut.get(name, name)
+    graph_outputs = {o.name for o in proto.graph.output}
+    while True:  # drop casts whose outputs nobody reads
+        read = {name for n in nodes for name in n.input} | graph_outputs
+        dead = [n for n in nodes if n.op_type == "Cast" and not read & set(n.output)]
+        if not dead:
+            break
+        for n in dead:
+            nodes.remove(n)
+    made = {out for n in nodes for out in n.output}
+    stale = [v for v in proto.graph.value_info if v.name not in made]
+    for v in stale:
+        proto.graph.value_info.remove(v)
+    _sort_topologically(proto.graph)
+
+
+def _sort_topologically(graph: Any) -> None:
+    """ONNX requires producers before consumers; the converter appends its casts at the end
+    (ONNX Runtime sorts for itself, TensorRT's parser and onnx.checker do not)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[Any] = []
+    while pending:
+        still = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                still.append(node)
+        if len(still) == len(pending):
+            raise ModelError(f"the converted graph has a cycle or a missing input at "
+                             f"{still[0].name}")
+        pending = still
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    method: str = "percentile"  # one of CALIBRATION_METHODS
+    percentile: float = 99.999
+    batch: int = 8  # calibration positions per inference run
+    # "int8": symmetric signed activations, what TensorRT's explicit quantization takes.
+    # "uint8": asymmetric unsigned activations, which ONNX Runtime's x86 CPU kernels fuse
+    # far more often (U8S8); see docs/quantization.md for the measured difference.
+    activations: str = "int8"
+
+
+class _Batches:
+    """ONNX Runtime's calibration data reader over engine-made inputs."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], batch: int) -> None:
+        self._iter: Iterator[dict[str, np.ndarray]] = self._batched(feeds, batch)
+
+    @staticmethod
+    def _batched(feeds: Sequence[dict[str, np.ndarray]], batch: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(feeds), batch):
+            chunk = feeds[start:start + batch]
+            yield {name: np.concatenate([f[name] for f in chunk]) for name in chunk[0]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:  # part of ORT's reader protocol; one pass is all we make
+        pass
+
+
+def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
+            options: Int8Options | None = None) -> Any:
+    """Post-training static quantization: Q/DQ, symmetric INT8 activations and per-channel
+    weights, calibrated on ``calibration`` (input feeds of real positions)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    options = options or Int8Options()
+    check_katapool_export(proto)
+    if not calibration:
+        raise ModelError("INT8 quantization needs calibration positions")
+    if options.method not in CALIBRATION_METHODS:
+        raise ModelError(f"calibration method {options.method!r}: use one of "
+                         f"{', '.join(CALIBRATION_METHODS)}")
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[options.method]
+    if options.activations not in ("int8", "uint8"):
+        raise ModelError(f"activations {options.activations!r}: use int8 or uint8")
+    signed = options.activations == "int8"
+    extra: dict[str, Any] = {"ActivationSymmetric": signed, "WeightSymmetric": True}
+    if options.method == "percentile":
+        extra["CalibPercentile"] = options.percentile
+    if options.method == "minmax":
+        extra["CalibMaxIntermediateOutputs"] = 4  # bounded memory on big networks
+    with tempfile.TemporaryDirectory(prefix="katapool-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(src))
+        # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller.
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(str(src), str(dst), _Batches(calibration, options.batch),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
+                            per_channel=True,
+                            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            nodes_to_exclude=int8_excluded_nodes(proto),
+                            calibrate_method=method, extra_options=extra)
+        quantized = onnx.load(str(dst))
+    _mark(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
+                     f"{len(calibration)} positions)")
+    return quantized
+
+
+def _mark(proto: Any, precision: str) -> None:
+    props = {p.key: p for p in proto.metadata_props}
+    if "katapool_precision" in props:
+        props["katapool_precision"].value = precision
+    else:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "katapool_precision", precision
+
+
+def precision_of(proto: Any) -> str:
+    """"fp32", "fp16" or "int8 (...)", from katapool's mark or, failing that, the tensors."""
+    for prop in proto.metadata_props:
+        if prop.key == "katapool_precision":
+            return str(prop.value)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        return "int8"
+    if any(init.data_type == 10 for init in proto.graph.initializer):
+        return "fp16"
+    return "fp32"
