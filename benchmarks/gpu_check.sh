@@ -155,7 +155,7 @@ step pytest-tensorrt "$PY" -m pytest tests/test_tensorrt.py -q -rs -p no:cachepr
 tail -n 12 "$OUT_DIR/logs/pytest-tensorrt.log" >&2
 # On a GPU machine a skipped GPU test is a check that did not happen.
 step pytest-tensorrt-nothing-skipped no_skips "$OUT_DIR/logs/pytest-tensorrt.log"
-step bench to_file "$OUT_DIR/bench.json" "${KP[@]}" bench --json
+step bench to_file "$OUT_DIR/bench.json" "${KP[@]}" bench --json --chart "$OUT_DIR/bench.png"
 
 { echo; echo "engines (build-trt --json):"
   "$PY" - "$OUT_DIR/plans" <<'EOF'

@@ -204,10 +204,23 @@ def test_release_needs_version_and_backend(fresh_kp: Katapool) -> None:
     assert "unknown backend 'vulkan'" in line
 
 
+def test_release_refuses_machines_katago_has_no_release_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from katapool.engine import install
+    from katapool.engine.backend import Backend
+    from katapool.errors import InstallError
+
+    assert install.release_asset("1.18.1", Backend.parse("eigen")).endswith("-linux-x64.zip")
+    monkeypatch.setattr(install.platform, "machine", lambda: "aarch64")
+    with pytest.raises(InstallError, match="x86-64 only, not aarch64.*--path"):
+        install.release_asset("1.18.1", Backend.parse("eigen"))
+
+
 def test_reinstall_replaces_cleanly(kp: Katapool) -> None:
     before = kp.manifest()
     kp.run("engine", "install", check=True)
     after = kp.manifest()
     assert [e["name"] for e in after["engines"]] == [e["name"] for e in before["engines"]]  # type: ignore[index]
     no_leftovers(kp.data_dir)
+    # Readable by other users (a root install serving a service user), not mkdtemp's 0700.
+    assert stat.S_IMODE((kp.data_dir / "engines" / "katrain-1.20.0").stat().st_mode) == 0o755
     assert shutil.which("true")  # sanity: PATH intact for later tests

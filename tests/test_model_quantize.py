@@ -194,3 +194,18 @@ def test_quantize_cli_bad_input(kp: Katapool, tmp_path: Path, g170: onnx.ModelPr
     proc = kp.run("model", "quantize", str(junk), "--fp16", "--positions", "0", "-o",
                   str(tmp_path / "x.onnx"))
     assert proc.returncode == 1 and "not a readable ONNX file" in proc.stderr  # ModelError
+
+
+@pytest.mark.parametrize("validation_games, calibration_games", [
+    (GAMES, GAMES),            # one set: split
+    (GAMES[:3], GAMES[1:]),    # overlapping sets
+])
+def test_calibration_never_uses_a_validation_position(tmp_path: Path, validation_games: list[Path],
+                                                      calibration_games: list[Path]) -> None:
+    from katapool.models.precision_check import pick_positions
+
+    checked, calibration = pick_positions(validation_games, calibration_games, 40, 60, tmp_path)
+    assert len(checked) == 40 and len(calibration) == 60
+    assert not {(p.sgf, p.moves) for p in checked} & {(p.sgf, p.moves) for p in calibration}
+    names = {p.sgf.name.split("-", 1)[1] for p in calibration}
+    assert names <= {g.name for g in calibration_games}

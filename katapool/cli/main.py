@@ -12,6 +12,7 @@ from katapool import __version__
 from katapool.cli import (
     analysis_cmd,
     analyze_cmd,
+    bench_cmd,
     config_cmd,
     daemon_cmd,
     devices_cmd,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon_cmd.register(sub)
     gtp_cmd.register(sub)
     model_cmd.register(sub)
+    bench_cmd.register(sub)
     return parser
 
 

@@ -38,6 +38,9 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--calibration-method", choices=["percentile", "minmax", "entropy"],
                    default="percentile", help="how activation ranges are chosen (default "
                    "percentile)")
+    q.add_argument("--activations", choices=["int8", "uint8"], default="int8",
+                   help="INT8 activations: int8 symmetric (default; what TensorRT takes) or "
+                        "uint8 asymmetric (faster with ONNX Runtime on x86 CPUs)")
     q.add_argument("--percentile", type=float, default=99.999,
                    help="with --calibration-method percentile (default 99.999)")
     q.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
@@ -79,8 +82,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from katapool.engine.discovery import resolve_engine
     from katapool.engine.probe import probe_version
     from katapool.models import load_model, quantize
-    from katapool.models.precision_check import calibration_feeds, check_variant, split_positions
-    from katapool.models.validate import engine_reference, with_explicit_rules
+    from katapool.models.precision_check import calibration_feeds, check_variant, pick_positions
+    from katapool.models.validate import engine_reference
 
     if args.positions < 0 or args.calibration_positions < 1:
         raise ConfigError("--positions must be 0 or more and --calibration-positions at least 1")
@@ -113,17 +116,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             cfg = Path(tmp) / "gtp.cfg"
             cfg.write_text(build_config(mode=Mode.GTP, info=info, model=network,
                                         preset="desktop").text)
-            if args.sgf and args.int8:  # separate game sets: no overlap possible
-                (Path(tmp) / "val").mkdir()
-                (Path(tmp) / "cal").mkdir()
-                validation, _ = split_positions(
-                    with_explicit_rules(args.sgf, Path(tmp) / "val"), args.positions, 0)
-                _, calibration = split_positions(
-                    with_explicit_rules(args.calibration, Path(tmp) / "cal"), 0, calibration_count)
-            else:
-                validation, calibration = split_positions(
-                    with_explicit_rules(validation_games, Path(tmp)), args.positions,
-                    calibration_count)
+            validation, calibration = pick_positions(
+                validation_games, args.calibration or validation_games, args.positions,
+                calibration_count, Path(tmp))
             if calibration:
                 task = progress.add_task("calibration inputs", total=len(calibration))
                 feeds = calibration_feeds(model, fp32, info.path, cfg, calibration,
@@ -138,7 +133,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             converted = quantize.to_fp16(proto)
         else:
             converted = quantize.to_int8(proto, feeds, quantize.Int8Options(
-                args.calibration_method, args.percentile))
+                args.calibration_method, args.percentile, activations=args.activations))
         args.output.parent.mkdir(parents=True, exist_ok=True)
         import onnx
 

@@ -8,6 +8,7 @@ nothing half-installed is ever left behind or recorded.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -62,6 +63,7 @@ def _promote(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
+    stage.chmod(0o755)  # mkdtemp's 0700 would hide a system-wide install from service users
     os.replace(stage, final)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -162,6 +164,11 @@ def _extract_zip(archive: Path, dest: Path) -> None:
 
 
 def release_asset(version: str, backend: Backend) -> str:
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        raise InstallError(f"KataGo publishes Linux releases for x86-64 only, not {machine}: "
+                           "build KataGo for this machine and register it with "
+                           "`katapool engine install --path BINARY`")
     if backend not in RELEASE_TAGS:
         raise InstallError(f"KataGo publishes no Linux release for backend {backend.value}")
     return f"katago-v{version}-{RELEASE_TAGS[backend]}-linux-x64.zip"

@@ -11,6 +11,7 @@ and the block semantics follow KataGo (see docs/models.md).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ class _Graph:
         self.inits: list[Any] = []
         self._ids = itertools.count()
         self._scopes: list[str] = []
+        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
 
     @contextlib.contextmanager
     def scope(self, part: str) -> Iterator[None]:
@@ -61,10 +63,16 @@ class _Graph:
         return f"{base}_{next(self._ids)}"
 
     def const(self, array: np.ndarray, base: str = "c") -> str:
+        """An initializer; identical arrays are stored once (RoPE tables repeat per block)."""
         from onnx import numpy_helper
 
+        array = np.ascontiguousarray(array)
+        key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
+        if key in self._consts:
+            return self._consts[key]
         name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(numpy_helper.from_array(array, name))
+        self._consts[key] = name
         return name
 
     def ints(self, values: list[int]) -> str:
@@ -234,8 +242,8 @@ class _Builder:
         return g.op("Transpose", g.op("Reshape", x, g.ints([0, 0, count, dim])), perm=[0, 2, 1, 3])
 
     def rope_tables(self, b: AttentionBlock) -> tuple[np.ndarray, np.ndarray]:
-        """cos, sin per (kv head, position, pair) -> expanded to [1, Hkv, S, dq] for x·cos +
-        swap(x)·sin with interleaved pairs."""
+        """cos, sin per (kv head, position, pair) -> [1, Hkv, S, dq] ([1, 1, S, dq] when every
+        head shares them) for x·cos + swap(x)·sin with interleaved pairs."""
         pairs = b.q_head_dim // 2
         grid_y, grid_x = np.meshgrid(np.arange(self.h, dtype=np.float64),
                                      np.arange(self.w, dtype=np.float64), indexing="ij")
@@ -251,7 +259,7 @@ class _Builder:
             p = np.arange(pairs)
             freq = 1.0 / np.power(b.rope_theta, 2.0 * np.where(p < half, p, p - half) / dim_half)
             coord = np.where(p[None, :] < half, ys[:, None], xs[:, None])  # [S, pairs]
-            angle = np.broadcast_to((coord * freq[None, :])[None], (b.kv_heads, len(xs), pairs))
+            angle = (coord * freq[None, :])[None]  # the same for every head: broadcast
         cos = np.repeat(np.cos(angle), 2, axis=2)  # each pair's angle on both of its channels
         sin = np.repeat(np.sin(angle), 2, axis=2)
         sin[:, :, 0::2] *= -1.0  # y0 = x0·cos − x1·sin; y1 = x1·cos + x0·sin
@@ -268,7 +276,8 @@ class _Builder:
             swap = np.arange(b.q_head_dim).reshape(-1, 2)[:, ::-1].reshape(-1)
             swap_idx = g.const(swap.astype(np.int64), "swap")
             group = b.heads // b.kv_heads
-            q_cos, q_sin = np.repeat(cos, group, axis=1), np.repeat(sin, group, axis=1)
+            q_cos, q_sin = (np.repeat(cos, group, axis=1), np.repeat(sin, group, axis=1)) \
+                if cos.shape[1] > 1 else (cos, sin)
 
             def rope(t: str, c: np.ndarray, s: np.ndarray) -> str:
                 swapped = g.op("Gather", t, swap_idx, axis=3)

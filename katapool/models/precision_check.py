@@ -52,6 +52,24 @@ def split_positions(games: list[Path], validation: int, calibration: int,
     return sorted(chosen[:validation], key=key), sorted(chosen[validation:], key=key)
 
 
+def pick_positions(validation_games: list[Path], calibration_games: list[Path], validation: int,
+                   calibration: int, workdir: Path) -> tuple[list[Position], list[Position]]:
+    """Validation positions from ``validation_games`` and calibration positions from
+    ``calibration_games`` (the same files or not), never one position in both."""
+    from katapool.models.validate import with_explicit_rules
+
+    games = list(dict.fromkeys(p.resolve() for p in [*validation_games, *calibration_games]))
+    copies = dict(zip(games, with_explicit_rules(games, workdir), strict=True))
+    if {p.resolve() for p in validation_games} == {p.resolve() for p in calibration_games}:
+        return split_positions(list(copies.values()), validation, calibration)
+    checked = sample_positions([copies[p.resolve()] for p in validation_games], validation) \
+        if validation else []
+    taken = {(p.sgf, p.moves) for p in checked}
+    pool = sample_positions([copies[p.resolve()] for p in calibration_games],
+                            calibration + len(taken)) if calibration else []
+    return checked, [p for p in pool if (p.sgf, p.moves) not in taken][:calibration]
+
+
 def calibration_feeds(model: ModelDesc, fp32: bytes, katago: Path, config: Path,
                       positions: list[Position], input_model: Path | None, workdir: Path,
                       on_position: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:

@@ -9,6 +9,7 @@ touches the convolutions and matrix products of the trunk blocks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -177,9 +178,10 @@ class _Batches:
 
 
 def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
-            options: Int8Options | None = None) -> Any:
+            options: Int8Options | None = None, exclude: Sequence[str] | None = None) -> Any:
     """Post-training static quantization: Q/DQ, symmetric INT8 activations and per-channel
-    weights, calibrated on ``calibration`` (input feeds of real positions)."""
+    weights, calibrated on ``calibration`` (input feeds of real positions). ``exclude``: the
+    nodes left in FP32 (default: ``int8_excluded_nodes``)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -208,19 +210,34 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     with tempfile.TemporaryDirectory(prefix="katapool-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
-        # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller.
-        with contextlib.redirect_stdout(sys.stderr):
+        # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
+        # and advises a pre-processing pass that would rename the nodes we exclude by name.
+        with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice():
             quantize_static(str(src), str(dst), _Batches(calibration, options.batch),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
                             per_channel=True,
                             activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
-                            nodes_to_exclude=int8_excluded_nodes(proto),
+                            nodes_to_exclude=list(exclude if exclude is not None
+                                                  else int8_excluded_nodes(proto)),
                             calibrate_method=method, extra_options=extra)
         quantized = onnx.load(str(dst))
     _mark(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
                      f"{len(calibration)} positions)")
     return quantized
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _mark(proto: Any, precision: str) -> None:
