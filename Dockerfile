@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.5.1-runtime-ubuntu22.04
 
 # --- cpu ----------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS cpu
+FROM --platform=linux/amd64 ${PYTHON_IMAGE} AS cpu
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -57,7 +57,7 @@ CMD ["katapool", "start", "--no-dashboard", "--listen", "ws://0.0.0.0:6364"]
 # KataGo's Linux CUDA release, asset katago-v<V>-cuda12.5-cudnn8.9.7-linux-x64.zip (the name
 # `katapool engine install --from release --backend cuda` guesses): CUDA 12.5 runtime libraries
 # from the base image, cuDNN 8.9.7 from NVIDIA's apt repository configured in it.
-FROM ${CUDA_IMAGE} AS gpu
+FROM --platform=linux/amd64 ${CUDA_IMAGE} AS gpu
 ARG KATAGO_VERSION=1.18.1
 # KataGo publishes no checksums; pass the zip's sha256 to have it checked (an install without
 # one prints the digest it recorded).

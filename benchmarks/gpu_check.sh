@@ -4,7 +4,8 @@
 # Usage, from the repository root (the shared data beside it, or KATAPOOL_SHARED_DIR):
 #   benchmarks/gpu_check.sh                  # everything, output in ./gpu-check-out
 #   OUT=/some/dir benchmarks/gpu_check.sh    # output there instead
-#   NETS=g170 benchmarks/gpu_check.sh        # only networks whose file name contains a word
+#   NETS="" benchmarks/gpu_check.sh          # every network (default: NETS=g170, which fits a
+#                                            # lent GPU's 15 minutes; words pick networks by name)
 #   MAX_BATCH=32 benchmarks/gpu_check.sh     # engines' max batch (nnMaxBatchSize; default 16)
 #
 # What it does: sets up .venv with `bin/bootstrap "test,tensorrt"` (pip needs NVIDIA's wheels for
@@ -18,7 +19,8 @@
 # engines' reports in plans/*.json, and summary.txt lists each step with its status and time.
 # A failing step is recorded and the run goes on; the exit status is 1 if any step failed.
 #
-# Expected run time (one recent data-centre GPU, 16 cores, downloads already cached): about
+# Run time, estimated (not yet measured: no run on a GPU so far), one data-centre GPU, downloads
+# cached: about
 # 30 minutes for all four networks, most of it engine builds (b10c384: 1-3 minutes each) and
 # INT8 calibration; NETS=g170 takes about 8 minutes. A first run adds the downloads (TensorRT's
 # wheels are over 1 GB).
@@ -28,7 +30,10 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-$PWD/gpu-check-out}"
 SHARED="${KATAPOOL_SHARED_DIR:-$PWD/../shared}"
 MAX_BATCH="${MAX_BATCH:-16}"
-NETS="${NETS:-}"
+# g170 alone by default: the whole set takes longer than a lent GPU's time slot.
+NETS="${NETS-g170}"
+# Every step is cut off after STEP_TIMEOUT seconds (a hung build is a failed step).
+STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
 # The same engine and downloads as the test suite's (tests/conftest.py).
 export KATAPOOL_DATA_DIR="${KATAPOOL_DATA_DIR:-$PWD/.cache/test-data}"
 export KATAPOOL_CACHE_DIR="${KATAPOOL_CACHE_DIR:-$PWD/.cache/test-downloads}"
@@ -46,7 +51,9 @@ step() {
   shift
   began=$(date +%s.%N)
   echo "== $name: $*" >&2
-  if "$@" >"$OUT_DIR/logs/$name.log" 2>&1; then rc=0; else rc=$?; fi
+  local run=("$@")
+  declare -F "$1" >/dev/null || run=(timeout "$STEP_TIMEOUT" "$@")  # functions time themselves
+  if "${run[@]}" >"$OUT_DIR/logs/$name.log" 2>&1; then rc=0; else rc=$?; fi
   ended=$(date +%s.%N)
   local secs
   secs=$(awk -v a="$began" -v b="$ended" 'BEGIN { printf "%.1f", b - a }')
@@ -76,7 +83,7 @@ info() {
 to_file() {
   local dest=$1
   shift
-  "$@" >"$dest"
+  timeout "$STEP_TIMEOUT" "$@" >"$dest"
 }
 
 # shellcheck disable=SC2317  # called through step
@@ -89,7 +96,14 @@ no_skips() {
 
 info nvidia-smi nvidia-smi
 cat "$OUT_DIR/logs/nvidia-smi.log" >&2 || true
-step bootstrap bin/bootstrap "test,tensorrt"
+# An offline GPU machine with TensorRT already there: make .venv with
+# `python3 -m venv --system-site-packages .venv` and `pip install --no-deps -e .`; then no
+# download is tried.
+if [ -x "$PY" ] && "$PY" -c 'import tensorrt, katapool' 2>/dev/null; then
+  echo "bootstrap: .venv already has katapool and tensorrt" | tee -a "$SUMMARY" >&2
+else
+  step bootstrap bin/bootstrap "test,tensorrt"
+fi
 if [ ! -x "$PY" ]; then
   echo "no .venv: nothing else can run (see logs/bootstrap.log)" | tee -a "$SUMMARY" >&2
   exit 1
@@ -108,7 +122,11 @@ print("katapool:", reason or "TensorRT usable")
 raise SystemExit(1 if reason else 0)'
 cat "$OUT_DIR/logs/tensorrt.log" >&2
 
-step engine-install "${KP[@]}" engine install
+if [ -n "${KATAPOOL_KATAGO:-}" ]; then
+  echo "engine: $KATAPOOL_KATAGO (KATAPOOL_KATAGO), no install" | tee -a "$SUMMARY" >&2
+else
+  step engine-install "${KP[@]}" engine install
+fi
 step engine-prepare "${KP[@]}" prepare --fast --model "$SHARED/models/g170-b6c96-s175395328-d26788732.bin.gz"
 B10=$("$PY" -c 'from katapool.engine.discovery import resolve_model; print(resolve_model(None))' \
       2>>"$OUT_DIR/logs/engine-install.log" || true)

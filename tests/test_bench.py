@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import G170, Katapool
-from katapool.bench.chart import plot_bench
+from katapool.bench.chart import plot_bench, wants_log_scale
 from katapool.bench.engine_bench import derive_iterations, failure_line
 from katapool.bench.result import BenchReport, BenchRow
 from katapool.models.tensorrt_build import tensorrt_status
@@ -139,6 +139,10 @@ def test_chart_log_scale_and_unavailable_rows(tmp_path: Path) -> None:
     out = plot_bench(report, tmp_path / "c.png")
     with Image.open(out) as image:
         assert image.width > 600
+        pixels = np.asarray(image.convert("L"), dtype=float)
+        assert pixels.std() > 10  # bars and text, not a blank canvas
+    assert wants_log_scale([1.6, 120.0]) and not wants_log_scale([20.0, 30.0])
+    assert not wants_log_scale([])
 
 
 def test_tensorrt_timing_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -209,3 +213,14 @@ def test_tensorrt_timing_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert calls.count("malloc") == 2 and calls.count("free") == 2 and calls[-1] == "destroy"
     assert calls.count("run") == runs + 1 == calls.count("sync")
     assert calls.count("copy up") == calls.count("copy down") == runs + 1
+
+
+def test_several_engines_side_by_side(kp: Katapool, katago: Path) -> None:
+    """Each --katago gets its own engine rows (here the same build twice: two measurements)."""
+    proc = kp.run("bench", "--model", str(G170), "--batch", "1", "--seconds", "0.3", "--skip",
+                  "onnx,tensorrt", "--katago", str(katago), "--katago", str(katago), "--json",
+                  "--no-chart", check=True, timeout=300)
+    rows = json.loads(proc.stdout)["rows"]
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    assert len(fp32) == 2 and all(r["evals_per_second"] > 0 for r in fp32), rows
+    assert not any(r["backend"].startswith("onnxruntime") for r in rows)

@@ -259,6 +259,9 @@ def dockerfile_stages(build_args: dict[str, str] | None = None) -> dict[str, dic
             (stage["args"] if stage is not None else global_args)[name] = given.get(name, default)
         elif keyword == "FROM":
             words = rest.split()
+            # The images are x86-64 only (KataGo publishes no ARM Linux builds).
+            assert words[0] == "--platform=linux/amd64", f"unpinned platform: FROM {rest}"
+            words = words[1:]
             assert len(words) == 3 and words[1].upper() == "AS", f"unnamed stage: FROM {rest}"
             stage = {"base": words[0], "args": {}, "run": [], "cmd": [], "env": {}, "expose": []}
             stages[words[2]] = stage

@@ -205,6 +205,8 @@ def test_release_needs_version_and_backend(fresh_kp: Katapool) -> None:
 
 
 def test_release_refuses_machines_katago_has_no_release_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
     from katapool.engine import install
     from katapool.engine.backend import Backend
     from katapool.errors import InstallError
@@ -213,6 +215,8 @@ def test_release_refuses_machines_katago_has_no_release_for(monkeypatch: pytest.
     monkeypatch.setattr(install.platform, "machine", lambda: "aarch64")
     with pytest.raises(InstallError, match="x86-64 only, not aarch64.*--path"):
         install.release_asset("1.18.1", Backend.parse("eigen"))
+    with pytest.raises(InstallError, match="KaTrain's wheel .* x86-64 only, not aarch64"):
+        install.install_from_katrain(Console(stderr=True), wheel=WHEEL)
 
 
 def test_reinstall_replaces_cleanly(kp: Katapool) -> None:

@@ -68,6 +68,16 @@ def test_fp16_keeps_io_heads_and_reductions_in_fp32(transformer: onnx.ModelProto
         expected = TensorProto.FLOAT if parts[0] in quantize.HIGH_PRECISION_PARTS \
             else TensorProto.FLOAT16
         assert weights[0] == expected, node.name
+    # Kept nodes read FP32 constants (a constant shared with an FP16 part would be halved and
+    # reach them through a cast).
+    made_by = {o: n for n in fp16.graph.node for o in n.output}
+    for node in fp16.graph.node:
+        if node.name in kept:
+            for name in node.input:
+                cast = made_by.get(name)
+                source = cast.input[0] if cast is not None and cast.op_type == "Cast" else name
+                assert types.get(source, TensorProto.FLOAT) in (TensorProto.FLOAT,
+                                                                TensorProto.INT64), (node.name, name)
     # Between two kept nodes the value stays FP32: no FP32 -> FP16 -> FP32 round trip.
     producer = {o: n for n in fp16.graph.node for o in n.output}
     for node in fp16.graph.node:
@@ -118,10 +128,24 @@ def test_int8_quantizes_trunk_convolutions_only(g170: onnx.ModelProto, transform
         assert any(n.startswith("stem/") for n in excluded)
         assert any(n.startswith("value/") for n in excluded)
         assert not excluded & quantized_nodes
-        # Symmetric: every zero point is 0; weights per channel (one scale per output channel).
+        # Symmetric: every zero point is 0.
         for node in q.graph.node:
-            if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
-                assert not onnx.numpy_helper.to_array(inits[node.input[2]]).any()
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 \
+                    and node.input[2] in inits:
+                assert not onnx.numpy_helper.to_array(inits[node.input[2]]).any(), node.name
+        # Weights per channel: one scale per output channel, on the output-channel axis.
+        producer = {o: n for n in q.graph.node for o in n.output}
+        for node in q.graph.node:
+            if node.name not in quantized_nodes:
+                continue
+            dq = producer[node.input[1]]
+            assert dq.op_type == "DequantizeLinear" and dq.input[0] in inits, node.name
+            weight = inits[dq.input[0]]
+            assert weight.data_type == TensorProto.INT8
+            scales = onnx.numpy_helper.to_array(inits[dq.input[1]])
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            out_axis = 0 if node.op_type == "Conv" else len(weight.dims) - 1
+            assert scales.shape == (weight.dims[out_axis],) and axis == out_axis, node.name
         assert quantize.precision_of(q).startswith("int8")
     scores = [n.name for n in transformer.graph.node if "/scores/" in n.name and n.op_type == "MatMul"]
     assert scores and set(scores) <= set(quantize.int8_excluded_nodes(transformer))

@@ -460,10 +460,6 @@ def test_engine_refuses_batches_beyond_its_profile(fp32_plan: tuple[Path, Any]) 
         load_and_run(fp32_plan[0], {"InputSpatial": _batch(1)["InputSpatial"]})
 
 
-def _has_quantize(tool: Katapool) -> bool:
-    return tool.run("model", "quantize", "--help").returncode == 0
-
-
 @needs_gpu
 def test_fp16_engine(g170_onnx: Path, fresh_kp: Katapool, tmp_path: Path) -> None:
     import tensorrt
@@ -472,9 +468,6 @@ def test_fp16_engine(g170_onnx: Path, fresh_kp: Katapool, tmp_path: Path) -> Non
     if not hasattr(tensorrt.BuilderFlag, "FP16"):  # TensorRT 11: strongly typed only
         with pytest.raises(ModelError, match="katapool model quantize --fp16"):
             build_engine(g170_onnx, tmp_path / "weak.plan", "fp16", 8, None)
-        if not _has_quantize(fresh_kp):
-            pytest.skip("TensorRT 11 builds FP16 from an FP16 model; `katapool model quantize` "
-                        "is not there to make one")
         source = tmp_path / "g170.fp16.onnx"
         fresh_kp.run("model", "quantize", str(G170), "--fp16", "--positions", "0",
                      "--bench-seconds", "0", "-o", str(source), check=True)
@@ -502,8 +495,6 @@ def test_cli_builds_an_engine(g170_onnx: Path, fresh_kp: Katapool, tmp_path: Pat
 
 @needs_gpu
 def test_int8_engine_from_the_quantized_model(kp: Katapool, tmp_path: Path) -> None:
-    if not _has_quantize(kp):
-        pytest.skip("`katapool model quantize` is not there to make the Q/DQ model")
     assert CALIBRATION_GAME, f"no calibration games in {SHARED / 'sgf'}"
     qdq, plan = tmp_path / "g170.int8.onnx", tmp_path / "g170.int8.plan"
     kp.run("model", "quantize", str(G170), "--int8", "--calibration", str(CALIBRATION_GAME[0]),
@@ -518,3 +509,25 @@ def test_int8_engine_from_the_quantized_model(kp: Katapool, tmp_path: Path) -> N
     ref_value, ref_policy = _probabilities(_ort(qdq, feeds))  # the same Q/DQ model on the CPU
     assert np.abs(value - ref_value).max() < 0.05
     assert np.abs(policy - ref_policy).max() < 0.05
+
+
+def test_unsigned_int8_models_are_refused_before_tensorrt(tmp_path: Path) -> None:
+    """ONNX Runtime's faster CPU flavour (UINT8 activations) is not what TensorRT takes."""
+    import onnx
+    import onnxruntime as ort
+
+    from katapool.models import load_model, quantize
+    from katapool.models.export_onnx import export_onnx
+    from katapool.models.speed import synthetic_feeds
+
+    proto = export_onnx(load_model(G170))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = [synthetic_feeds(session, 1, seed=i) for i in range(2)]
+    for acts, refused in (("uint8", True), ("int8", False)):
+        path = tmp_path / f"{acts}.onnx"
+        onnx.save(quantize.to_int8(proto, feeds, quantize.Int8Options(activations=acts)), str(path))
+        if refused:
+            with pytest.raises(ModelError, match="signed INT8 only.*--activations int8"):
+                onnx_precision(path)
+        else:
+            assert onnx_precision(path) == "int8"

@@ -48,6 +48,11 @@ def human_rate(rate: float) -> str:
     return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}" if rate >= 10 else f"{rate:.2f}"
 
 
+def wants_log_scale(rates: list[float]) -> bool:
+    """A log axis when the fastest row is over LOG_SCALE_RATIO times the slowest."""
+    return bool(rates) and max(rates) / min(rates) > LOG_SCALE_RATIO
+
+
 def plot_bench(report: BenchReport, out: Path) -> Path:
     import matplotlib
 
@@ -57,12 +62,12 @@ def plot_bench(report: BenchReport, out: Path) -> Path:
 
     rows = report.rows
     measured = [r.evals_per_second for r in rows if r.evals_per_second]
+    log = wants_log_scale(measured)
     height = 1.6 + 0.42 * max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(11, height))
     positions = list(range(len(rows)))[::-1]  # first row on top
     top = max(measured) if measured else 1.0
     low = min(measured) if measured else 1.0
-    log = bool(measured) and top / low > LOG_SCALE_RATIO
     if log:
         ax.set_xscale("log")
         left, right = low / 3, top * 60  # room on the right for the labels

@@ -219,12 +219,15 @@ def ort_cpu_rows(variants: Variants, batch: int, seconds: float, on_step: Step) 
 
 def provider_speed(data: bytes, provider: str, options: dict[str, Any], feeds: dict[str, np.ndarray],
                    seconds: float, warmup: int = 3) -> tuple[float, float]:
-    """(evaluations/s, session seconds) on one ONNX Runtime execution provider; refuses a
-    session that quietly fell back to the CPU."""
+    """(evaluations/s, session seconds) on one ONNX Runtime execution provider, with the CPU
+    fallback switched off so that every node runs where the row says."""
     import onnxruntime as ort
 
     began = time.perf_counter()
-    session = ort.InferenceSession(data, providers=[(provider, options), "CPUExecutionProvider"])
+    session_options = ort.SessionOptions()
+    # A node the GPU provider cannot take is an error, not a silent CPU fallback.
+    session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    session = ort.InferenceSession(data, session_options, providers=[(provider, options)])
     session_s = time.perf_counter() - began
     if session.get_providers()[0] != provider:
         raise RuntimeError(f"ONNX Runtime fell back to {session.get_providers()[0]}")
@@ -320,8 +323,9 @@ def tensorrt_rows(variants: Variants | None, batch: int, seconds: float, workdir
                 f"from the {name.upper()} ONNX file ({variant.detail})")
         if name == "int8":
             note += f"; {variants.calibration_note}"
-        rows.append(BenchRow(method, backend, name, batch, rate, built.seconds, built.size_bytes,
-                             note))
+        # Preparation as for the ONNX Runtime rows: making the ONNX file, then the plan.
+        rows.append(BenchRow(method, backend, name, batch, rate, variant.seconds + built.seconds,
+                             built.size_bytes, note))
     return rows
 
 
@@ -385,9 +389,11 @@ def _real_calibration(settings: BenchSettings, info: EngineInfo, report: DeviceR
 
 
 def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: str | None,
-              on_step: Step, on_row: Callable[[BenchRow], None] = lambda row: None) -> BenchReport:
+              on_step: Step, on_row: Callable[[BenchRow], None] = lambda row: None,
+              other_engines: Sequence[EngineInfo] = ()) -> BenchReport:
     """Measure every method not skipped. ``info`` is the engine (None when there is none:
-    ``engine_problem`` says why); the engine is also what real calibration positions need."""
+    ``engine_problem`` says why); the engine is also what real calibration positions need.
+    ``other_engines``: more KataGo builds (other backends) measured beside it."""
     from katapool.models import load_model, summarize
 
     settings.check()
@@ -421,8 +427,9 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
                 add([unavailable("KataGo", "katago", settings.batch,
                                  engine_problem or "no engine")])
             else:
-                add(engine_rows(info, settings.model, report, settings.batch, settings.seconds,
-                                settings.iterations, workdir, on_step))
+                for engine in (info, *other_engines):
+                    add(engine_rows(engine, settings.model, report, settings.batch,
+                                    settings.seconds, settings.iterations, workdir, on_step))
         calibrate = (_real_calibration(settings, info, report, workdir)
                      if settings.calibration and info is not None else None)
         variants: Variants | None = None

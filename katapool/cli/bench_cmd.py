@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -28,7 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "progress on stderr.")
     p.add_argument("--model", type=Path, metavar="NET",
                    help="network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)")
-    p.add_argument("--katago", metavar="PATH", help="KataGo binary (default: the installed engine)")
+    p.add_argument("--katago", metavar="PATH", action="append", default=[],
+                   help="KataGo binary; repeat to compare several (default: every installed "
+                        "engine with its own backend, the default one first)")
     p.add_argument("--batch", type=int, default=8, help="batch size of every measurement (default 8)")
     p.add_argument("--seconds", type=float, default=5.0,
                    help="seconds of timed batches per measurement (default 5)")
@@ -64,14 +67,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     resolved: ResolvedEngine | None = None
     info: EngineInfo | None = None
     engine_problem: str | None = None
+    others: list[EngineInfo] = []
     if "engine" not in skip or args.calibration or args.model is None:
         try:
-            resolved = resolve_engine(args.katago)
+            resolved = resolve_engine(args.katago[0] if args.katago else None)
             info = probe_version(resolved.path)
         except KatapoolError as exc:
             if args.katago:  # the engine asked for by name must work
                 raise
             engine_problem = str(exc)
+        if info is not None and "engine" not in skip:
+            others = _other_engines(args.katago[1:], info) if args.katago[1:] or not args.katago \
+                else []
     settings.model = resolve_model(args.model, resolved).absolute()
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -86,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 else f"[dim]{row.status}[/]"
             progress.console.print(f"  {escape(row.label)}: {rate}")
 
-        report = run_bench(settings, info, engine_problem, on_step, on_row)
+        report = run_bench(settings, info, engine_problem, on_step, on_row, others)
 
     chart_path: Path | None = None
     if not args.no_chart:
@@ -100,6 +107,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out.print(bench_table(report))
         print_notes(report)
     return 0
+
+
+def _other_engines(paths: list[str], first: Any) -> list[Any]:
+    """The engines asked for after the first; with none asked for, the installed engines whose
+    backend differs from the default one's (one per backend)."""
+    from katapool.engine.discovery import resolve_engine
+    from katapool.engine.manifest import load_manifest
+    from katapool.engine.probe import probe_version
+
+    if paths:
+        return [probe_version(resolve_engine(p).path) for p in paths]
+    seen, found = {first.backend}, []
+    for record in load_manifest().engines:
+        if record.backend in seen or not record.path.exists():
+            continue
+        try:
+            found.append(probe_version(record.path))
+        except KatapoolError as exc:
+            err.print(f"[yellow]skipping engine {escape(record.name)}: {escape(str(exc))}[/]")
+            continue
+        seen.add(record.backend)
+    return found
 
 
 def _reference(report: BenchReport) -> BenchRow | None:

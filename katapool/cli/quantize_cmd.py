@@ -69,7 +69,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Path | None]:
         return export_onnx(load_model(args.model), board=args.board), args.model
     try:
         proto = onnx.load(str(args.model))
-    except (OSError, Exception) as exc:  # onnx raises DecodeError and friends
+    except Exception as exc:  # onnx raises DecodeError, OSError and friends
         raise ModelError(f"{args.model}: not a readable ONNX file ({exc})") from None
     return proto, args.network
 
@@ -85,8 +85,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from katapool.models.precision_check import calibration_feeds, check_variant, pick_positions
     from katapool.models.validate import engine_reference
 
-    if args.positions < 0 or args.calibration_positions < 1:
-        raise ConfigError("--positions must be 0 or more and --calibration-positions at least 1")
+    if args.positions < 0:
+        raise ConfigError(f"--positions must be 0 or more (got {args.positions})")
+    if args.calibration_positions < 1:
+        raise ConfigError(f"--calibration-positions must be at least 1 "
+                          f"(got {args.calibration_positions})")
+    if args.bench_batch < 1 or args.bench_seconds < 0:
+        raise ConfigError("--bench-batch must be at least 1 and --bench-seconds 0 or more")
+    is_network = args.model.name.endswith(NETWORK_SUFFIXES)
+    if is_network and args.network:
+        raise ConfigError("--network is for ONNX input: this input is the network itself")
+    if not is_network and args.board != 19:
+        raise ConfigError("--board is for network input: an ONNX export has its board size")
     if not 0 < args.percentile <= 100:
         raise ConfigError(f"--percentile {args.percentile}: must be in (0, 100]")
     proto, network = _load(args)
@@ -118,7 +128,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                         preset="desktop").text)
             validation, calibration = pick_positions(
                 validation_games, args.calibration or validation_games, args.positions,
-                calibration_count, Path(tmp))
+                calibration_count, Path(tmp), board=int(meta.get("pos_len_x", 19)))
             if calibration:
                 task = progress.add_task("calibration inputs", total=len(calibration))
                 feeds = calibration_feeds(model, fp32, info.path, cfg, calibration,
@@ -155,8 +165,9 @@ def _report(args: argparse.Namespace, variants: list[Any], name: str) -> int:
                             "variants": [v.as_dict() for v in variants]}))
         return 1 if fp16_failed else 0
     table = Table(title=f"{name}: FP32 export and {new.precision}",
-                  caption="errors: p99 against the engine; KataGo's FP16 limits are 0.02 "
-                          "winrate, 1.0 point, 0.025 top policy, 0.002 KL")
+                  caption=f"evals/s: ONNX Runtime CPU, batch {args.bench_batch}; errors: p99 "
+                          "against the engine; KataGo's FP16 limits are 0.02 winrate, 1.0 point, "
+                          "0.025 top policy, 0.002 KL")
     for col in ("", "MB", "evals/s", "winrate", "lead", "top pol.", "KL", "owner.", "FP16 lim."):
         table.add_column(col, justify="left" if not col else "right")
     for v in variants:
@@ -171,7 +182,5 @@ def _report(args: argparse.Namespace, variants: list[Any], name: str) -> int:
     out.print(table)
     if new.report is None:
         err.print("[yellow]not validated against the engine (--positions 0)[/]")
-    if new.speed is not None:
-        out.print(f"evals/s: ONNX Runtime CPU, batch {args.bench_batch}")
-    out.print(f"wrote {args.output}")
+    err.print(f"wrote {args.output}")
     return 1 if fp16_failed else 0

@@ -107,6 +107,7 @@ def fetch_katrain_wheel(console: Console) -> Path:
 
 def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineRecord:
     """KaTrain's bundled KataGo, extracted from its AppImage without FUSE."""
+    _require_x86_64("KaTrain's wheel carries a Linux KataGo")
     if wheel is not None:
         if not wheel.is_file():
             raise InstallError(f"wheel not found: {wheel}")
@@ -163,12 +164,15 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 written.chmod(mode)
 
 
-def release_asset(version: str, backend: Backend) -> str:
+def _require_x86_64(source: str) -> None:
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
-        raise InstallError(f"KataGo publishes Linux releases for x86-64 only, not {machine}: "
-                           "build KataGo for this machine and register it with "
-                           "`katapool engine install --path BINARY`")
+        raise InstallError(f"{source} for x86-64 only, not {machine}: build KataGo for this "
+                           "machine and register it with `katapool engine install --path BINARY`")
+
+
+def release_asset(version: str, backend: Backend) -> str:
+    _require_x86_64("KataGo publishes Linux releases")
     if backend not in RELEASE_TAGS:
         raise InstallError(f"KataGo publishes no Linux release for backend {backend.value}")
     return f"katago-v{version}-{RELEASE_TAGS[backend]}-linux-x64.zip"

@@ -47,7 +47,7 @@ class _Graph:
         self.inits: list[Any] = []
         self._ids = itertools.count()
         self._scopes: list[str] = []
-        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self._consts: dict[tuple[str, str, tuple[int, ...], bytes], str] = {}
 
     @contextlib.contextmanager
     def scope(self, part: str) -> Iterator[None]:
@@ -67,7 +67,10 @@ class _Graph:
         from onnx import numpy_helper
 
         array = np.ascontiguousarray(array)
-        key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
+        # Shared only within one kind of part (block3 and block7 alike, never stem and trunk):
+        # quantization converts an initializer for all its readers at once.
+        part = "/".join(s.rstrip("0123456789") for s in self._scopes)
+        key = (part, array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
         if key in self._consts:
             return self._consts[key]
         name = self.name(base)

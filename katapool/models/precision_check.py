@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from katapool.errors import ConfigError
 from katapool.models.desc import ModelDesc
 from katapool.models.speed import Speed, ort_speed
 from katapool.models.symmetry import apply_symmetry
@@ -42,18 +43,31 @@ class Variant:
                 "validation": None if self.report is None else self.report.as_dict()}
 
 
+def _sample(games: list[Path], count: int, board: int, seed: int = 7) -> list[Position]:
+    """``count`` positions of the export's board size, or a ConfigError saying what there is."""
+    every = [p for p in sample_positions(games, 10**9, seed) if p.size == board]
+    if len(every) < count:
+        sizes = sorted({p.size for p in sample_positions(games, 10**9, seed)})
+        raise ConfigError(f"the games hold {len(every)} usable {board}x{board} positions "
+                          f"(board sizes: {', '.join(map(str, sizes))}), {count} are needed: "
+                          "give more games or ask for fewer positions")
+    random.Random(seed).shuffle(every)
+    return sorted(every[:count], key=lambda p: (str(p.sgf), p.moves))
+
+
 def split_positions(games: list[Path], validation: int, calibration: int,
-                    seed: int = 7) -> tuple[list[Position], list[Position]]:
+                    seed: int = 7, board: int = 19) -> tuple[list[Position], list[Position]]:
     """Disjoint validation and calibration positions from the same games: a model is never
     judged on the positions it was calibrated on."""
-    chosen = sample_positions(games, validation + calibration, seed)
+    chosen = _sample(games, validation + calibration, board, seed)
     random.Random(seed + 1).shuffle(chosen)
     key: Callable[[Position], tuple[str, int]] = lambda p: (str(p.sgf), p.moves)  # noqa: E731
     return sorted(chosen[:validation], key=key), sorted(chosen[validation:], key=key)
 
 
 def pick_positions(validation_games: list[Path], calibration_games: list[Path], validation: int,
-                   calibration: int, workdir: Path) -> tuple[list[Position], list[Position]]:
+                   calibration: int, workdir: Path,
+                   board: int = 19) -> tuple[list[Position], list[Position]]:
     """Validation positions from ``validation_games`` and calibration positions from
     ``calibration_games`` (the same files or not), never one position in both."""
     from katapool.models.validate import with_explicit_rules
@@ -61,13 +75,18 @@ def pick_positions(validation_games: list[Path], calibration_games: list[Path], 
     games = list(dict.fromkeys(p.resolve() for p in [*validation_games, *calibration_games]))
     copies = dict(zip(games, with_explicit_rules(games, workdir), strict=True))
     if {p.resolve() for p in validation_games} == {p.resolve() for p in calibration_games}:
-        return split_positions(list(copies.values()), validation, calibration)
-    checked = sample_positions([copies[p.resolve()] for p in validation_games], validation) \
+        return split_positions(list(copies.values()), validation, calibration, board=board)
+    checked = _sample([copies[p.resolve()] for p in validation_games], validation, board) \
         if validation else []
     taken = {(p.sgf, p.moves) for p in checked}
-    pool = sample_positions([copies[p.resolve()] for p in calibration_games],
-                            calibration + len(taken)) if calibration else []
-    return checked, [p for p in pool if (p.sgf, p.moves) not in taken][:calibration]
+    cal_games = [copies[p.resolve()] for p in calibration_games]
+    pool = [p for p in sample_positions(cal_games, 10**9)
+            if (p.sgf, p.moves) not in taken and p.size == board] if calibration else []
+    if len(pool) < calibration:
+        raise ConfigError(f"the calibration games hold {len(pool)} usable {board}x{board} "
+                          f"positions outside the validation set, {calibration} are needed")
+    random.Random(11).shuffle(pool)
+    return checked, sorted(pool[:calibration], key=lambda p: (str(p.sgf), p.moves))
 
 
 def calibration_feeds(model: ModelDesc, fp32: bytes, katago: Path, config: Path,
@@ -88,10 +107,13 @@ def calibration_feeds(model: ModelDesc, fp32: bytes, katago: Path, config: Path,
 
 def check_variant(model: ModelDesc | None, precision: str, onnx_bytes: bytes,
                   samples: list[Sample] | None, bench_batch: int, bench_seconds: float) -> Variant:
+    from katapool.models.quantize import as_model_error
+
     variant = Variant(precision, len(onnx_bytes))
-    if samples and model is not None:
-        variant.report = compare(onnx_evals(model, onnx_bytes, samples),
-                                 [s.engine for s in samples], FP16_LIMITS)
-    if bench_seconds > 0:
-        variant.speed = ort_speed(onnx_bytes, bench_batch, bench_seconds)
+    with as_model_error(f"running the {precision} model with ONNX Runtime"):
+        if samples and model is not None:
+            variant.report = compare(onnx_evals(model, onnx_bytes, samples),
+                                     [s.engine for s in samples], FP16_LIMITS)
+        if bench_seconds > 0:
+            variant.speed = ort_speed(onnx_bytes, bench_batch, bench_seconds)
     return variant

@@ -75,7 +75,10 @@ def to_fp16(proto: Any) -> Any:
 
     check_katapool_export(proto)
     kept = fp16_kept_nodes(proto)
-    converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
+    try:
+        converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
+    except Exception as exc:  # the converter's own failures carry no common type
+        raise ModelError(f"FP16 conversion failed: {exc}") from exc
     _skip_fp16_between_kept(converted, set(kept))
     _mark(converted, "fp16")
     return converted
@@ -212,7 +215,8 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
         onnx.save(proto, str(src))
         # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
         # and advises a pre-processing pass that would rename the nodes we exclude by name.
-        with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice():
+        with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
+                as_model_error("INT8 quantization"):
             quantize_static(str(src), str(dst), _Batches(calibration, options.batch),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
                             per_channel=True,
@@ -225,6 +229,16 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     _mark(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
                      f"{len(calibration)} positions)")
     return quantized
+
+
+@contextlib.contextmanager
+def as_model_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:  # ONNX Runtime raises plain exceptions of many kinds
+        raise ModelError(f"{what} failed: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -157,6 +157,11 @@ def onnx_precision(onnx_path: str | os.PathLike[str]) -> Precision:
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from None
     fp16 = onnx.TensorProto.FLOAT16
+    uint8 = [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    if uint8:
+        raise ModelError(f"{path} quantizes activations to unsigned INT8 (zero point "
+                         f"{uint8[0]}): TensorRT takes symmetric signed INT8 only; quantize again "
+                         "with `katapool model quantize --int8 --activations int8`")
     has_fp16 = False
     graphs = [proto.graph]
     while graphs:
