@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -53,8 +54,10 @@ def dump(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "gtp.cfg"
         cfg.write_text(build_config(mode=Mode.GTP, info=info, model=g170, preset="desktop").text)
-        positions = [p for p in sample_positions(with_explicit_rules(games, Path(tmp)), 10**9,
-                                                 seed=23) if p.size == 19][:args.positions]
+        every = [p for p in sample_positions(with_explicit_rules(games, Path(tmp)), 10**9)
+                 if p.size == 19]
+        random.Random(23).shuffle(every)  # sample_positions returns them in game order
+        positions = every[:args.positions]
         raw = RawNN(info.path, cfg, g170)  # legal moves: where the engine's policy is a number
         spatial, global_, legal, black = [], [], [], []
         try:
@@ -160,8 +163,12 @@ def check(args: argparse.Namespace) -> None:
     data = np.load(args.positions)
     spatial, global_ = data["spatial"].astype(np.float32), data["global_"].astype(np.float32)
     legal, black = data["legal"], data["black"]
-    print(f"GPU: {torch.cuda.get_device_name(0)}; PyTorch {torch.__version__}; ONNX Runtime "
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
+    print(f"GPU: {gpu}; PyTorch {torch.__version__}; ONNX Runtime "
           f"{ort.__version__}; {len(spatial)} positions", flush=True)
+    print("| network | how | winrate p99 / max | lead p99 / max | top policy p99 / max | "
+          "policy KL p99 / max | ownership p99 / max | KataGo FP16 limits |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for net in args.nets:
         model = load_model(Path(net))
@@ -186,8 +193,8 @@ def check(args: argparse.Namespace) -> None:
         began = time.perf_counter()
         reference = evals(ort_runner(ort.InferenceSession(fp32.SerializeToString(),
                                                           providers=["CPUExecutionProvider"])))
-        ways = {"FP32 on the GPU (TF32 off)": TorchGraph(fp32, "cuda").run,
-                "FP16 on the GPU": TorchGraph(fp16, "cuda").run,
+        ways = {"FP32 on the GPU (TF32 off)": TorchGraph(fp32, args.device).run,
+                "FP16 on the GPU": TorchGraph(fp16, args.device).run,
                 "FP16 as `model quantize` checks it (CPU)":
                     ort_runner(onnx_session(fp16.SerializeToString()))}
         for label, run in ways.items():
@@ -215,6 +222,7 @@ def main() -> None:
     c.add_argument("nets", nargs="+")
     c.add_argument("--batch", type=int, default=25)
     c.add_argument("--json")
+    c.add_argument("--device", default="cuda", help="cuda (default); cpu to try the script")
     args = ap.parse_args()
     (dump if args.step == "dump" else check)(args)
 

@@ -233,3 +233,16 @@ def test_calibration_never_uses_a_validation_position(tmp_path: Path, validation
     assert not {(p.sgf, p.moves) for p in checked} & {(p.sgf, p.moves) for p in calibration}
     names = {p.sgf.name.split("-", 1)[1] for p in calibration}
     assert names <= {g.name for g in calibration_games}
+
+
+def test_repeated_converter_casts_are_dropped() -> None:
+    """ONNX Runtime 1.30's FP16 converter casts x twice for a kept x·x; both casts make the
+    same tensor, and ONNX Runtime refuses a graph with two producers of one name."""
+    cast = helper.make_node("Cast", ["x"], ["x32"], name="x_cast", to=TensorProto.FLOAT)
+    square = helper.make_node("Mul", ["x32", "x32"], ["y"], name="square")
+    graph = helper.make_graph([cast, cast, square], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    quantize.drop_repeated_nodes(graph)
+    assert [n.name for n in graph.node] == ["x_cast", "square"]
+    onnx.checker.check_model(helper.make_model(graph))

@@ -79,9 +79,22 @@ def to_fp16(proto: Any) -> Any:
         converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=kept)
     except Exception as exc:  # the converter's own failures carry no common type
         raise ModelError(f"FP16 conversion failed: {exc}") from exc
+    drop_repeated_nodes(converted.graph)
     _skip_fp16_between_kept(converted, set(kept))
     _mark(converted, "fp16")
     return converted
+
+
+def drop_repeated_nodes(graph: Any) -> None:
+    """Older converters (ONNX Runtime 1.30) insert the same cast twice when one tensor feeds
+    two inputs of a kept node (x·x), which ONNX Runtime then refuses as an invalid model."""
+    seen: dict[str, bytes] = {}
+    for node in list(graph.node):
+        key = node.SerializeToString()
+        if node.output and seen.get(node.output[0]) == key:
+            graph.node.remove(node)
+        elif node.output:
+            seen[node.output[0]] = key
 
 
 def _skip_fp16_between_kept(proto: Any, kept: set[str]) -> None:
