@@ -149,6 +149,7 @@ def test_tensorrt_timing_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     """The plan timing loop against stand-ins for `tensorrt` and cuda-python's runtime (named
     as such): buffers made once, every batch copied in, run, synchronized and copied out."""
     from katapool.bench import trt_timing
+    from katapool.models import tensorrt_build
 
     calls: list[str] = []
 
@@ -203,8 +204,8 @@ def test_tensorrt_timing_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         cudaFree=lambda p: calls.append("free"),
         cudaStreamDestroy=lambda s: calls.append("destroy"))
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    monkeypatch.setattr(trt_timing, "_runtime_bindings", lambda: fake_rt)
-    monkeypatch.setattr(trt_timing, "make_logger", lambda trt: FakeLogger())
+    monkeypatch.setattr(tensorrt_build, "_cudart", lambda: fake_rt)
+    monkeypatch.setattr(tensorrt_build, "make_logger", lambda trt: FakeLogger())
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"fake plan")
     rate, runs = trt_timing.plan_speed(plan, {"InputSpatial": np.zeros((4, 22, 19, 19))}, 0.01,

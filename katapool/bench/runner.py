@@ -223,6 +223,8 @@ def provider_speed(data: bytes, provider: str, options: dict[str, Any], feeds: d
     fallback switched off so that every node runs where the row says."""
     import onnxruntime as ort
 
+    from katapool.models.speed import time_runs
+
     began = time.perf_counter()
     session_options = ort.SessionOptions()
     # A node the GPU provider cannot take is an error, not a silent CPU fallback.
@@ -231,15 +233,9 @@ def provider_speed(data: bytes, provider: str, options: dict[str, Any], feeds: d
     session_s = time.perf_counter() - began
     if session.get_providers()[0] != provider:
         raise RuntimeError(f"ONNX Runtime fell back to {session.get_providers()[0]}")
-    for _ in range(warmup):
-        session.run(None, feeds)
-    runs = 0
-    began = time.perf_counter()
-    while runs < 3 or time.perf_counter() - began < seconds:
-        session.run(None, feeds)
-        runs += 1
+    runs, elapsed = time_runs(lambda: session.run(None, feeds), seconds, warmup)
     batch = int(next(iter(feeds.values())).shape[0])
-    return batch * runs / (time.perf_counter() - began), session_s
+    return batch * runs / elapsed, session_s
 
 
 def ort_gpu_rows(variants: Variants, batch: int, seconds: float, report: DeviceReport,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,18 @@ def ort_speed(onnx_bytes: bytes, batch: int = 8, seconds: float = 3.0, warmup: i
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     session_seconds = time.perf_counter() - began
     feeds = synthetic_feeds(session, batch)
+    runs, elapsed = time_runs(lambda: session.run(None, feeds), seconds, warmup)
+    return Speed(batch, batch * runs / elapsed, session_seconds, runs)
+
+
+def time_runs(run: Callable[[], object], seconds: float, warmup: int = 2) -> tuple[int, float]:
+    """(runs, seconds): ``run`` called ``warmup`` times untimed, then for at least ``seconds``
+    and at least 3 times."""
     for _ in range(warmup):
-        session.run(None, feeds)
+        run()
     runs = 0
     began = time.perf_counter()
     while runs < 3 or time.perf_counter() - began < seconds:
-        session.run(None, feeds)
+        run()
         runs += 1
-    elapsed = time.perf_counter() - began
-    return Speed(batch, batch * runs / elapsed, session_seconds, runs)
+    return runs, time.perf_counter() - began

@@ -334,65 +334,94 @@ def _check(cudart: Any, result: Any, what: str) -> Any:
     return None
 
 
+class PlanRunner:
+    """A deserialized plan with host and device buffers for one batch shape, made once; each
+    ``run()`` copies the inputs in, executes, synchronizes and copies the outputs back. Use it
+    as a context manager (the GPU memory is freed on exit)."""
+
+    def __init__(self, plan_path: str | os.PathLike[str], feeds: Mapping[str, np.ndarray]) -> None:
+        trt = _import_tensorrt()
+        self.cudart = cudart = _cudart()
+        self.path = path = Path(plan_path)
+        self.logger = logger = make_logger(trt)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise ModelError(f"TensorRT cannot load {path}: {logger.said() or 'no reason given'}")
+        context = engine.create_execution_context()
+        if context is None:
+            raise ModelError(f"TensorRT cannot run {path}: "
+                             f"{logger.said() or 'no execution context'}")
+        self.context = context
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if set(feeds) != set(self.inputs):
+            raise ModelError(f"{path.name} takes {sorted(self.inputs)}; given {sorted(feeds)}")
+        self.host: dict[str, np.ndarray] = {}
+        for name in self.inputs:
+            array = np.ascontiguousarray(feeds[name],
+                                         dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            if not context.set_input_shape(name, tuple(array.shape)):
+                allowed = engine.get_tensor_profile_shape(name, 0)
+                raise ModelError(f"{path.name}: input {name} of shape {list(array.shape)} is "
+                                 f"outside the engine's profile (min, opt, max = "
+                                 f"{[list(s) for s in allowed]})")
+            self.host[name] = array
+        for name in self.outputs:
+            shape = tuple(int(d) for d in context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise ModelError(f"{path.name}: output {name} has no definite shape "
+                                 f"({list(shape)})")
+            self.host[name] = np.empty(shape, dtype=trt.nptype(engine.get_tensor_dtype(name)))
+        self.batch = int(self.host[self.inputs[0]].shape[0]) if self.inputs else 0
+        self.device: dict[str, int] = {}
+        self.stream: Any = None
+        try:
+            for name, array in self.host.items():
+                self.device[name] = int(_check(cudart, cudart.cudaMalloc(max(array.nbytes, 1)),
+                                               f"allocation for {name}"))
+                context.set_tensor_address(name, self.device[name])
+            self.stream = _check(cudart, cudart.cudaStreamCreate(), "stream creation")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self) -> dict[str, np.ndarray]:
+        cudart, host, device = self.cudart, self.host, self.device
+        for name in self.inputs:
+            _check(cudart, cudart.cudaMemcpy(device[name], host[name].ctypes.data,
+                                             host[name].nbytes,
+                                             cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
+                   f"copy of {name}")
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise ModelError(f"TensorRT could not run {self.path.name}: "
+                             f"{self.logger.said() or 'no reason given'}")
+        _check(cudart, cudart.cudaStreamSynchronize(self.stream), "inference")
+        for name in self.outputs:
+            _check(cudart, cudart.cudaMemcpy(host[name].ctypes.data, device[name],
+                                             host[name].nbytes,
+                                             cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost),
+                   f"copy of {name}")
+        return {name: host[name] for name in self.outputs}
+
+    def close(self) -> None:
+        for pointer in self.device.values():
+            self.cudart.cudaFree(pointer)
+        self.device = {}
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def __enter__(self) -> PlanRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def load_and_run(plan_path: str | os.PathLike[str],
                  feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Deserialize a plan, run one batch of ``feeds`` (input name -> array) and return every
     output by name, in the engine's own dtypes."""
-    trt = _import_tensorrt()
-    cudart = _cudart()
-    path = Path(plan_path)
-    logger = make_logger(trt)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise ModelError(f"TensorRT cannot load {path}: {logger.said() or 'no reason given'}")
-    context = engine.create_execution_context()
-    if context is None:
-        raise ModelError(f"TensorRT cannot run {path}: {logger.said() or 'no execution context'}")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if n not in inputs]
-    if set(feeds) != set(inputs):
-        raise ModelError(f"{path.name} takes {sorted(inputs)}; given {sorted(feeds)}")
-
-    host: dict[str, np.ndarray] = {}
-    for name in inputs:
-        array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-        if not context.set_input_shape(name, tuple(array.shape)):
-            allowed = engine.get_tensor_profile_shape(name, 0)
-            raise ModelError(f"{path.name}: input {name} of shape {list(array.shape)} is outside "
-                             f"the engine's profile (min, opt, max = "
-                             f"{[list(s) for s in allowed]})")
-        host[name] = array
-    for name in outputs:
-        shape = tuple(int(d) for d in context.get_tensor_shape(name))
-        if any(d < 0 for d in shape):
-            raise ModelError(f"{path.name}: output {name} has no definite shape ({list(shape)})")
-        host[name] = np.empty(shape, dtype=trt.nptype(engine.get_tensor_dtype(name)))
-
-    device: dict[str, int] = {}
-    stream = None
-    to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-    to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    try:
-        for name, array in host.items():
-            device[name] = int(_check(cudart, cudart.cudaMalloc(max(array.nbytes, 1)),
-                                      f"allocation for {name}"))
-            context.set_tensor_address(name, device[name])
-        stream = _check(cudart, cudart.cudaStreamCreate(), "stream creation")
-        for name in inputs:
-            _check(cudart, cudart.cudaMemcpy(device[name], host[name].ctypes.data,
-                                             host[name].nbytes, to_device), f"copy of {name}")
-        if not context.execute_async_v3(int(stream)):
-            raise ModelError(f"TensorRT could not run {path.name}: "
-                             f"{logger.said() or 'no reason given'}")
-        _check(cudart, cudart.cudaStreamSynchronize(stream), "inference")
-        for name in outputs:
-            _check(cudart, cudart.cudaMemcpy(host[name].ctypes.data, device[name],
-                                             host[name].nbytes, to_host), f"copy of {name}")
-    finally:
-        for pointer in device.values():
-            cudart.cudaFree(pointer)
-        if stream is not None:
-            cudart.cudaStreamDestroy(stream)
-    return {name: host[name] for name in outputs}
+    with PlanRunner(plan_path, feeds) as runner:
+        return {name: value.copy() for name, value in runner.run().items()}
