@@ -99,6 +99,11 @@ class Variants:
         assert self.fp32_session is not None, "no FP32 export"
         return synthetic_feeds(self.fp32_session, batch)
 
+    def missing_row(self, method: str, backend: str, name: str, batch: int) -> BenchRow:
+        """The row of a precision whose file could not be made, with the reason."""
+        return BenchRow(method, backend, name, batch, None, None, None,
+                        self.failed.get(name, "not made"), "failed")
+
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
@@ -197,8 +202,7 @@ def ort_cpu_rows(variants: Variants, batch: int, seconds: float, on_step: Step) 
     for name in ("fp32", "fp16", "int8", "int8-u8"):
         variant = variants.made.get(name)
         if variant is None:
-            rows.append(BenchRow(method, backend, name, batch, None, None, None,
-                                 variants.failed.get(name, "not made"), "failed"))
+            rows.append(variants.missing_row(method, backend, name, batch))
             continue
         on_step(f"{method} {name.upper()}: batch {batch}, {seconds:g} s")
         try:
@@ -259,8 +263,7 @@ def ort_gpu_rows(variants: Variants, batch: int, seconds: float, report: DeviceR
         for name in precisions:
             variant = variants.made.get(name)
             if variant is None:
-                rows.append(BenchRow(method, backend, name, batch, None, None, None,
-                                     variants.failed.get(name, "not made"), "failed"))
+                rows.append(variants.missing_row(method, backend, name, batch))
                 continue
             options: dict[str, Any] = {}
             if provider == "TensorrtExecutionProvider" and name == "int8":
@@ -299,8 +302,7 @@ def tensorrt_rows(variants: Variants | None, batch: int, seconds: float, workdir
     for name in ("fp32", "fp16", "int8"):  # INT8 from the s8 Q/DQ file: what TensorRT takes
         variant = variants.made.get(name)
         if variant is None:
-            rows.append(BenchRow(method, backend, name, batch, None, None, None,
-                                 variants.failed.get(name, "not made"), "failed"))
+            rows.append(variants.missing_row(method, backend, name, batch))
             continue
         on_step(f"{method} {name.upper()}: building the plan (max batch {batch})")
         src, plan = workdir / f"net-{name}.onnx", workdir / f"net-{name}.plan"
