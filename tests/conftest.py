@@ -10,11 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 # The project's shared data sits beside the checkout (as in CI); a clone elsewhere points at
@@ -101,3 +103,46 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("KATAPOOL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("KATAPOOL_CACHE_DIR", str(tmp_path / "cache"))
     yield tmp_path
+
+
+# --- no process outlives its test, nor the run -------------------------------------------------
+
+processes.mark_this_run()
+LEAK_GRACE = 15.0  # seconds a stopped process may take to exit before it counts as leaked
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    report = yield
+    if getattr(report, "when", None) == "call":
+        item.stash[_FAILED] = bool(getattr(report, "failed", False))
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _stops_what_it_starts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test (with its function fixtures) stops every process it started. A failing test's
+    leftovers are killed quietly, so they cannot slow the rest of the run; a passing test that
+    leaves one fails here, naming it."""
+    before = processes.snapshot()
+    yield
+    left = processes.wait_gone(processes.started_since(before), LEAK_GRACE)
+    if not left:
+        return
+    text = processes.describe(left)
+    processes.kill_all(left)
+    if not request.node.stash.get(_FAILED, False):
+        pytest.fail(f"the test left processes running (now killed):\n{text}", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = processes.wait_gone(processes.ours(), LEAK_GRACE)
+    if left:
+        text = processes.describe(left)
+        processes.kill_all(left)
+        sys.stderr.write(f"\nERROR: processes of this test run outlived it (now killed):\n{text}\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -12,6 +12,8 @@ import time
 
 import psutil
 
+from processes import engines_under
+
 V = r"(?:[A-HJ-Z][0-9]{1,2}|pass)"
 F = r"(?:-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+][0-9]+)?|-?nan|-?inf)"
 LZ_SEG = (rf"info move {V} visits [0-9]+ winrate -?[0-9]+ prior -?[0-9]+ lcb -?[0-9]+ "
@@ -127,23 +129,12 @@ class Gui:
         return self.response(pattern or ok())
 
     def katago_children(self) -> list[psutil.Process]:
-        try:
-            kids = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        return [k for k in kids if "katago" in " ".join(_cmd(k))]
+        return engines_under(self.proc.pid, include_zombies=True)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-def _cmd(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return []
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:

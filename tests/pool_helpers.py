@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from conftest import G170
 from katapool.engine.discovery import resolve_engine
@@ -62,25 +59,3 @@ def member_pids(pool: Pool) -> list[int]:
         if isinstance(member, LocalMember) and member.pid is not None and member.alive:
             out.append(member.pid)
     return out
-
-
-def katago_children() -> list[psutil.Process]:
-    """KataGo processes that are our descendants (zombies included)."""
-    me = psutil.Process(os.getpid())
-    return [p for p in me.children(recursive=True) if "katago" in " ".join(_cmdline(p))]
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline() or [p.name()]
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return [p.name()]
-
-
-def all_katago_processes() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["name", "cmdline", "status"]):
-        cmd = " ".join(p.info.get("cmdline") or [p.info.get("name") or ""])
-        if "squashfs-root" in cmd and " analysis " in f" {cmd} ":
-            found.append(p)
-    return found

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import CACHE, G170, Katapool
+from processes import engines_under
 
 pytestmark = pytest.mark.engine
 
@@ -152,9 +153,7 @@ def _start(kp: Katapool, *args: str) -> subprocess.Popen[str]:
 
 
 def _engines_of(pid: int) -> list[int]:
-    import psutil
-    return [c.pid for c in psutil.Process(pid).children(recursive=True)
-            if "analysis" in " ".join(c.cmdline()) and "katapool" not in " ".join(c.cmdline())]
+    return [p.pid for p in engines_under(pid)]
 
 
 def _gone(pids: list[int], within: float) -> bool:

@@ -4,6 +4,7 @@ real engine; annotated SGFs re-parsed, graphs opened and looked at."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,14 @@ def test_json_per_game(analysed: tuple[Path, list[dict]]) -> None:
         assert max(rates) - min(rates) > 0.05  # a real evaluation moves over a whole game
         flagged = sorted((m for m in game["moves"] if m["mistake"]), key=lambda m: -m["winrateLoss"])
         assert all(m["winrateLoss"] >= 0.0999 for m in flagged)  # JSON rounds to 4 places
+        # Flagged only where both positions were searched to the trusted depth; the largest
+        # 2-visit swings were searched that deep, the rest are listed as unchecked.
+        assert game["visits"] == 2 and game["trustVisits"] == 16
+        assert all(m["visits"] >= 16 for m in flagged)
+        deep = [m for m in game["moves"] if m["visits"] >= 16]
+        assert deep, "the largest swings were re-searched at 16 visits"
+        unchecked = {m["move"] for m in game["moves"] if m["winrateLoss"] >= 0.1 and m["visits"] < 16}
+        assert set(game["unchecked"]) == unchecked
         listed = game["mistakes"]
         assert len(listed) == min(5, len(flagged))
         assert {m["move"] for m in listed} <= {m["move"] for m in flagged}
@@ -67,7 +76,7 @@ def test_annotated_sgfs_reparse(analysed: tuple[Path, list[dict]]) -> None:
         for node, row in zip(moves, game["moves"], strict=True):
             assert float(node.get_raw("SBKV")) == pytest.approx(100 * row["winrateBlack"], abs=0.01)
             assert float(node.get_raw("SBKS")) == pytest.approx(row["scoreLeadBlack"], abs=0.01)
-            assert "katapool (2 visits)" in node.get("C")
+            assert f"katapool ({row['visits']} visits)" in node.get("C")
         marked = {i + 1 for i, n in enumerate(moves) if n.has_property("BM")}
         assert marked == {m["move"] for m in game["moves"] if m["mistake"]}
 
@@ -86,9 +95,42 @@ def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
     proc = kp.run("review", str(SAMPLE_SGF), "--visits", "1", "--model", str(G170),
                   "-o", str(tmp_path), check=True)
     assert "B winrate" in proc.stdout and "annotated SGF" in proc.stdout
-    assert ("biggest mistakes" in proc.stdout) or ("no move lost" in proc.stdout)
-    assert "visits/position" in proc.stderr  # the progress bar: stderr, never stdout
+    assert ("biggest mistakes (checked at 16+ visits)" in proc.stdout
+            or "no move checked at 16+ visits lost" in proc.stdout)
+    assert "only where both positions had 16+ visits" in proc.stdout  # the rule, stated
+    assert "visits/position" in proc.stderr  # progress: stderr, never stdout
+    # Not a terminal: progress comes as plain lines, every 5 %, counting up to all positions.
+    counts = [int(m) for m in re.findall(r"^ +\d+% \((\d+)/249\)", proc.stderr, re.M)]
+    assert len(counts) >= 10 and counts == sorted(counts) and counts[-1] == 249
     assert (tmp_path / "selfplay-b6c96.sgf").is_file()
+
+
+def test_time_budget_measures_then_chooses(kp: Katapool, tmp_path: Path) -> None:
+    proc = kp.run("analyze", str(SAMPLE_SGF), "--time", "90s", "--model", str(G170), "--json",
+                  "-o", str(tmp_path), check=True)
+    (game,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    # What was measured and chosen is said before the long part starts, on stderr.
+    said = re.search(r"measured ([\d.]+) visits/s \((\d+) positions × (\d+) visits in ([\d.]+) s\)"
+                     r"; budget 1 min 30 s: (\d+) visits? per position", proc.stderr)
+    assert said, proc.stderr
+    rate, visits = float(said[1]), int(said[5])
+    assert rate > 0 and visits == game["visits"] >= 1
+    assert "expected to take about" in proc.stderr
+    assert proc.stderr.index("expected to take about") < proc.stderr.index("visits/position")
+    if visits < 16:  # the rest of the budget went into checking the largest swings deeper
+        assert re.search(r"then the \d+ largest swings re-searched at 16 visits", proc.stderr)
+    assert all(m["visits"] >= 16 for m in game["moves"] if m["mistake"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--time", "soon"], "error: --time: not a duration: 'soon' (examples: 300, 90s, 5m, 1h30m)"),
+    (["--time", "0"], "error: --time: a duration must be positive (got '0')"),
+    (["--trust-visits", "0"], "error: --trust-visits must be at least 1 (got 0)"),
+])
+def test_bad_depth_options(kp: Katapool, args: list[str], message: str) -> None:
+    proc = kp.run("analyze", str(SAMPLE_SGF), *args)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == message
 
 
 def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:

@@ -99,11 +99,19 @@ def test_register_existing_binary_and_remove(fresh_kp: Katapool, katago: Path) -
     assert katago.exists(), "removing a registered engine must not delete its binary"
 
 
-def test_missing_library_is_diagnosed(fresh_kp: Katapool, katago: Path) -> None:
-    # The AppImage's inner binary needs the libzip its launcher puts on LD_LIBRARY_PATH.
+def test_missing_library_is_diagnosed(fresh_kp: Katapool, katago: Path, tmp_path: Path) -> None:
+    """A copy of the real engine whose dynamic section asks for a library that exists nowhere
+    (its libzip entry renamed in place, same length): the loader refuses it on any machine,
+    whatever that machine has installed."""
     inner = katago.parent / "usr" / "bin" / "katago"
-    line = one_line_error(fresh_kp.run("engine", "info", "--katago", str(inner)))
-    assert "missing shared library libzip.so.4" in line
+    image = inner.read_bytes()
+    wanted, absent = b"libzip.so.4\0", b"libkp0.so.9\0"
+    assert image.count(wanted) == 1, "the engine's dynamic section no longer names libzip.so.4"
+    broken = tmp_path / "katago"
+    broken.write_bytes(image.replace(wanted, absent))
+    broken.chmod(0o755)
+    line = one_line_error(fresh_kp.run("engine", "info", "--katago", str(broken)))
+    assert "missing shared library libkp0.so.9" in line
 
 
 def test_no_opencl_platform_is_diagnosed(kp: Katapool, tmp_path: Path) -> None:

@@ -5,28 +5,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from katapool.cli.common import err, out, parse_gpus
+from katapool.cli.progress import ProgressReport
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
 from katapool.errors import ConfigError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.review.annotate import write_annotated
-from katapool.review.batch import GameReview, review_games
+from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, plan_checks, review_games
+from katapool.review.budget import Speed, format_duration, parse_duration, plan_review
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("analyze", aliases=["review"],
                        help="review games (SGF): tables, annotated SGFs, graphs",
                        description="Analyse every position of the given games through a pool "
-                                   "(embedded, or a running daemon with --connect).")
+                                   "(embedded, or a running daemon with --connect). Mistakes are "
+                                   "flagged only where the positions before and after the move "
+                                   "were both searched to at least --trust-visits; the largest "
+                                   "swings found at fewer visits are re-searched that deep.")
     p.add_argument("games", nargs="+", type=Path, metavar="GAME.sgf")
-    p.add_argument("--visits", type=int, default=16, help="visits per position (default 16)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--visits", type=int,
+                       help=f"visits per position (default {DEFAULT_VISITS})")
+    depth.add_argument("--time", metavar="DURATION",
+                       help="finish within this time (e.g. 5m, 90s, 1h): the engine's speed is "
+                            "measured first and the visits chosen to fit")
+    p.add_argument("--trust-visits", type=int, default=DEFAULT_TRUST_VISITS,
+                   help="visits both positions of a move need before its loss is flagged "
+                        f"(default {DEFAULT_TRUST_VISITS})")
+    p.add_argument("--checks", type=int,
+                   help="largest swings re-searched at --trust-visits (default: as many as "
+                        "--time allows, else twice --top per game)")
     p.add_argument("-o", "--out", type=Path, default=Path("katapool-analysis"),
                    help="folder for annotated SGFs and graphs (default ./katapool-analysis)")
     p.add_argument("--plot", action="store_true", help="also write a PNG winrate/score graph per game")
@@ -47,9 +65,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_analyze)
 
 
+DEFAULT_VISITS = 16
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    if args.visits < 1:
+    started = time.monotonic()
+    budget = None
+    if args.time is not None:
+        try:
+            budget = parse_duration(args.time)
+        except ValueError as exc:
+            raise ConfigError(f"--time: {exc}") from None
+    elif args.visits is None:
+        args.visits = DEFAULT_VISITS
+    if args.visits is not None and args.visits < 1:
         raise ConfigError(f"--visits must be at least 1 (got {args.visits})")
+    if args.trust_visits < 1:
+        raise ConfigError(f"--trust-visits must be at least 1 (got {args.trust_visits})")
+    if args.checks is not None and args.checks < 0:
+        raise ConfigError(f"--checks cannot be negative (got {args.checks})")
     if not 0 < args.mistake < 1:
         raise ConfigError(f"--mistake is a winrate loss between 0 and 1 (got {args.mistake})")
     games: list[tuple[Path, GameRecord]] = [(path, load_sgf(path)) for path in args.games]
@@ -65,31 +99,49 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
-    reviews = asyncio.run(_run(args, games))
+    run = asyncio.run(_run(args, games, budget, started))
     failed = 0
-    for stem, review in zip(stems, reviews, strict=True):
+    for stem, review in zip(stems, run.reviews, strict=True):
         if review.error is not None:
             failed += 1
             err.print(f"[bold red]error:[/] {review.source}: {review.error}", soft_wrap=True)
             continue
-        sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake, args.visits)
+        sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
         png_out = None
         if args.plot:
             from katapool.review.plot import plot_game
 
-            png_out = plot_game(review, args.out / f"{stem}.png", args.mistake, args.visits)
+            png_out = plot_game(review, args.out / f"{stem}.png", args.mistake, run.depth_text())
         if args.json:
-            out.out(json.dumps(_as_json(review, args, sgf_out, png_out)))
+            out.out(json.dumps(_as_json(review, args, run, sgf_out, png_out)))
         else:
-            _print_game(review, args, sgf_out, png_out)
+            _print_game(review, args, run, sgf_out, png_out)
+    if not args.json:
+        err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
+                  + (f" (budget {format_duration(budget)})" if budget else ""))
     return 1 if failed else 0
 
 
-async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]]) -> list[GameReview]:
-    total = sum(len(r.moves) + 1 for _, r in games)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=args.json) as progress:
-        task = progress.add_task("starting the pool", total=total)
+@dataclass
+class ReviewRun:
+    reviews: list[GameReview]
+    visits: int
+    trust_visits: int
+    checked: int  # positions re-searched at trust_visits
+
+    def depth_text(self) -> str:
+        text = f"{self.visits} visit{'s' if self.visits != 1 else ''} per position"
+        if self.checked and self.visits < self.trust_visits:
+            text += f", {self.checked} around the largest swings at {self.trust_visits}"
+        return text
+
+
+async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
+               budget: float | None, started: float) -> ReviewRun:
+    positions = sum(len(r.moves) + 1 for _, r in games)
+    model = args.model if args.connect is not None else None
+    with ProgressReport(err, quiet=args.json) as report:
+        report.note("starting the engine")
         if args.connect is not None:
             client = await AsyncClient.connect(args.connect or None, token=args.token)
         else:
@@ -101,60 +153,145 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]]) -
             client = AsyncClient(EmbeddedChannel(pool, own=True))
             await client.open()
         try:
-            progress.update(task, description=f"{len(games)} game(s), {args.visits} visits/position")
-            model = args.model if args.connect is not None else None
-            return await review_games(client, games, args.visits,
-                                      lambda: progress.advance(task), model=model)
+            checks = args.checks if args.checks is not None else 2 * args.top
+            if budget is not None:
+                speed = await measure_speed(client, games, model)
+                left = budget - (time.monotonic() - started) - WRAP_UP_SECONDS
+                if left <= 0:
+                    raise ConfigError(f"--time {args.time} is spent before the review could start "
+                                      f"(starting the engine and measuring it took "
+                                      f"{format_duration(time.monotonic() - started)})")
+                plan = plan_review(positions, speed, left, args.trust_visits,
+                                   args.checks if args.checks is not None else positions)
+                visits, checks = plan.visits, plan.checks
+                report.note(f"measured {speed.visits_per_second:.1f} visits/s "
+                            f"({speed.positions} positions × {speed.visits} visits in "
+                            f"{speed.seconds:.1f} s); budget {format_duration(budget)}: "
+                            f"{plan.describe()}")
+                late = plan.estimate > left * 1.05
+                report.note(("[bold yellow]warning:[/] this engine is too slow for the budget: "
+                             if late else "")
+                            + f"expected to take about {format_duration(plan.estimate)} more "
+                            f"(done by {_clock(plan.estimate)})")
+            else:
+                visits = args.visits
+                if visits >= args.trust_visits:
+                    checks = 0
+            report.start(f"{len(games)} game(s), {visits} visits/position", positions)
+            pass_started = time.monotonic()
+            reviews = await review_games(client, games, visits, report.advance, model=model,
+                                         trust_visits=args.trust_visits)
+            if budget is not None and checks:
+                # Re-fit the checks to what is left, at the speed the first pass really had.
+                rate = visits * positions / max(1e-3, time.monotonic() - pass_started)
+                left = budget - (time.monotonic() - started) - WRAP_UP_SECONDS
+                fitted = min(checks, max(0, int(left * rate // (2 * args.trust_visits))))
+                if fitted < checks:
+                    report.note(f"the first pass ran at {rate:.1f} visits/s: {fitted} swings "
+                                f"(not {checks}) fit in the time left")
+                checks = fitted
+            floor = args.mistake / 2  # a swing this size at few visits may be a mistake
+            if not checks:
+                plan_list = []
+            elif budget is not None or args.checks is not None:  # the largest of all games
+                plan_list = plan_checks(reviews, floor, checks)
+            else:  # each game gets its own share
+                plan_list = [p for r in reviews for p in plan_checks([r], floor, checks)]
+            todo = sum(len(turns) for _, turns in plan_list)
+            if todo:
+                report.start(f"checking the largest swings at {args.trust_visits} visits", todo)
+                await deepen(client, plan_list, report.advance, model=model)
+            return ReviewRun(reviews, visits, args.trust_visits, todo)
         finally:
             await client.close()
 
 
-def _as_json(review: GameReview, args: argparse.Namespace, sgf_out: Path,
+WRAP_UP_SECONDS = 5.0  # writing SGFs and graphs, stopping the engine
+
+
+async def measure_speed(client: AsyncClient, games: list[tuple[Path, GameRecord]],
+                        model: str | None) -> Speed:
+    """Visits per second on real positions of the games, a few seconds' worth: rounds of
+    positions at growing visits until one round takes long enough to time. Each round uses
+    other positions, so the engine's cache does not flatter it."""
+    path, record = max(games, key=lambda g: len(g[1].moves))
+    turns = list(range(len(record.moves) + 1))
+    step = max(1, len(turns) // (PROBE_POSITIONS * PROBE_ROUNDS))
+    visits, offset = 1, 0
+    while True:
+        sample = turns[offset::step][:PROBE_POSITIONS] or turns[:PROBE_POSITIONS]
+        offset = (offset + 1) % step if step > 1 else 0
+        begun = time.monotonic()
+        async for _ in client.analyze_game(record, visits=visits, turns=sample, model=model):
+            pass
+        seconds = time.monotonic() - begun
+        if seconds >= PROBE_SECONDS or visits >= 256:
+            return Speed(len(sample) * visits / seconds, len(sample), visits, seconds)
+        visits *= 4
+
+
+PROBE_POSITIONS = 8
+PROBE_ROUNDS = 4
+PROBE_SECONDS = 3.0
+
+
+def _clock(seconds_from_now: float) -> str:
+    return (datetime.now() + timedelta(seconds=seconds_from_now)).strftime("%H:%M")
+
+
+def _as_json(review: GameReview, args: argparse.Namespace, run: ReviewRun, sgf_out: Path,
              png_out: Path | None) -> dict[str, Any]:
     record = review.record
     return {
         "game": str(review.source), "black": record.black, "white": record.white,
-        "result": record.result, "visits": args.visits, "sgf": str(sgf_out),
-        "png": str(png_out) if png_out else None,
+        "result": record.result, "visits": run.visits, "trustVisits": run.trust_visits,
+        "sgf": str(sgf_out), "png": str(png_out) if png_out else None,
         "moves": [{"move": m.number, "player": m.player, "vertex": m.move,
                    "winrateBlack": round(m.after.winrate_black, 4),
                    "scoreLeadBlack": round(m.after.score_lead_black, 2),
                    "winrateLoss": round(m.winrate_loss, 4), "scoreLoss": round(m.score_loss, 2),
-                   "mistake": m.winrate_loss >= args.mistake,
+                   "visits": min(m.before.visits, m.after.visits),
+                   "mistake": review.severity(m, args.mistake) is not None,
                    "bestMove": m.before.best_move} for m in review.moves],
         "mistakes": [{"move": m.number, "player": m.player, "vertex": m.move,
                       "winrateLoss": round(m.winrate_loss, 4), "bestMove": m.before.best_move}
                      for m in review.mistakes(args.mistake, args.top)],
+        "unchecked": [m.number for m in review.unchecked(args.mistake)],
     }
 
 
-def _print_game(review: GameReview, args: argparse.Namespace, sgf_out: Path,
+def _print_game(review: GameReview, args: argparse.Namespace, run: ReviewRun, sgf_out: Path,
                 png_out: Path | None) -> None:
     record = review.record
     title = f"{record.black} (B) vs {record.white} (W)" + (f", {record.result}" if record.result else "")
+    rule = (f"? and ?? (losses of {args.mistake:.0%} and {2 * args.mistake:.0%}) only where both "
+            f"positions had {run.trust_visits}+ visits")
     if not args.brief:
         table = Table(title=f"{review.source.name}: {title}",
-                      caption=f"{args.visits} visits per position; winrate and score from Black's view")
-        for col in ("move", "", "played", "B winrate", "B score", "loss", "engine's choice"):
-            table.add_column(col, justify="right" if col in ("move", "B winrate", "B score", "loss")
-                             else "left")
+                      caption=f"{run.depth_text()}; winrate and score from Black's view; {rule}")
+        for col in ("move", "", "played", "B winrate", "B score", "loss", "visits", "engine's choice"):
+            table.add_column(col, justify="right" if col in ("move", "B winrate", "B score", "loss",
+                                                             "visits") else "left")
         for m in review.moves:
-            flag = ""
-            if m.winrate_loss >= 2 * args.mistake:
-                flag = " [red]??[/]"
-            elif m.winrate_loss >= args.mistake:
-                flag = " [yellow]?[/]"
+            severity = review.severity(m, args.mistake)
+            flag = {"blunder": " [red]??[/]", "mistake": " [yellow]?[/]", None: ""}[severity]
             table.add_row(str(m.number), m.player, m.move, f"{m.after.winrate_black:6.1%}",
                           f"{m.after.score_lead_black:+6.1f}", f"{m.winrate_loss:+.1%}{flag}",
-                          m.before.best_move or "")
+                          str(min(m.before.visits, m.after.visits)), m.before.best_move or "")
         out.print(table)
     else:
         out.print(f"[bold]{review.source.name}[/]: {title}")
     worst = review.mistakes(args.mistake, args.top)
     if worst:
-        out.print("  biggest mistakes: " + ", ".join(
+        out.print(f"  biggest mistakes (checked at {run.trust_visits}+ visits): " + ", ".join(
             f"{m.number}.{m.player} {m.move} (−{m.winrate_loss:.0%}"
             + (f", best {m.before.best_move})" if m.before.best_move else ")") for m in worst))
     else:
-        out.print(f"  no move lost {args.mistake:.0%} winrate or more")
+        out.print(f"  no move checked at {run.trust_visits}+ visits lost {args.mistake:.0%} "
+                  "winrate or more")
+    unchecked = review.unchecked(args.mistake)
+    if unchecked:
+        out.print(f"  {len(unchecked)} more swing(s) of {args.mistake:.0%}+ seen at fewer visits, "
+                  f"not flagged (too shallow to judge): moves "
+                  + ", ".join(str(m.number) for m in unchecked[:12]) + (" …" if len(unchecked) > 12 else ""))
     out.print(f"  annotated SGF: {sgf_out}" + (f"   graph: {png_out}" if png_out else ""))

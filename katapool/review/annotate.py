@@ -1,6 +1,7 @@
 """Write a reviewed game back as SGF: Sabaki's winrate/score properties on every node
 (``SBKV`` Black's winrate in percent, ``SBKS`` Black's score lead), a comment on every move
-with the engine's choice and the loss, and SGF's bad-move mark (``BM``) on mistakes."""
+with the engine's choice, the loss and the visits behind it, and SGF's bad-move mark (``BM``)
+on the mistakes searched deep enough to be flagged."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sgfmill import sgf
 from katapool.review.batch import GameReview
 
 
-def annotated_sgf(review: GameReview, mistake: float, visits: int) -> bytes:
+def annotated_sgf(review: GameReview, mistake: float) -> bytes:
     game = sgf.Sgf_game.from_bytes(review.source.read_bytes())
     nodes = list(game.get_main_sequence())
     evals = review.evaluations
@@ -32,7 +33,8 @@ def annotated_sgf(review: GameReview, mistake: float, visits: int) -> bytes:
         move_index += 1
         _values(node, m.after.winrate_black, m.after.score_lead_black)
         who = "Black" if m.player == "B" else "White"
-        lines = [f"katapool ({visits} visits): {who} winrate after {m.move}: "
+        depth = min(m.before.visits, m.after.visits)
+        lines = [f"katapool ({depth} visits): {who} winrate after {m.move}: "
                  f"{m.after.winrate_black if m.player == 'B' else 1 - m.after.winrate_black:.1%}, "
                  f"score {_lead(m.after.score_lead_black)}"]
         best = m.before.best_move
@@ -41,9 +43,10 @@ def annotated_sgf(review: GameReview, mistake: float, visits: int) -> bytes:
                          f"winrate and {m.score_loss:.1f} points")
         elif best:
             lines.append("The engine's choice.")
-        if m.winrate_loss >= mistake:
-            node.set("BM", 2 if m.winrate_loss >= 2 * mistake else 1)
-            lines[0] = ("Blunder. " if m.winrate_loss >= 2 * mistake else "Mistake. ") + lines[0]
+        severity = review.severity(m, mistake)
+        if severity:
+            node.set("BM", 2 if severity == "blunder" else 1)
+            lines[0] = f"{severity.capitalize()}. " + lines[0]
         old = node.get("C") if node.has_property("C") else ""
         node.set("C", (old + "\n\n" if old else "") + "\n".join(lines))
     root = game.get_root()
@@ -60,7 +63,7 @@ def _lead(lead_black: float) -> str:
     return f"B+{lead_black:.1f}" if lead_black >= 0 else f"W+{-lead_black:.1f}"
 
 
-def write_annotated(review: GameReview, out: Path, mistake: float, visits: int) -> Path:
+def write_annotated(review: GameReview, out: Path, mistake: float) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(annotated_sgf(review, mistake, visits))
+    out.write_bytes(annotated_sgf(review, mistake))
     return out

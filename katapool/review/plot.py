@@ -11,8 +11,9 @@ def _short(name: str, width: int = 36) -> str:
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
-def plot_game(review: GameReview, out: Path, mistake: float, visits: int,
+def plot_game(review: GameReview, out: Path, mistake: float, depth: str,
               label_top: int = 6) -> Path:
+    """``depth`` says how deep the positions were searched (e.g. "2 visits per position")."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -28,7 +29,7 @@ def plot_game(review: GameReview, out: Path, mistake: float, visits: int,
     record = review.record
     fig.suptitle(f"{_short(record.black)} (B) vs {_short(record.white)} (W)"
                  + (f" — {record.result}" if record.result else "")
-                 + f"\n{review.source.name}, {visits} visits per position", fontsize=11)
+                 + f"\n{review.source.name}, {depth}", fontsize=11)
     top.fill_between(turns, winrate, 50, where=[w >= 50 for w in winrate], color="#333333",
                      alpha=0.25, interpolate=True, linewidth=0)
     top.fill_between(turns, winrate, 50, where=[w < 50 for w in winrate], color="#bbbbbb",
@@ -39,7 +40,7 @@ def plot_game(review: GameReview, out: Path, mistake: float, visits: int,
     top.set_ylabel("Black winrate %")
     labelled = {m.number for m in review.mistakes(mistake, top=label_top)}
     for m in review.moves:
-        if m.winrate_loss >= mistake:
+        if review.severity(m, mistake):
             colour = "#d62728" if m.player == "B" else "#1f77b4"
             top.plot(m.number, 100 * m.after.winrate_black, "o", color=colour, markersize=4)
             if m.number in labelled:  # only the biggest: labels on every dot would be noise
