@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -100,6 +101,12 @@ def test_rebinding_cannot_read_metrics(open_daemon: Started) -> None:
     probe = urllib.request.Request(http + "healthz", headers={"Host": f"evil.example:{port}"})
     with urllib.request.urlopen(probe, timeout=30) as r:
         assert json.loads(r.read()) == {"live": True, "ready": True}
+    # Two Host headers (a loopback one first): refused, never read as the first.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Host: evil.example:{port}\r\n\r\n".encode())
+        reply = raw.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 400") and "katapool_members_up" not in reply, reply
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"localhost.:{port}"):
         with urllib.request.urlopen(urllib.request.Request(
                 http + "metrics", headers={"Host": host}), timeout=30) as r:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -41,7 +41,7 @@ class WebEndpoint:
         self.metrics = metrics
         self.token = token  # None: no token needed
         self.origins = set(origins or [])
-        self.hosts = {h.lower() for h in hosts or []}
+        self.hosts = {host_name(h) or h.lower() for h in hosts or []}  # a port there is ignored
 
     async def serve(self, host: str, port: int) -> Server:
         limit = self.hub.limits.max_line_bytes
@@ -97,16 +97,22 @@ class WebEndpoint:
                                           body)
             response.headers["Content-Type"] = "application/json"
             return response
-        if not self._host_allowed(request):
+        try:
+            host_ok, origin_ok = self._host_allowed(request), self._origin_allowed(request)
+            authorised = self._authorised(request)
+        except (MultipleValuesError, ValueError):  # two Host headers, an origin urlsplit refuses
+            return connection.respond(HTTPStatus.BAD_REQUEST, "katapool: malformed or repeated "
+                                      "Host, Origin or Authorization header\n")
+        if not host_ok:
             return connection.respond(HTTPStatus.FORBIDDEN,
                                       f"katapool: Host {request.headers.get('Host')!r} is not "
                                       "allowed without a token (connect to localhost, 127.0.0.1 "
                                       "or [::1], or list the name in listen.hosts)\n")
-        if not self._origin_allowed(request):
+        if not origin_ok:
             return connection.respond(HTTPStatus.FORBIDDEN,
                                       f"katapool: origin {request.headers.get('Origin')} is not "
                                       "allowed (listen.origins)\n")
-        if not self._authorised(request):
+        if not authorised:
             return connection.respond(HTTPStatus.UNAUTHORIZED,
                                       "katapool: missing or wrong token (add ?token=TOKEN to the "
                                       "URL, or send 'Authorization: Bearer TOKEN'; the token is in "
