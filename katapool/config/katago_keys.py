@@ -3,8 +3,8 @@
 engine starts.
 
 Where it came from: KataGo's source at tag v1.17.2 (github.com/lightvector/KataGo). How it
-was made: a regular expression collected the string literal passed as
-the key to every ``cfg.contains(...)``/``cfg.get*(...)`` call in cpp/program/setup.cpp,
+was made: a regular expression collected the string literal passed as the key to every
+``cfg.contains(...)``/``cfg.get*(...)`` call, outside comments, in cpp/program/setup.cpp,
 cpp/command/analysis.cpp, cpp/command/gtp.cpp, cpp/core/logger.cpp and
 cpp/neuralnet/*backend.cpp (``KEYS``), plus the literals read with a bot index appended
 (``"maxVisits" + idxStr``: ``INDEXED_KEYS``); the alias analysis.cpp applies
@@ -12,7 +12,9 @@ cpp/neuralnet/*backend.cpp (``KEYS``), plus the literals read with a bot index a
 prefix, device thread and model numbers, avoidSgf pattern sets, auto-avoid board sizes) were
 read off the same files and written as ``_PATTERNS``. Cross-checked against every key named
 in cpp/configs/analysis_example.cfg and gtp_example.cfg: all match but avoidMYTDaggerHack,
-which no code reads any more. Rebuild it the same way for a newer KataGo.
+which no code reads any more; and against the strings in the v1.18.1 OpenCL binary katapool's
+tests run: every key is there but the CUDA/TensorRT-only ones and "rules" (the tail of a
+longer string there). Rebuild it the same way for a newer KataGo.
 """
 
 from __future__ import annotations
@@ -38,17 +40,16 @@ KEYS = frozenset({
     "forDeterministicTesting", "fpuLossProp", "fpuParentWeight",
     "fpuParentWeightByVisitedPolicy", "fpuParentWeightByVisitedPolicyPow", "fpuReductionMax",
     "friendlyPass", "friendlyPassOk", "futileVisitsThreshold", "genmoveAntiMirror", "gpuToUse",
-    "graphSearchCatchUpLeakProb", "graphSearchCatchUpProp", "graphSearchRepBound",
-    "gtpForceMaxNNSize", "hasButton", "homeDataDir", "humanSLChosenMoveIgnorePass",
-    "humanSLChosenMovePiklLambda", "humanSLChosenMoveProp", "humanSLCpuctExploration",
-    "humanSLCpuctPermanent", "humanSLOppExploreProbWeightful",
-    "humanSLOppExploreProbWeightless", "humanSLPlaExploreProbWeightful",
-    "humanSLPlaExploreProbWeightless", "humanSLProfile", "humanSLRootExploreProbWeightful",
-    "humanSLRootExploreProbWeightless", "ignoreAllHistory", "ignoreGTPAndForceKomi",
-    "ignorePreRootHistory", "inputsUseNHWC", "koRule", "komi", "lagBuffer", "lcbStdevs",
-    "logAllGTPCommunication", "logAllRequests", "logAllResponses", "logConfigContents",
-    "logDir", "logDirDated", "logErrorsAndWarnings", "logFile", "logSearchInfo",
-    "logSearchInfoForChosenMove", "logTimeStamp", "logToStderr", "logToStdout",
+    "graphSearchCatchUpLeakProb", "graphSearchRepBound", "gtpForceMaxNNSize", "hasButton",
+    "homeDataDir", "humanSLChosenMoveIgnorePass", "humanSLChosenMovePiklLambda",
+    "humanSLChosenMoveProp", "humanSLCpuctExploration", "humanSLCpuctPermanent",
+    "humanSLOppExploreProbWeightful", "humanSLOppExploreProbWeightless",
+    "humanSLPlaExploreProbWeightful", "humanSLPlaExploreProbWeightless", "humanSLProfile",
+    "humanSLRootExploreProbWeightful", "humanSLRootExploreProbWeightless", "ignoreAllHistory",
+    "ignoreGTPAndForceKomi", "ignorePreRootHistory", "inputsUseNHWC", "koRule", "komi",
+    "lagBuffer", "lcbStdevs", "logAllGTPCommunication", "logAllRequests", "logAllResponses",
+    "logConfigContents", "logDir", "logDirDated", "logErrorsAndWarnings", "logFile",
+    "logSearchInfo", "logSearchInfoForChosenMove", "logTimeStamp", "logToStderr", "logToStdout",
     "maxBoardSizeForNNBuffer", "maxBoardXSizeForNNBuffer", "maxBoardYSizeForNNBuffer",
     "maxPlayouts", "maxPlayoutsPondering", "maxTime", "maxTimePondering", "maxVisits",
     "maxVisitsPondering", "midgameTimeFactor", "midgameTurnPeakTime", "minPlayoutsPerThread",
@@ -90,19 +91,19 @@ INDEXED_KEYS = frozenset({
     "enableMorePassingHacks", "enablePassingHacks", "endgameTurnTimeDecay",
     "evalCacheMinVisits", "fillDameBeforePass", "fpuLossProp", "fpuParentWeight",
     "fpuParentWeightByVisitedPolicy", "fpuParentWeightByVisitedPolicyPow", "fpuReductionMax",
-    "futileVisitsThreshold", "graphSearchCatchUpLeakProb", "graphSearchCatchUpProp",
-    "graphSearchRepBound", "humanSLChosenMoveIgnorePass", "humanSLChosenMovePiklLambda",
-    "humanSLChosenMoveProp", "humanSLCpuctExploration", "humanSLCpuctPermanent",
-    "humanSLOppExploreProbWeightful", "humanSLOppExploreProbWeightless",
-    "humanSLPlaExploreProbWeightful", "humanSLPlaExploreProbWeightless", "humanSLProfile",
-    "humanSLRootExploreProbWeightful", "humanSLRootExploreProbWeightless", "ignoreAllHistory",
-    "ignorePreRootHistory", "inputsUseNHWC", "lagBuffer", "lcbStdevs",
-    "maxBoardSizeForNNBuffer", "maxBoardXSizeForNNBuffer", "maxBoardYSizeForNNBuffer",
-    "maxPlayouts", "maxPlayoutsPondering", "maxTime", "maxTimePondering", "maxVisits",
-    "maxVisitsPondering", "midgameTimeFactor", "midgameTurnPeakTime", "minPlayoutsPerThread",
-    "minVisitPropForLCB", "nnPolicyTemperature", "nnRandSeed", "noResultUtilityForWhite",
-    "nodeTableShardsPowerOfTwo", "noisePruneUtilityScale", "noisePruningCap",
-    "numSearchThreads", "numVirtualLossesPerThread", "obviousMovesPolicyEntropyTolerance",
+    "futileVisitsThreshold", "graphSearchCatchUpLeakProb", "graphSearchRepBound",
+    "humanSLChosenMoveIgnorePass", "humanSLChosenMovePiklLambda", "humanSLChosenMoveProp",
+    "humanSLCpuctExploration", "humanSLCpuctPermanent", "humanSLOppExploreProbWeightful",
+    "humanSLOppExploreProbWeightless", "humanSLPlaExploreProbWeightful",
+    "humanSLPlaExploreProbWeightless", "humanSLProfile", "humanSLRootExploreProbWeightful",
+    "humanSLRootExploreProbWeightless", "ignoreAllHistory", "ignorePreRootHistory",
+    "inputsUseNHWC", "lagBuffer", "lcbStdevs", "maxBoardSizeForNNBuffer",
+    "maxBoardXSizeForNNBuffer", "maxBoardYSizeForNNBuffer", "maxPlayouts",
+    "maxPlayoutsPondering", "maxTime", "maxTimePondering", "maxVisits", "maxVisitsPondering",
+    "midgameTimeFactor", "midgameTurnPeakTime", "minPlayoutsPerThread", "minVisitPropForLCB",
+    "nnPolicyTemperature", "nnRandSeed", "noResultUtilityForWhite", "nodeTableShardsPowerOfTwo",
+    "noisePruneUtilityScale", "noisePruningCap", "numSearchThreads",
+    "numVirtualLossesPerThread", "obviousMovesPolicyEntropyTolerance",
     "obviousMovesPolicySurpriseTolerance", "obviousMovesTimeFactor", "overallocateTimeFactor",
     "playoutDoublingAdvantage", "playoutDoublingAdvantagePla", "policyOptimism",
     "requireMaxBoardSize", "rootDesiredPerChildVisitsCoeff",
