@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import websocket  # websocket-client: what KaTrain's remote engine uses
+from daemon_helpers import running_daemon
 
 from conftest import G170, SAMPLE_SGF, TRANSFORMER, Katapool
 from katapool.client import AsyncClient, Client, ConnectionLost, Position
@@ -80,42 +80,12 @@ def daemon(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     root = tmp_path_factory.mktemp("daemon")
     state, config = root / "state", root / "katapool.yaml"
     config.write_text(POOL_FILE.format(g170=G170, tf=TRANSFORMER, tf_members=1))
-    log = open(root / "daemon.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "katapool", "start", "--config", str(config),
-                             "--state-dir", str(state), "--no-dashboard"],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env=kp.env)
-    deadline = time.monotonic() + 300
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "daemon.out").read_text()
-        sock = Path((state / "socket").read_text().strip()) if (state / "socket").exists() else None
-        if sock is not None:
-            try:
-                status = control.request(sock, "katapool_status", timeout=5)
-            except Exception:
-                status = {}
-            members = [m for model in status.get("models", []) for m in model["members"]]
-            if members and all(m["state"] == "ready" for m in members):
-                break
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise AssertionError("daemon not ready:\n" + (root / "daemon.out").read_text())
-    assert sock is not None
-    ws = next(a for a in status["addresses"] if a.startswith("ws://")).split(" ")[0]
-    token = (state / "token").read_text().strip()
-    assert (state / "token").stat().st_mode & 0o777 == 0o600
-    assert sock.stat().st_mode & 0o777 == 0o600
-    handle = Daemon(proc, state, config, sock, ws, token, kp)
-    yield handle
-    if proc.poll() is None:
-        kp.run("stop", "--state-dir", str(state), timeout=120)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+    with running_daemon(kp, root, "--config", str(config)) as started:
+        state, sock = started.state, started.socket
+        token = (state / "token").read_text().strip()
+        assert (state / "token").stat().st_mode & 0o777 == 0o600
+        assert sock.stat().st_mode & 0o777 == 0o600
+        yield Daemon(started.proc, state, config, sock, started.ws_url, token, kp)
 
 
 def _positions(count: int) -> list[Position]:

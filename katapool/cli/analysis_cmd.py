@@ -21,6 +21,8 @@ from typing import Any
 from katapool import paths
 from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
+from katapool.config.overrides import check_override_arg
+from katapool.config.settings import Mode
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories
@@ -94,6 +96,8 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")
+    for override in args.override_config:
+        check_override_arg(override, Mode.ANALYSIS)
     found = resolve_katago_args(args)
     info, model, human = found.info, found.model, found.human_model
     spec = LaunchSpec(info=info, model=model, human_model=human, configs=args.config,

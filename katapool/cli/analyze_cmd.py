@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--brief", action="store_true", help="no per-move table: summary and mistakes")
     p.add_argument("--connect", metavar="ADDRESS", nargs="?", const="",
                    help="use a running daemon (default address: the local one)")
-    p.add_argument("--token", help="the daemon's token, for a WebSocket address")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the daemon's "
+                   "token, for a WebSocket address (default: $KATAPOOL_TOKEN)")
+    p.add_argument("--token", help="the token itself (others can read a command line: prefer "
+                   "--token-file or $KATAPOOL_TOKEN)")
     p.add_argument("--members", type=int, default=1, help="engine processes (embedded pool)")
     p.add_argument("--gpus", help="GPU indices, one member each (embedded pool)")
     p.add_argument("--preset", default="desktop")
@@ -143,7 +146,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
     with ProgressReport(err, quiet=args.json) as report:
         report.note("starting the engine")
         if args.connect is not None:
-            client = await AsyncClient.connect(args.connect or None, token=args.token)
+            client = await AsyncClient.connect(args.connect or None, token=args.token,
+                                               token_file=args.token_file)
         else:
             gpus = parse_gpus(args.gpus)
             from katapool.pool import Pool

@@ -23,7 +23,7 @@ from katapool.errors import ConfigError, KatapoolError
 from katapool.server import control
 from katapool.server.daemon import Daemon, configure_logging
 from katapool.server.dashboard import status_table
-from katapool.server.state import StateDir, read_pid
+from katapool.server.state import StateDir, read_pid, read_token_file
 
 
 def _state_arg(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--listen", action="append", default=[], metavar="ADDRESS",
                    help="unix:PATH and/or ws://HOST:PORT (repeatable; replaces the file's; the "
                         "Unix socket is always on, as the control channel)")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="the WebSocket's token, "
+                   "where one is required (replaces listen.token_file; default: "
+                   "$KATAPOOL_TOKEN, else <state dir>/token, made on first start)")
     p.add_argument("--detach", action="store_true", help="run in the background (pidfile, logs)")
     p.add_argument("--no-dashboard", action="store_true", help="log lines instead of a live table")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -118,6 +121,12 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
         except ValueError as exc:
             raise ConfigError(f"--listen: {exc}".replace("\n", " ")) from None
         pool_file = pool_file.model_copy(update={"listen": listen})
+    if getattr(args, "token_file", None) is not None:
+        path = args.token_file.expanduser().resolve()
+        if path.exists():
+            read_token_file(path)  # a bad one is reported here, before detaching
+        listen = pool_file.listen.model_copy(update={"token_file": str(path)})
+        pool_file = pool_file.model_copy(update={"listen": listen})
     return pool_file
 
 
@@ -167,6 +176,8 @@ def _detach(args: argparse.Namespace, state: StateDir) -> int:
             argv += [f"--{flag}", str(value)]
     for address in args.listen:
         argv += ["--listen", address]
+    if args.token_file is not None:
+        argv += ["--token-file", str(args.token_file.expanduser().resolve())]
     out_file = state.logs / "daemon.out"
     with open(out_file, "ab") as sink:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,

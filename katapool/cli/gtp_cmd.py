@@ -21,6 +21,7 @@ from katapool import paths
 from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.build import build_config
+from katapool.config.overrides import check_override_arg
 from katapool.config.settings import Mode
 from katapool.engine.probe import EngineInfo
 from katapool.engine.process import EngineProcess
@@ -70,6 +71,8 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     for value, flag in ((args.min_interval, "--min-interval"), (args.max_moves, "--max-moves")):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    for override in args.override_config:
+        check_override_arg(override, Mode.GTP)
     found = resolve_katago_args(args)
     info, model, human = found.info, found.model, found.human_model
     log_dir = paths.data_dir() / "logs" / "gtp"

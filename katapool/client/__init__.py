@@ -6,6 +6,8 @@
 >>> #     result = client.analyze(Position.from_moves(["Q16", "D4"]), visits=100)
 """
 
+from pathlib import Path
+
 from katapool.client.async_client import AnalysisStream, AnalysisTimeout, AsyncClient, QueryError
 from katapool.client.position import Position, handicap_stones
 from katapool.client.results import Analysis, MoveInfo, RootInfo
@@ -13,9 +15,10 @@ from katapool.client.sync_client import Client, SyncAnalysisStream
 from katapool.client.transport import ConnectionLost
 
 
-def connect(address: str | None = None, *, token: str | None = None) -> Client:
+def connect(address: str | None = None, *, token: str | None = None,
+            token_file: str | Path | None = None) -> Client:
     """A blocking client connected to a daemon (see :meth:`Client.connect`)."""
-    return Client.connect(address, token=token)
+    return Client.connect(address, token=token, token_file=token_file)
 
 
 __all__ = ["Analysis", "AnalysisStream", "AnalysisTimeout", "AsyncClient", "Client",

@@ -61,10 +61,12 @@ class AsyncClient:
     # --- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, address: str | None = None, *, token: str | None = None) -> AsyncClient:
+    async def connect(cls, address: str | None = None, *, token: str | None = None,
+                      token_file: str | Path | None = None) -> AsyncClient:
         """Connect to a daemon: ``unix:/path``, a socket path, or ``ws://host:port/``
-        (default: ``$KATAPOOL_ADDRESS`` or the local daemon's socket)."""
-        client = cls(channel_for(address, token))
+        (default: ``$KATAPOOL_ADDRESS`` or the local daemon's socket). A WebSocket's token:
+        ``token``, else ``token_file``, else ``$KATAPOOL_TOKEN``."""
+        client = cls(channel_for(address, token, token_file))
         await client.open()
         return client
 

@@ -41,10 +41,10 @@ class Client:
 
     @classmethod
     def connect(cls, address: str | None = None, *, token: str | None = None,
-                timeout: float | None = 30.0) -> Client:
+                token_file: str | Path | None = None, timeout: float | None = 30.0) -> Client:
         from katapool.client.transport import channel_for
 
-        return cls(AsyncClient(channel_for(address, token)), timeout)
+        return cls(AsyncClient(channel_for(address, token, token_file)), timeout)
 
     @classmethod
     def embedded(cls, model: str | Path | None = None, *, members: int = 1,

@@ -10,12 +10,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from katapool.errors import KatapoolError
 from katapool.pool import Pool
 from katapool.pool.router import Session
-from katapool.server.state import StateDir
+from katapool.server.state import TOKEN_ENV, StateDir, check_token, read_token_file
 
 OnMessage = Callable[[dict[str, Any]], None]
 OnClosed = Callable[[str], None]
@@ -94,10 +94,15 @@ class UnixChannel:
 
 class WebSocketChannel:
     def __init__(self, url: str, token: str | None = None) -> None:
+        self.headers: dict[str, str] = {}
         if token:
+            # In a header rather than the URL, where proxies and logs keep it; one in the
+            # address gives way to the one given here.
             parts = urlsplit(url)
-            query = "&".join(filter(None, [parts.query, urlencode({"token": token})]))
+            query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                               if k != "token"])
             url = urlunsplit(parts._replace(query=query))
+            self.headers["Authorization"] = f"Bearer {token}"
         self.url = url
         self.description = url.split("?", 1)[0]
         self._ws: Any = None
@@ -110,7 +115,8 @@ class WebSocketChannel:
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         try:
-            self._ws = ws = await connect(self.url, max_size=READ_LIMIT, compression=None)
+            self._ws = ws = await connect(self.url, max_size=READ_LIMIT, compression=None,
+                                            additional_headers=self.headers)
         except InvalidStatus as exc:
             body = exc.response.body.decode(errors="replace").strip()
             raise ConnectionLost(f"{self.description}: HTTP {exc.response.status_code}: {body}") from None
@@ -200,9 +206,26 @@ def default_address() -> str:
         return f"unix:{state.socket}"
 
 
-def channel_for(address: str | None, token: str | None = None) -> Channel:
+def resolve_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The token a WebSocket client presents: ``token``, else the one in ``token_file`` (which
+    must be private to its owner), else ``$KATAPOOL_TOKEN``; None leaves the address's own
+    ``?token=``, if any."""
+    if token:
+        return check_token(token.strip(), "the token given")
+    if token_file is not None:
+        return read_token_file(Path(token_file).expanduser())
+    from_env = os.environ.get(TOKEN_ENV)
+    if from_env:
+        return check_token(from_env.strip(), f"${TOKEN_ENV}")
+    return None
+
+
+def channel_for(address: str | None, token: str | None = None,
+                token_file: str | Path | None = None) -> Channel:
+    """A channel to ``address``; tokens only matter to a WebSocket (a Unix socket is
+    private to its owner)."""
     address = address or default_address()
     if address.startswith(("ws://", "wss://")):
-        return WebSocketChannel(address, token)
+        return WebSocketChannel(address, resolve_token(token, token_file))
     path = address[5:] if address.startswith("unix:") else address
     return UnixChannel(Path(path).expanduser())

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from katapool import paths
+from katapool.config.katago_keys import close_keys, is_known_key
 from katapool.config.presets import Preset
 from katapool.config.settings import KataGoSettings, Mode, settings_error
 from katapool.devices.model import Device, DeviceKind, DeviceReport
@@ -175,6 +176,10 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     for key, value in overrides.items():
         if key in known:
             out[key] = value
+        elif not is_known_key(key):
+            hint = close_keys(key)
+            raise ConfigError(f"invalid KataGo key {key!r}: not a setting KataGo reads"
+                              + (f" (did you mean {' or '.join(hint)}?)" if hint else ""))
         else:
             extra[key] = value
     if extra:

@@ -12,7 +12,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from katapool.config.overrides import check_override
+from katapool.config.settings import Mode
 from katapool.errors import ConfigError
 from katapool.pool.policy import PoolPolicy
 
@@ -37,6 +40,20 @@ class ModelSpec(_Strict):
     overrides: dict[str, str | int | float | bool] = Field(default_factory=dict)
     analysis_threads: int | None = Field(default=None, ge=1)
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked like katapool's own configs, and rendered as KataGo reads them: they go to
+        ``-override-config key=value,...`` (members run KataGo's analysis engine)."""
+        out = {}
+        for key, raw in value.items():
+            try:
+                out[key] = check_override(key, raw, Mode.ANALYSIS)
+            except ValueError as exc:
+                raise PydanticCustomError("override", "{message}",
+                                          {"key": key, "message": str(exc)}) from None
+        return out
+
     @field_validator("gpus")
     @classmethod
     def _gpus(cls, value: list[int] | None) -> list[int] | None:
@@ -59,6 +76,9 @@ class Listen(_Strict):
     origins: list[str] = Field(default_factory=list, description="web page origins allowed "
                                "to open the WebSocket (e.g. https://my-gui.example); programs "
                                "without an Origin header are always allowed")
+    hosts: list[str] = Field(default_factory=list, description="Host names, besides "
+                             "localhost and loopback addresses, by which clients may reach a "
+                             "daemon that needs no token (require_token: false beyond loopback)")
 
     @field_validator("websocket")
     @classmethod
@@ -76,7 +96,9 @@ def split_address(value: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """``localhost`` (``localhost.``) or a loopback address: names no other site can hold.
+    ``127.0.0.1.evil.example`` is not an address, so it is someone else's name."""
+    if host.lower() in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -152,6 +174,8 @@ def parse_pool_file(text: str, source: str = "katapool.yaml") -> PoolFile:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
+        if first["type"] == "override":  # the offending key's own line
+            loc = (*loc, first.get("ctx", {})["key"])
         line = _nearest_line(loc, lines)
         path = ".".join(str(p) for p in loc) or "(top)"
         message = first["msg"]

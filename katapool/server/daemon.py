@@ -26,7 +26,7 @@ from katapool.pool import Pool
 from katapool.pool.launch import launch_from_options
 from katapool.server.hub import Hub
 from katapool.server.metrics import Metrics
-from katapool.server.state import PidLock, StateDir, read_or_create_token, read_pid
+from katapool.server.state import PidLock, StateDir, daemon_token, read_pid
 from katapool.server.unix_endpoint import serve_unix
 from katapool.server.web_endpoint import WebEndpoint
 
@@ -137,10 +137,9 @@ class Daemon:
                 else not is_loopback(host)
             token = None
             if self.token_required:
-                token_file = Path(listen.token_file).expanduser() if listen.token_file \
-                    else self.state.token_file
-                token = read_or_create_token(token_file)
-            endpoint = WebEndpoint(hub, Metrics(hub), token, listen.origins)
+                token = daemon_token(Path(listen.token_file).expanduser() if listen.token_file
+                                     else None, self.state.token_file)
+            endpoint = WebEndpoint(hub, Metrics(hub), token, listen.origins, listen.hosts)
             try:
                 server = await endpoint.serve(host, port)
             except OSError as exc:

@@ -64,20 +64,61 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+TOKEN_ENV = "KATAPOOL_TOKEN"
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; refused, as ssh refuses such a key, when the file is not private
+    to its owner (anyone who can read it can use the daemon)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KatapoolError(f"token file {path} does not exist") from None
+    except OSError as exc:
+        raise KatapoolError(f"cannot read token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KatapoolError(f"token file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise KatapoolError(f"token file {path} has permissions {stat.S_IMODE(info.st_mode):04o}, "
+                                f"readable by others: it must be private to you (chmod 600 {path})")
+        return check_token(fh.read().strip(), f"token file {path}")
+
+
+def check_token(token: str, source: str) -> str:
+    if not token:
+        raise KatapoolError(f"{source} is empty")
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise KatapoolError(f"{source}: a token is one word of printable ASCII characters")
+    return token
+
+
 def read_or_create_token(path: Path) -> str:
     """The token remote clients must present; made on first start, readable by its owner only."""
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
+    if path.exists() and path.stat().st_size > 0:
+        return read_token_file(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise KatapoolError(f"cannot write token file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)  # an empty file left with other permissions
         fh.write(token + "\n")
     return token
+
+
+def daemon_token(token_file: Path | None, default: Path) -> str:
+    """The daemon's token: the named token file (``--token-file`` or ``listen.token_file``),
+    else ``$KATAPOOL_TOKEN``, else the state directory's token file, made if missing."""
+    if token_file is not None:
+        return read_or_create_token(token_file)
+    from_env = os.environ.get(TOKEN_ENV)
+    if from_env:
+        return check_token(from_env.strip(), f"${TOKEN_ENV}")
+    return read_or_create_token(default)
 
 
 def read_pid(pidfile: Path) -> int | None:

@@ -3,6 +3,10 @@ engine framing), plus HTTP ``/healthz`` and Prometheus ``/metrics`` on the same 
 
 Bound to loopback by default. Bound elsewhere, a token is required: ``?token=...`` in the
 URL (KaTrain's remote engine can only pass a URL) or ``Authorization: Bearer ...``.
+
+Without a token, the ``Host`` header must name this machine's loopback (or a name listed in
+``listen.hosts``): a web page whose own domain was re-pointed at 127.0.0.1 (DNS rebinding)
+sends its own domain there, and would otherwise reach the daemon as if it were local.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from katapool.config.poolfile import is_loopback
 from katapool.server.framing import oversized_error
 from katapool.server.hub import Hub
 from katapool.server.metrics import CONTENT_TYPE, Metrics
@@ -31,11 +36,12 @@ SEND_BUFFER_MAX = 256 << 20  # bytes of answers queued for a client that does no
 
 class WebEndpoint:
     def __init__(self, hub: Hub, metrics: Metrics, token: str | None,
-                 origins: list[str] | None = None) -> None:
+                 origins: list[str] | None = None, hosts: list[str] | None = None) -> None:
         self.hub = hub
         self.metrics = metrics
         self.token = token  # None: no token needed
         self.origins = set(origins or [])
+        self.hosts = {host_name(h) or h.lower() for h in hosts or []}  # a port there is ignored
 
     async def serve(self, host: str, port: int) -> Server:
         limit = self.hub.limits.max_line_bytes
@@ -54,14 +60,31 @@ class WebEndpoint:
             given = auth[7:].strip()
         return hmac.compare_digest(given.encode(), self.token.encode())
 
+    def _host_allowed(self, request: Request) -> bool:
+        """With a token, the token decides. Without one, only this machine's own names: a
+        browser sends the name it connected to, and a rebound domain is not one of them."""
+        if self.token is not None:
+            return True
+        name = host_name(request.headers.get("Host", ""))
+        return name is not None and (is_loopback(name) or name in self.hosts)
+
     def _origin_allowed(self, request: Request) -> bool:
         """Browsers send an Origin with every WebSocket; a page on another site must not use
-        a loopback daemon (no token there). Programs send none, or their target's own."""
+        the daemon. Allowed: no Origin (programs), a page served from this machine's
+        loopback, one listed in ``listen.origins``, and, only where a token is required
+        (it keeps everyone else out), the daemon's own address, which websocket-client
+        (KaTrain) sends by default."""
         origin = request.headers.get("Origin")
         if origin is None or origin in self.origins:
             return True
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.path or parts.query:
+            return False
+        name = host_name(parts.netloc)
+        if name is not None and is_loopback(name):
+            return True
         host = request.headers.get("Host", "")
-        return origin in (f"http://{host}", f"https://{host}")
+        return self.token is not None and origin in (f"http://{host}", f"https://{host}")
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -74,11 +97,22 @@ class WebEndpoint:
                                           body)
             response.headers["Content-Type"] = "application/json"
             return response
-        if not self._origin_allowed(request):
+        try:
+            host_ok, origin_ok = self._host_allowed(request), self._origin_allowed(request)
+            authorised = self._authorised(request)
+        except (MultipleValuesError, ValueError):  # two Host headers, an origin urlsplit refuses
+            return connection.respond(HTTPStatus.BAD_REQUEST, "katapool: malformed or repeated "
+                                      "Host, Origin or Authorization header\n")
+        if not host_ok:
+            return connection.respond(HTTPStatus.FORBIDDEN,
+                                      f"katapool: Host {request.headers.get('Host')!r} is not "
+                                      "allowed without a token (connect to localhost, 127.0.0.1 "
+                                      "or [::1], or list the name in listen.hosts)\n")
+        if not origin_ok:
             return connection.respond(HTTPStatus.FORBIDDEN,
                                       f"katapool: origin {request.headers.get('Origin')} is not "
                                       "allowed (listen.origins)\n")
-        if not self._authorised(request):
+        if not authorised:
             return connection.respond(HTTPStatus.UNAUTHORIZED,
                                       "katapool: missing or wrong token (add ?token=TOKEN to the "
                                       "URL, or send 'Authorization: Bearer TOKEN'; the token is in "
@@ -139,3 +173,18 @@ class WebEndpoint:
                 await ws.send(text)
             except ConnectionClosed:
                 return
+
+
+def host_name(value: str) -> str | None:
+    """The host of a ``Host`` header or an origin's ``host[:port]``, lower-cased, IPv6
+    without brackets; None when it is not of that form."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    name, sep, port = value.partition(":")
+    if sep and not port.isdigit():
+        return None
+    return name or None
