@@ -117,8 +117,13 @@ def test_time_budget_measures_then_chooses(kp: Katapool, tmp_path: Path) -> None
     assert rate > 0 and visits == game["visits"] >= 1
     assert "expected to take about" in proc.stderr
     assert proc.stderr.index("expected to take about") < proc.stderr.index("visits/position")
-    if visits < 16:  # the rest of the budget went into checking the largest swings deeper
-        assert re.search(r"then the \d+ largest swings re-searched at 16 visits", proc.stderr)
+    if visits < 16:  # the rest of the budget went into checking the largest swings deeper,
+        # or (a very busy machine) the budget was too small for that, and it says so
+        assert re.search(r"then the \d+ largest swings re-searched at 16 visits|no time left to "
+                         r"search the largest swings at 16 visits, so no move will be flagged",
+                         proc.stderr), proc.stderr
+    else:
+        assert "every move is searched deep enough (≥ 16) to be judged" in proc.stderr
     assert all(m["visits"] >= 16 for m in game["moves"] if m["mistake"])
 
 

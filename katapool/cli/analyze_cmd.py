@@ -143,7 +143,7 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                budget: float | None, started: float) -> ReviewRun:
     positions = sum(len(r.moves) + 1 for _, r in games)
     model = args.model if args.connect is not None else None
-    with ProgressReport(err, quiet=args.json) as report:
+    with ProgressReport(err, transient=args.json) as report:
         report.note("starting the engine")
         if args.connect is not None:
             client = await AsyncClient.connect(args.connect or None, token=args.token,

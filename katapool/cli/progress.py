@@ -23,10 +23,10 @@ LINE_EVERY = 0.05  # a plain line each time this share of the phase is done
 
 
 class ProgressReport:
-    def __init__(self, console: Console, quiet: bool = False) -> None:
+    def __init__(self, console: Console, transient: bool = False) -> None:
         self.console = console
-        self.quiet = quiet  # nothing but warnings: stdout carries JSON
-        self.live = console.is_terminal and not quiet
+        self.transient = transient  # the live bar disappears when done
+        self.live = console.is_terminal
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._phase = ""
@@ -40,7 +40,7 @@ class ProgressReport:
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       MofNCompleteColumn(), TimeElapsedColumn(),
                                       TextColumn("left"), TimeRemainingColumn(),
-                                      console=self.console, transient=False)
+                                      console=self.console, transient=self.transient)
             self._progress.__enter__()
         return self
 
@@ -50,8 +50,7 @@ class ProgressReport:
             self._progress.__exit__(kind, exc, tb)
 
     def note(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, soft_wrap=True, highlight=False)
+        self.console.print(text, soft_wrap=True, highlight=False)
 
     def start(self, phase: str, total: int) -> None:
         self._phase, self._total, self._done = phase, max(1, total), 0
