@@ -114,6 +114,7 @@ class Supervisor:
         self._probes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._probe_ids = itertools.count(1)
         self._closing = False
+        self._faults: dict[int, deque[float]] = {}  # katapool's own faults, per slot
         self.changed = asyncio.Condition()
 
     def factories(self) -> list[MemberFactory]:
@@ -150,6 +151,19 @@ class Supervisor:
         if recent == 0:
             return 0.0
         return float(min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (recent - 1)))
+
+    def _fault_backoff(self, slot: Slot) -> float:
+        """Delay before restarting after katapool's own fault: growing like the crash
+        backoff with the faults seen within ``crash_window``, but never failing the slot."""
+        now = time.monotonic()
+        faults = self._faults.setdefault(slot.index, deque())
+        faults.append(now)
+        while faults and now - faults[0] > self.policy.crash_window:
+            faults.popleft()
+        if len(faults) < 2:
+            return 0.0
+        return float(min(self.policy.backoff_max,
+                         self.policy.backoff_initial * 2 ** (len(faults) - 2)))
 
     def _record_death(self, slot: Slot, cause: str) -> bool:
         """Count a death; True if the slot may restart."""
@@ -255,6 +269,7 @@ class Supervisor:
                 slot.last_cause = str(reason)
                 slot.member = None
                 await self._notify()
+                await asyncio.sleep(self._fault_backoff(slot))  # a bug that recurs: no spinning
                 continue
             if reason is None:
                 reason = f"died: {member.describe_failure()}"
