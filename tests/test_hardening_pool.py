@@ -436,3 +436,22 @@ def test_an_embedded_pool_probes_its_engine_off_the_event_loop(
     assert built_without_running
     assert len(count.read_text().splitlines()) == 1
     assert version and version[0].isdigit()
+
+
+def test_a_stale_socket_from_a_killed_daemon_is_replaced(tmp_path: Path) -> None:
+    from katapool.server.unix_endpoint import serve_unix
+
+    path = tmp_path / "sock" / "katapool.sock"
+    path.parent.mkdir(mode=0o700)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: what a SIGKILLed daemon leaves
+
+    async def go() -> bool:
+        server = await asyncio.wait_for(serve_unix(None, path), 30)  # type: ignore[arg-type]
+        listening = bool(server.sockets) and server.sockets[0].getsockname() == str(path)
+        server.close()
+        await server.wait_closed()
+        return listening
+
+    assert asyncio.run(go())

@@ -144,7 +144,7 @@ def test_healthz_and_other_models_answer_while_a_reload_probes_a_slow_engine(
     answered; the old daemon ran the probe on its event loop and answered nothing."""
     root = running.root
     (root / "hold").touch()
-    running.write_wrapper(1)  # a new build of the binary: its probe is not cached
+    running.write_wrapper(10)  # a new build of the binary: its probe is not cached
     result: dict[str, Any] = {}
     reload = threading.Thread(target=lambda: result.update(done=running.reload()))
     reload.start()
