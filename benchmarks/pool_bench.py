@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/pool_bench.py game        # one whole-game query, same comparison
     .venv/bin/python benchmarks/pool_bench.py ceiling     # router alone, with a fake instant engine
     .venv/bin/python benchmarks/pool_bench.py recovery    # SIGKILL to answers elsewhere
+    .venv/bin/python benchmarks/pool_bench.py failover    # SIGSTOP: detection to re-sent
 
 Real-engine benchmarks use the installed engine (`katapool engine install`) and
 `--model` (default: ../shared/models/g170-b6c96…).
@@ -313,19 +314,101 @@ def bench_recovery(args: argparse.Namespace) -> None:
         print(f"| {run + 1} | {n} | {resent * 1e3:.1f} | {first:.2f} | {last:.2f} |", flush=True)
 
 
+def bench_failover(args: argparse.Namespace) -> None:
+    """A member SIGSTOPped with queries on it (it ignores SIGTERM, as a process stuck in the
+    kernel does): time from the supervisor's verdict to the queries re-sent to the other
+    member. With ``--stuck-kill S`` its kill also takes S seconds (FAULT INJECTION: a process
+    in uninterruptible sleep cannot be reaped sooner), to show that re-routing does not wait
+    for it."""
+    import asyncio
+
+    from katapool.engine.probe import probe_version
+    from katapool.pool import Pool, PoolPolicy
+    from katapool.pool.launch import LaunchSpec, build_factories
+
+    async def once(run: int) -> tuple[int, float, float, float]:
+        info = probe_version(Path(katago_path()))
+        spec = LaunchSpec(info=info, model=args.model, members=2, preset="server")
+        policy = PoolPolicy(responsive_interval=0.2, responsive_deadline=0.5,
+                            functional_interval=3600, backoff_initial=0.1)
+        with tempfile.TemporaryDirectory() as tmp:
+            factories = build_factories(spec, Path(tmp))
+
+            def stuck_kill(slot: int, generation: int) -> Any:
+                member = factories[slot](slot, generation)
+                if slot == 0 and generation == 1 and args.stuck_kill:
+                    real_kill = member.kill
+
+                    async def kill() -> None:
+                        await asyncio.sleep(args.stuck_kill)
+                        await real_kill()
+                    member.kill = kill  # type: ignore[method-assign]
+                return member
+
+            pool = Pool([stuck_kill, stuck_kill], policy, version=info.version)
+            detected: list[float] = []
+            resent: list[float] = []
+            serve = pool.supervisor._serve
+
+            async def timed_serve(slot: Any, member: Any) -> Any:
+                reason = await serve(slot, member)
+                detected.append(time.perf_counter())
+                return reason
+
+            pool.supervisor._serve = timed_serve  # type: ignore[method-assign]
+            on_lost = pool.router.on_lost
+
+            def timed_on_lost(slot: Any, reason: str) -> None:
+                on_lost(slot, reason)
+                resent.append(time.perf_counter())
+
+            pool.router.on_lost = timed_on_lost  # type: ignore[method-assign]
+            finals: dict[str, float] = {}
+            async with pool:
+                await pool.supervisor.wait_until_all_settled()
+                victim = pool.supervisor.slots[0]
+                pid = getattr(victim.member, "pid", None)
+                assert pid is not None
+                s = pool.session(lambda m: finals.setdefault(m["id"], time.perf_counter())
+                                 if m.get("isDuringSearch") is False else None)
+                os.kill(pid, signal.SIGSTOP)
+                stopped = time.perf_counter()
+                for i, moves in enumerate(positions(args.n, seed=run)):
+                    s.submit(json.dumps(query(i, moves, args.visits)))
+                await pool.drain()
+                on_victim = pool.router.stats["rerouted"]
+            return (on_victim, resent[0] - detected[0], detected[0] - stopped,
+                    max(finals.values()) - stopped)
+
+    kill = f"takes {args.stuck_kill:g} s" if args.stuck_kill else "as is"
+    print(f"machine: {machine()}; {args.n} queries x {args.visits} visits over 2 members; "
+          f"member 0 SIGSTOPped, its kill {kill}; responsive check every 0.2 s, deadline 0.5 s")
+    print("| run | queries re-routed | detection to re-sent ms | SIGSTOP to detection s | "
+          "SIGSTOP to all answered s |")
+    print("|---|---|---|---|---|")
+    for run in range(args.runs):
+        n, resend, detect, done = asyncio.run(once(run))
+        print(f"| {run + 1} | {n} | {resend * 1e3:.2f} | {detect:.2f} | {done:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=["overhead", "throughput", "game", "ceiling", "recovery"])
+    ap.add_argument("which", choices=["overhead", "throughput", "game", "ceiling", "recovery",
+                                      "failover"])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("-n", type=int, default=None, help="number of queries")
     ap.add_argument("--visits", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--stuck-kill", type=float, default=0.0, metavar="S",
+                    help="failover: the stopped member's kill takes S seconds")
     args = ap.parse_args()
-    defaults = {"overhead": 200, "throughput": 40, "game": 1, "ceiling": 2000, "recovery": 4}
+    defaults = {"overhead": 200, "throughput": 40, "game": 1, "ceiling": 2000, "recovery": 4,
+                "failover": 4}
     args.n = args.n or defaults[args.which]
     {"overhead": bench_overhead, "throughput": bench_throughput, "game": bench_game,
-     "ceiling": bench_ceiling, "recovery": bench_recovery}[args.which](args)
+     "ceiling": bench_ceiling, "recovery": bench_recovery,
+     "failover": bench_failover}[args.which](args)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ models:
   main:
     path: {g170}
     members: 2
+    preset: {main_preset}
   tf:
     path: {tf}
     members: {tf_members}
@@ -71,15 +72,17 @@ class Daemon:
     def members(self, model: str) -> list[dict[str, Any]]:
         return next(m["members"] for m in self.status()["models"] if m["name"] == model)
 
-    def write_config(self, tf_members: int) -> None:
-        self.config.write_text(POOL_FILE.format(g170=G170, tf=TRANSFORMER, tf_members=tf_members))
+    def write_config(self, tf_members: int, main_preset: str = "server") -> None:
+        self.config.write_text(POOL_FILE.format(g170=G170, tf=TRANSFORMER, tf_members=tf_members,
+                                                main_preset=main_preset))
 
 
 @pytest.fixture(scope="module")
 def daemon(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("daemon")
     state, config = root / "state", root / "katapool.yaml"
-    config.write_text(POOL_FILE.format(g170=G170, tf=TRANSFORMER, tf_members=1))
+    config.write_text(POOL_FILE.format(g170=G170, tf=TRANSFORMER, tf_members=1,
+                                       main_preset="server"))
     with running_daemon(kp, root, "--config", str(config)) as started:
         state, sock = started.state, started.socket
         token = (state / "token").read_text().strip()
@@ -331,14 +334,14 @@ def test_disconnect_terminates_queries(daemon: Daemon) -> None:
 
 def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
     """100 queries in flight while `katapool reload` applies a changed pool file: "main"
-    restarts member by member, "tf" (resized 1 -> 2) moves to a new pool."""
+    (a new preset) restarts member by member, "tf" (resized 1 -> 2) moves to a new pool."""
     positions = _positions(50)
     before = {m["name"]: m["reloads"] for m in daemon.members("main")}
     # A broken file first: refused with its line; nothing changes.
     daemon.config.write_text("models:\n  main:\n    members: [\n")
     bad = daemon.cli("reload")
     assert bad.returncode != 0 and "katapool.yaml:4" in bad.stderr, bad.stderr
-    daemon.write_config(tf_members=2)
+    daemon.write_config(tf_members=2, main_preset="desktop")  # unchanged models keep running
 
     async def batch() -> tuple[dict[str, list[Any]], list[BaseException]]:
         answers: dict[str, list[Any]] = defaultdict(list)

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 from katapool import paths
@@ -115,8 +117,10 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
     out = await open_stdout(loop)
     first_start = {"on": True}
 
+    notes = StderrLines(sys.stderr.fileno())
+
     def say(line: str) -> None:
-        _write_stderr(safe_for_guis(line) + "\n")
+        notes.write(safe_for_guis(line) + "\n")
 
     def forward(line: str) -> None:
         # The first start's own messages (model loading, TensorRT builds) reach the GUI's
@@ -152,22 +156,72 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
         # The GUI sees stdout close as soon as the last answer is out (Sabaki and Lizzie wait
         # for it after `quit`); the engine is stopped after that.
         await out.close()
+        await notes.drain(5.0)
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         await bridge.close()
     return 0
 
 
-def _write_stderr(text: str) -> None:
-    """A whole line to stderr, even when the GUI merged stderr into a pipe that asyncio has
-    made non-blocking (Lizzie): retry instead of losing it."""
-    data = text.encode(errors="replace")
-    fd = sys.stderr.fileno()
-    deadline = time.monotonic() + 5
-    while data and time.monotonic() < deadline:
-        try:
-            data = data[os.write(fd, data):]
-        except BlockingIOError:
-            time.sleep(0.002)
-        except OSError:
+class StderrLines:
+    """Whole lines to stderr without blocking the event loop, even when the GUI merged stderr
+    into a pipe that asyncio has made non-blocking (Lizzie) and the pipe is full: what does
+    not fit waits here, in order, and goes out when the pipe has room. Each write is one
+    line of at most ``PIPE_BUF`` bytes, which a pipe takes whole or not at all, so a note
+    never splits a GTP line that shares the pipe."""
+
+    MAX_LINE = select.PIPE_BUF
+    MAX_PENDING = 1 << 20  # a GUI that never reads loses notes, not memory
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.dropped = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def write(self, text: str) -> None:
+        data = text.encode(errors="replace")
+        if len(data) > self.MAX_LINE:
+            data = data[:self.MAX_LINE - 4] + b"...\n"
+        if self.pending_bytes + len(data) > self.MAX_PENDING:
+            self.dropped += 1
             return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if len(self.pending) == 1 or self._loop is None:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                os.write(self.fd, self.pending[0])
+            except BlockingIOError:
+                self._watch()
+                return
+            except OSError:  # stderr closed: nobody to tell
+                self.pending.clear()
+                self.pending_bytes = 0
+                break
+            self.pending_bytes -= len(self.pending.popleft())
+        self._unwatch()
+
+    def _watch(self) -> None:
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                loop = asyncio.get_running_loop()
+                loop.add_writer(self.fd, self._flush)
+                self._loop = loop
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self.fd)
+            self._loop = None
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until what is pending is out."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            self._flush()
+            await asyncio.sleep(0.01)

@@ -21,6 +21,10 @@ from katapool.protocol.analysis import is_final
 
 _END = object()
 
+# `analyze` gives up after this long by default (seconds): far above any usual search, so
+# that a lost query or a pool that cannot start ends in an error rather than a hang.
+ANALYZE_TIMEOUT = 600.0
+
 
 class QueryError(KatapoolError):
     """KataGo (or katapool) refused a query; ``field`` names the offending field."""
@@ -198,11 +202,13 @@ class AsyncClient:
         return q
 
     async def analyze(self, position: Position, *, visits: int | None = None,
-                      timeout: float | None = None, model: str | None = None,
+                      timeout: float | None = ANALYZE_TIMEOUT, model: str | None = None,
                       ownership: bool = False, policy: bool = False,
                       **settings: Any) -> Analysis:
         """The final analysis of ``position``. ``settings`` go to KataGo's
-        ``overrideSettings`` (e.g. ``wideRootNoise=0.04``)."""
+        ``overrideSettings`` (e.g. ``wideRootNoise=0.04``). With no final result within
+        ``timeout`` seconds (default :data:`ANALYZE_TIMEOUT`; None waits for ever) the query
+        is terminated and :class:`AnalysisTimeout` raised."""
         query = self._query(position, visits, model, ownership, policy, settings)
         stream = AnalysisStream(self, query)
         try:

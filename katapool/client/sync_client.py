@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from katapool.client.async_client import AnalysisStream, AsyncClient
+from katapool.client.async_client import ANALYZE_TIMEOUT, AnalysisStream, AsyncClient
 from katapool.client.position import Position
 from katapool.client.results import Analysis
 from katapool.game.record import GameRecord
@@ -75,7 +75,8 @@ class Client:
             raise
 
     def analyze(self, position: Position, *, visits: int | None = None,
-                timeout: float | None = None, model: str | None = None, ownership: bool = False,
+                timeout: float | None = ANALYZE_TIMEOUT, model: str | None = None,
+                ownership: bool = False,
                 policy: bool = False, **settings: Any) -> Analysis:
         return self._call(self._async.analyze(position, visits=visits, timeout=timeout,
                                               model=model, ownership=ownership, policy=policy,

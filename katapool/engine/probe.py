@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from katapool.engine.backend import Backend
@@ -72,8 +72,37 @@ def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess
         raise EngineStartError(f"{path} {' '.join(args)} did not finish within {timeout:.0f} s") from None
 
 
+def binary_stamp(path: Path) -> tuple[str, int, int] | None:
+    """What identifies one build of a binary on disk: resolved path, size and mtime (None if
+    it cannot be read); a replaced or rebuilt engine gets a new stamp."""
+    try:
+        resolved = path.resolve()
+        st = resolved.stat()
+    except OSError:
+        return None
+    return str(resolved), st.st_size, st.st_mtime_ns
+
+
+# Answers of a binary that has not changed since: running it again costs seconds (a wrapper,
+# a slow disk, an AppImage) and tells nothing new. Only successes are kept.
+_version_cache: dict[tuple[str, int, int], EngineInfo] = {}
+_opencl_cache: dict[tuple[str, int, int], list[OpenCLDevice]] = {}
+
+
 def probe_version(path: Path, timeout: float = 60.0) -> EngineInfo:
-    """Run ``katago version``; a binary that cannot report one gets a diagnosis."""
+    """Run ``katago version`` (once per build of the binary: see :func:`binary_stamp`); a
+    binary that cannot report one gets a diagnosis."""
+    stamp = binary_stamp(path)
+    cached = _version_cache.get(stamp) if stamp else None
+    if cached is not None:
+        return cached if cached.path == path else replace(cached, path=path)
+    info = _run_version(path, timeout)
+    if stamp is not None and binary_stamp(path) == stamp:  # not replaced while it ran
+        _version_cache[stamp] = info
+    return info
+
+
+def _run_version(path: Path, timeout: float) -> EngineInfo:
     proc = run_engine(path, ["version"], timeout=timeout)
     text = proc.stdout + proc.stderr
     match = _VERSION_RE.search(text)
@@ -90,11 +119,23 @@ def probe_version(path: Path, timeout: float = 60.0) -> EngineInfo:
 
 
 def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0) -> list[OpenCLDevice]:
-    """The OpenCL devices exactly as KataGo enumerates them.
+    """The OpenCL devices exactly as KataGo enumerates them (asked once per build of the
+    binary, as :func:`probe_version`).
 
     KataGo's tuner prints every device it finds before it checks the requested index, so asking
     it to tune a device that cannot exist lists the devices and exits at once, without tuning.
     """
+    stamp = binary_stamp(path)
+    cached = _opencl_cache.get(stamp) if stamp else None
+    if cached is not None:
+        return list(cached)
+    devices = _run_opencl_listing(path, model, timeout)
+    if stamp is not None and binary_stamp(path) == stamp:
+        _opencl_cache[stamp] = list(devices)
+    return devices
+
+
+def _run_opencl_listing(path: Path, model: Path, timeout: float) -> list[OpenCLDevice]:
     with tempfile.TemporaryDirectory(prefix="katapool-devices-") as tmp:
         cfg = Path(tmp) / "probe.cfg"
         cfg.write_text(f"logDir = {tmp}/logs\nhomeDataDir = {tmp}/home\n")

@@ -133,6 +133,12 @@ class Launched:
     factories: list[MemberFactory]
     labels: list[str]
     cleanup: Callable[[], None]
+    sources: list[Path] = field(default_factory=list)  # the files its members run from
+
+
+def member_count(members: int, gpus: list[int] | None) -> int:
+    """How many members ``launch_from_options`` builds for these options."""
+    return members if not gpus or members > len(gpus) else len(gpus)
 
 
 def launch_from_options(*, model: str | Path | None = None, members: int = 1,
@@ -148,7 +154,7 @@ def launch_from_options(*, model: str | Path | None = None, members: int = 1,
     info = probe_version(resolved.path)
     model_path = resolve_model(model, resolved)
     human = resolve_model(human_model) if human_model else None
-    count = members if not gpus or members > len(gpus) else len(gpus)
+    count = member_count(members, gpus)
     spec = LaunchSpec(info=info, model=model_path, human_model=human, configs=list(configs or []),
                       overrides=list(overrides or []), analysis_threads=analysis_threads,
                       gpus=gpus, members=count, preset=preset, start_timeout=start_timeout,
@@ -159,5 +165,6 @@ def launch_from_options(*, model: str | Path | None = None, members: int = 1,
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    sources = [info.path, model_path, *([human] if human else []), *spec.configs]
     return Launched(info, factories, member_labels(spec),
-                    lambda: shutil.rmtree(run_dir, ignore_errors=True))
+                    lambda: shutil.rmtree(run_dir, ignore_errors=True), sources)

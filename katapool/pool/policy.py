@@ -33,6 +33,10 @@ class PoolPolicy(BaseModel):
     max_outstanding: int = Field(default=10_000, ge=1, description="queries in the pool before refusing")
     query_deadline: float | None = Field(default=None, gt=0, description="if set, any query "
                                          "still unfinished this long is terminated")
+    queue_timeout: float | None = Field(default=300.0, gt=0, description="a query that no "
+                                        "member could take this long (all still starting, "
+                                        "restarting after crashes) gets an error; None: no "
+                                        "limit")
     deadline_grace: float = Field(default=60.0, gt=0, description="a query with a time limit "
                                   "(overrideSettings.maxTime) is overdue this long after "
                                   "maxTime x its turns")

@@ -7,12 +7,21 @@ import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from katapool.engine.probe import binary_stamp
 from katapool.errors import EngineStartError
+from katapool.pool.member import Member
 from katapool.pool.policy import PoolPolicy
 from katapool.pool.router import Deliver, Router, Session
 from katapool.pool.supervisor import MemberFactory, Supervisor
+
+if TYPE_CHECKING:
+    from katapool.pool.launch import Launched
+
+
+def _unprepared(index: int, generation: int) -> Member:
+    raise RuntimeError("an embedded pool's members are built when it starts")
 
 
 class Pool:
@@ -35,6 +44,8 @@ class Pool:
             slot.label = label
         self._deadline_task: asyncio.Task[None] | None = None
         self._cleanup: list[Callable[[], None]] = []
+        self._prepare: Callable[[], Launched] | None = None
+        self._sources: dict[Path, tuple[str, int, int] | None] = {}
 
     @classmethod
     def embedded(cls, model: str | Path | None = None, *, members: int = 1,
@@ -45,26 +56,52 @@ class Pool:
         the given network (default: the engine's bundled one), configs generated per device
         (``batch``: threads spread over positions, for reviewing many positions at few visits).
         Use it with ``async with`` (or hand it to :class:`katapool.client.AsyncClient`)."""
-        from katapool.pool.launch import launch_from_options
+        from katapool.pool.launch import launch_from_options, member_count
 
-        launched = launch_from_options(model=model, members=members, gpus=gpus, preset=preset,
-                                       katago=katago, human_model=human_model,
-                                       start_timeout=(policy or PoolPolicy()).start_timeout,
-                                       batch=batch)
-        pool = cls(launched.factories, policy, version=launched.info.version,
-                   git_hash=launched.info.git_revision, labels=launched.labels)
-        pool.on_close(launched.cleanup)
+        # Finding the engine and devices runs processes (seconds): it happens in a worker
+        # thread when the pool starts, so that building one inside asyncio code blocks nothing.
+        pool = cls([_unprepared] * member_count(members, gpus), policy)
+        pool._prepare = functools.partial(
+            launch_from_options, model=model, members=members, gpus=gpus, preset=preset,
+            katago=katago, human_model=human_model,
+            start_timeout=(policy or PoolPolicy()).start_timeout, batch=batch)
         return pool
+
+    async def _prepared(self) -> None:
+        if self._prepare is None:
+            return
+        launched = await asyncio.to_thread(self._prepare)
+        self._prepare = None
+        self.router.version = launched.info.version
+        self.router.git_hash = launched.info.git_revision or ""
+        for slot, factory, label in zip(self.supervisor.slots, launched.factories,
+                                        launched.labels, strict=True):
+            slot.factory, slot.label = factory, label
+        self.on_close(launched.cleanup)
+        self.record_sources(launched.sources)
+
+    def record_sources(self, paths: list[Path]) -> None:
+        """Remember the files the members run from (engine, networks, configs) as they are
+        now, for :meth:`sources_changed`."""
+        self._sources = {p: binary_stamp(p) for p in paths}
+
+    def sources_changed(self) -> bool:
+        """Whether a file the members run from was replaced or edited since (blocking: it
+        reads the file system)."""
+        return any(binary_stamp(p) != stamp for p, stamp in self._sources.items())
 
     def on_close(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup`` (e.g. removing generated config files) when the pool closes."""
         self._cleanup.append(cleanup)
 
     def adopt_cleanup(self, other: Pool) -> None:
-        """After a reload to ``other``'s factories: drop this pool's old files, keep its."""
+        """After a reload to ``other``'s factories: drop this pool's old files, keep its (and
+        what it knows of its engine and source files)."""
         for cleanup in self._cleanup:
             cleanup()
         self._cleanup, other._cleanup = other._cleanup, []
+        self._sources = dict(other._sources)
+        self.router.version, self.router.git_hash = other.router.version, other.router.git_hash
 
     async def reload(self, factories: list[MemberFactory], drain_timeout: float | None = None) -> bool:
         """Rolling restart: members are replaced one at a time from ``factories`` (a new model
@@ -93,6 +130,7 @@ class Pool:
     async def start(self, wait: str = "any") -> None:
         """Start every member; return when one is ready (``wait="any"``), when all have
         settled (``"all"``), or at once (``"none"``)."""
+        await self._prepared()
         await self.supervisor.start()
         self._deadline_task = asyncio.create_task(self.router.watch_deadlines())
         if wait == "any" and not await self.supervisor.wait_until_any_ready():

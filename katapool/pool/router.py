@@ -111,6 +111,7 @@ class Flight:
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
     deadline: float | None = None  # monotonic time after which it is overdue
+    waiting_since: float | None = None  # queued for a member (none could take it) since
     wants_partials: bool = False
     partial_every: float = 0.0
     first_partial_after: float = 0.0
@@ -292,7 +293,10 @@ class Router:
             if flight not in self._waiting_set:
                 self.waiting.append(flight)
                 self._waiting_set.add(flight)
+            if flight.waiting_since is None:
+                flight.waiting_since = time.monotonic()
             return
+        flight.waiting_since = None
         for slot, chunk in plan:
             self._send_part(flight, slot, chunk)
 
@@ -547,6 +551,7 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            self._expire_waiting(now)
             flights = {flight for flight, _ in self.by_key.values()}
             for flight in flights:
                 if flight.kind == "action":
@@ -568,3 +573,22 @@ class Router:
                         self.supervisor.mark_unhealthy(
                             part.slot, f"stuck: query {flight.client_id} still unanswered "
                                        f"{self.policy.terminate_grace:g} s after terminate")
+
+    def _expire_waiting(self, now: float) -> None:
+        """Queries no member has taken (all starting, restarting or busy with a suspect) end
+        with an error once past their deadline or ``queue_timeout``: never a silent wait."""
+        limit = self.policy.queue_timeout
+        for flight in list(self.waiting):
+            if flight.waiting_since is None:
+                continue
+            if flight.deadline is not None and now > flight.deadline and not flight.parts:
+                why = f"its deadline passed after {now - flight.created:.0f} s"
+            elif limit is not None and now - flight.waiting_since > limit:
+                why = f"no engine member could take it within {limit:g} s"
+            else:
+                continue
+            states = ", ".join(f"{s.name} {s.state.value}" for s in self._slots())
+            log.warning("query %s expired while queued: %s (%s)", flight.client_id, why, states)
+            flight.session.deliver(error_response(
+                f"query not started: {why} (members: {states})", flight.client_id))
+            self._finish(flight)

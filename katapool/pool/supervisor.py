@@ -31,6 +31,10 @@ MemberFactory = Callable[[int, int], Member]  # (slot index, generation) -> a fr
 PLANNED_STOP = "replaced (reload)"  # the loss reason of a member stopped on purpose
 
 
+class InternalFault(str):
+    """A loss reason that is katapool's own fault (an exception in a reader or writer)."""
+
+
 class SlotState(StrEnum):
     STARTING = "starting"
     READY = "ready"
@@ -110,6 +114,7 @@ class Supervisor:
         self._probes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._probe_ids = itertools.count(1)
         self._closing = False
+        self._faults: dict[int, deque[float]] = {}  # katapool's own faults, per slot
         self.changed = asyncio.Condition()
 
     def factories(self) -> list[MemberFactory]:
@@ -146,6 +151,19 @@ class Supervisor:
         if recent == 0:
             return 0.0
         return float(min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (recent - 1)))
+
+    def _fault_backoff(self, slot: Slot) -> float:
+        """Delay before restarting after katapool's own fault: growing like the crash
+        backoff with the faults seen within ``crash_window``, but never failing the slot."""
+        now = time.monotonic()
+        faults = self._faults.setdefault(slot.index, deque())
+        faults.append(now)
+        while faults and now - faults[0] > self.policy.crash_window:
+            faults.popleft()
+        if len(faults) < 2:
+            return 0.0
+        return float(min(self.policy.backoff_max,
+                         self.policy.backoff_initial * 2 ** (len(faults) - 2)))
 
     def _record_death(self, slot: Slot, cause: str) -> bool:
         """Count a death; True if the slot may restart."""
@@ -193,11 +211,13 @@ class Supervisor:
                     await member.start()
             except MemberStartError as exc:
                 slot.member = None
+                if exc.permanent:  # queries waiting for it hear so before the cleanup
+                    await self._fail(slot, exc.cause)
+                    with contextlib.suppress(Exception):
+                        await member.kill()
+                    return
                 with contextlib.suppress(Exception):
                     await member.kill()
-                if exc.permanent:
-                    await self._fail(slot, exc.cause)
-                    return
                 if not self._record_death(slot, exc.cause):
                     await self._fail(slot, f"failed to start {len(slot.deaths)} times within "
                                            f"{self.policy.crash_window:.0f} s; last: {exc.cause}")
@@ -205,9 +225,10 @@ class Supervisor:
                 continue
             except Exception as exc:  # a bug or an OS failure outside the engine: report it
                 slot.member = None
+                log.error("%s could not start", slot.name, exc_info=exc)
+                await self._fail(slot, f"could not start: {exc.__class__.__name__}: {exc}")
                 with contextlib.suppress(Exception):
                     await member.kill()
-                await self._fail(slot, f"could not start: {exc.__class__.__name__}: {exc}")
                 return
             slot.state = SlotState.READY
             slot.draining = False
@@ -222,25 +243,40 @@ class Supervisor:
             reason = await self._serve(slot, member)
             if self._closing:
                 return
+            # Its queries move to the other members first; stopping it (a stuck process may
+            # take many seconds to die) comes after, but before its successor starts, so
+            # that two engines never hold one device's memory at once.
             if reason == "replaced":
                 # A planned replacement (reload): a clean stop, not a crash; anything it
                 # still held goes to the other members.
                 slot.state = SlotState.STARTING
                 slot.reloads += 1
+                self._tell(self.listener.on_lost, slot, PLANNED_STOP)
                 with contextlib.suppress(Exception):
                     await member.stop(self.policy.stop_grace)
-                self._tell(self.listener.on_lost, slot, PLANNED_STOP)
                 slot.member = None
                 await self._notify()
                 continue
             slot.state = SlotState.RESTARTING
             slot.restarts += 1
-            with contextlib.suppress(Exception):
-                await member.kill()
+            if isinstance(reason, InternalFault):
+                # katapool's own bug, not the engine's: restart the member (its pipes may be
+                # mid-line) but spend none of its crash budget on it.
+                log.warning("%s lost: %s", slot.name, reason)
+                self._tell(self.listener.on_lost, slot, str(reason))
+                with contextlib.suppress(Exception):
+                    await member.kill()
+                slot.last_cause = str(reason)
+                slot.member = None
+                await self._notify()
+                await asyncio.sleep(self._fault_backoff(slot))  # a bug that recurs: no spinning
+                continue
             if reason is None:
                 reason = f"died: {member.describe_failure()}"
             log.warning("%s lost: %s", slot.name, reason)
             self._tell(self.listener.on_lost, slot, reason)
+            with contextlib.suppress(Exception):
+                await member.kill()
             slot.member = None
             await self._notify()
             if not self._record_death(slot, reason):
@@ -248,7 +284,7 @@ class Supervisor:
                                        f"{self.policy.crash_window:.0f} s; last: {reason}")
                 return
 
-    async def _serve(self, slot: Slot, member: Member) -> str | None:
+    async def _serve(self, slot: Slot, member: Member) -> str | InternalFault | None:
         """Run the member until it is gone; the reason, or None if it simply died."""
         tasks = {
             asyncio.create_task(self._read(slot, member)): "reader",
@@ -274,8 +310,16 @@ class Supervisor:
             return slot.unhealthy_reason
         if kind == "replace":
             return "replaced"
-        if finished.cancelled() or finished.exception() is not None:
+        if finished.cancelled():
             return None
+        exc = finished.exception()
+        if exc is not None:
+            if isinstance(exc, EngineTerminatedError):
+                return None
+            log.error("%s: katapool's own fault in its %s task (a bug in katapool, not an "
+                      "engine failure)", slot.name, kind, exc_info=exc)
+            return InternalFault(f"katapool internal error in the {kind}: "
+                                 f"{exc.__class__.__name__}: {exc}")
         result = finished.result()
         return result if isinstance(result, str) else None
 

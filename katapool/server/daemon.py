@@ -24,7 +24,7 @@ from katapool.config.poolfile import ModelSpec, PoolFile, is_loopback, load_pool
 from katapool.errors import ConfigError, KatapoolError
 from katapool.pool import Pool
 from katapool.pool.launch import launch_from_options
-from katapool.server.hub import Hub
+from katapool.server.hub import Hub, pool_policy
 from katapool.server.metrics import Metrics
 from katapool.server.state import PidLock, StateDir, daemon_token, read_pid
 from katapool.server.unix_endpoint import serve_unix
@@ -51,6 +51,7 @@ class Daemon:
         self.web_address: str | None = None
         self.token_required = False
         self._reload_lock = asyncio.Lock()
+        self._next_file: PoolFile | None = None
 
     # --- building pools -------------------------------------------------------------------------
 
@@ -60,17 +61,20 @@ class Daemon:
         return path
 
     def build_pool(self, name: str, spec: ModelSpec) -> Pool:
+        """A model's pool, not started (blocking: it probes the engine and the devices; a
+        reload runs it in a worker thread)."""
+        file = self._next_file or self.file  # during a reload: the file being applied
         launched = launch_from_options(
             model=spec.path, members=spec.member_count(), gpus=spec.gpus, preset=spec.preset,
-            katago=self.file.engine, human_model=spec.human_model,
+            katago=file.engine, human_model=spec.human_model,
             configs=[Path(c).expanduser() for c in spec.configs],
             overrides=[f"{k}={_kv(v)}" for k, v in spec.overrides.items()],
-            analysis_threads=spec.analysis_threads, start_timeout=self.file.policy.start_timeout,
+            analysis_threads=spec.analysis_threads, start_timeout=file.policy.start_timeout,
             log_dir=self._log_dir(), log_prefix=f"{name}-")
-        policy = self.file.policy.model_copy(update={"max_outstanding": self.file.limits.max_queue})
-        pool = Pool(launched.factories, policy, version=launched.info.version,
+        pool = Pool(launched.factories, pool_policy(file), version=launched.info.version,
                     git_hash=launched.info.git_revision, labels=launched.labels)
         pool.on_close(launched.cleanup)
+        pool.record_sources(launched.sources)
         return pool
 
     # --- running --------------------------------------------------------------------------------
@@ -182,16 +186,21 @@ class Daemon:
         async with self._reload_lock:
             if self.hub.stopping:
                 raise KatapoolError("the daemon is stopping")
+            # Reading (or regenerating: device discovery) the file may block: off the loop.
             if self.file_path is not None:
-                new = load_pool_file(self.file_path)
+                new = await asyncio.to_thread(load_pool_file, self.file_path)
             elif self.regenerate is not None:
-                new = self.regenerate()
+                new = await asyncio.to_thread(self.regenerate)
             else:
                 new = self.file
             if new.listen != self.file.listen:
                 log.warning("reload: listen settings change only on restart")
             new = new.model_copy(update={"listen": self.file.listen, "log_dir": self.file.log_dir})
-            done = await self.hub.reload(new)
+            self._next_file = new
+            try:
+                done = await self.hub.reload(new)
+            finally:
+                self._next_file = None
             self.file = self.hub.file
             log.info("reloaded: %s", done)
             return done

@@ -101,8 +101,10 @@ class Hub:
     # --- reload -------------------------------------------------------------------------------
 
     async def reload(self, new_file: PoolFile) -> dict[str, str]:
-        """Apply a new pool file without dropping a query: a model whose member count is
-        unchanged gets a rolling restart; a new or resized one gets a fresh pool that takes
+        """Apply a new pool file without dropping a query: a model whose settings, engine
+        setting and files (engine binary, network, configs) are unchanged keeps running as it
+        is (only new policy values apply); a changed one whose member count is unchanged
+        gets a rolling restart; a new or resized one gets a fresh pool that takes
         new queries once ready, while the old one finishes its own; a removed one stops
         taking queries and closes when done. A model whose new members cannot start keeps
         serving as before (its entry in the result says why)."""
@@ -110,7 +112,15 @@ class Hub:
         self.limits = new_file.limits
         for name, spec in new_file.models.items():
             current = self.served.get(name)
-            fresh = self.build(name, spec)
+            if current is not None and current.spec == spec and new_file.engine == self.file.engine \
+                    and not await asyncio.to_thread(current.pool.sources_changed):
+                # Same settings, same files: a restart would only cost warm caches.
+                _apply_policy(current.pool, pool_policy(new_file))
+                done[name] = "unchanged"
+                continue
+            # Building probes the engine and the devices (seconds, up to minutes for a
+            # wrapper or a cold disk): off the event loop, which keeps serving meanwhile.
+            fresh = await asyncio.to_thread(self.build, name, spec)
             if current is not None and len(fresh.supervisor.slots) == len(current.pool.supervisor.slots):
                 _apply_policy(current.pool, fresh.policy)
                 try:
@@ -244,6 +254,11 @@ def _over_visit_limit(raw: dict[str, Any], limit: int) -> tuple[str, str] | None
             return where.split(".")[-1], (f"{where} {number:g} is over this server's limit of "
                                           f"{limit} visits per query")
     return None
+
+
+def pool_policy(pool_file: PoolFile) -> PoolPolicy:
+    """The policy of a pool file's pools: its own, with the queue limit from ``limits``."""
+    return pool_file.policy.model_copy(update={"max_outstanding": pool_file.limits.max_queue})
 
 
 def _apply_policy(pool: Pool, policy: PoolPolicy) -> None:

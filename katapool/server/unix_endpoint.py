@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import select
-import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,9 @@ async def serve_unix(hub: Hub, path: Path) -> asyncio.Server:
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise KatapoolError(f"{path} exists and is not a socket: not replacing it")
-        try:  # live: another daemon answers there
-            probe = socket.socket(socket.AF_UNIX)
-            probe.settimeout(1)
-            probe.connect(str(path))
-            probe.close()
+        if await _someone_listens(path):
             raise KatapoolError(f"another katapool daemon is listening on {path}")
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # stale, from a daemon that was killed
+        path.unlink(missing_ok=True)  # stale, from a daemon that was killed
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _serve_connection(hub, reader, writer)
@@ -47,6 +41,21 @@ async def serve_unix(hub: Hub, path: Path) -> asyncio.Server:
         os.umask(old)
     os.chmod(path, 0o600)
     return server
+
+
+async def _someone_listens(path: Path, timeout: float = 1.0) -> bool:
+    """Whether a live server accepts on ``path``: asked without blocking the event loop (a
+    listener that is alive but too busy to accept counts as live)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except TimeoutError:
+        return True
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
 
 
 async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
