@@ -63,7 +63,8 @@ def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def _stderr_handler(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3,
+                                                   delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     return handler
 
@@ -157,21 +158,32 @@ class EngineProcess:
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
-        while True:
-            try:
-                raw = await self._proc.stderr.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            self.stderr_tail.append(line)
-            if self._stderr_log:
-                self._stderr_log.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
-            if self._on_stderr:
-                self._on_stderr(line)
-            if self.ready_marker and self.ready_marker in line:
-                self._ready.set()
+        try:
+            while True:
+                try:
+                    raw = await self._proc.stderr.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    continue
+                if not raw:
+                    return
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                self.stderr_tail.append(line)
+                if self._stderr_log:
+                    self._stderr_log.emit(logging.makeLogRecord({"msg": line,
+                                                                 "levelno": logging.INFO}))
+                if self._on_stderr:
+                    self._on_stderr(line)
+                if self.ready_marker and self.ready_marker in line:
+                    self._ready.set()
+        finally:
+            # Nothing else writes the log: release its file as soon as the engine's stderr
+            # ends, whether or not anyone calls close() (a killed and replaced engine).
+            self._close_log()
+
+    def _close_log(self) -> None:
+        handler, self._stderr_log = self._stderr_log, None
+        if handler is not None:
+            handler.close()
 
     async def _finish_stderr(self) -> None:
         if self._stderr_task:
@@ -192,6 +204,13 @@ class EngineProcess:
         if self.alive and self._proc is not None and self._proc.stdin is not None \
                 and not self._proc.stdin.is_closing():
             self._proc.stdin.write(line.encode() + b"\n")
+
+    def input_buffered(self) -> int:
+        """Bytes queued for the engine's stdin that the pipe could not take yet."""
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is None or stdin.transport.is_closing():
+            return 0
+        return stdin.transport.get_write_buffer_size()
 
     async def read_line(self) -> str | None:
         """The next stdout line, or None at end of output (the process exited)."""
@@ -238,8 +257,7 @@ class EngineProcess:
         await self._finish_stderr()
         if self._stderr_task and not self._stderr_task.done():
             self._stderr_task.cancel()
-        if self._stderr_log:
-            self._stderr_log.close()
+        self._close_log()
         return self._proc.returncode
 
     async def __aenter__(self) -> EngineProcess:
