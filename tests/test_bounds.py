@@ -4,17 +4,20 @@ that peer (and only that peer) gets an error or is cut off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from pool_helpers import Collector, make_pool, member_pids, wait_for
 
+from conftest import Katapool
 from katapool.engine.process import EngineProcess
 from katapool.gtp.bridge import BridgeOptions, GtpBridge
-from pool_helpers import wait_for
+from katapool.pool import PoolPolicy
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -71,3 +74,54 @@ def test_gtp_restarts_release_every_file(tmp_path: Path) -> None:
     assert b"=7 \n\n" in out
     assert "GTP ready" in log.read_text()
     assert len(engines) == 104
+
+
+@pytest.fixture
+def pool_env(kp: Katapool, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("KATAPOOL_DATA_DIR", str(kp.data_dir))
+    monkeypatch.delenv("KATAPOOL_KATAGO", raising=False)
+    yield kp.data_dir
+
+
+def _long_game() -> list[list[str]]:
+    """152 legal moves: every other row filled, colours alternating (no captures)."""
+    cols = "ABCDEFGHJKLMNOPQRST"
+    points = [f"{c}{row}" for row in range(1, 17, 2) for c in cols]
+    return [["B" if i % 2 == 0 else "W", p] for i, p in enumerate(points)]
+
+
+@pytest.mark.engine
+def test_member_that_reads_nothing_is_replaced_and_loses_no_query(pool_env: Path,
+                                                                  tmp_path: Path) -> None:
+    """A member stopped (SIGSTOP) while queries pour in: its unread input passes the backlog
+    bound, so it is restarted and its queries go to the other member; every query is answered
+    once. Health checks are set far off, so only the bound can notice."""
+    moves = _long_game()
+    count = 300
+
+    async def go() -> tuple[Collector, dict[str, int], dict[str, int]]:
+        c = Collector()
+        policy = PoolPolicy(responsive_interval=3600, functional_interval=3600)
+        async with make_pool(tmp_path, members=2, policy=policy) as pool:
+            for slot in pool.supervisor.slots:
+                slot.input_backlog_max = 64 << 10
+            stopped = member_pids(pool)[0]
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                session = pool.session(c)
+                for i in range(count):
+                    session.submit(json.dumps({"id": f"q{i}", "moves": moves, "rules": "chinese",
+                                               "komi": 7.5, "boardXSize": 19, "boardYSize": 19,
+                                               "maxVisits": 1}))
+                await asyncio.wait_for(pool.drain(), 300)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGCONT)
+            causes = pool.supervisor.slots[0].restart_causes
+            return c, dict(causes), dict(pool.router.stats)
+
+    c, causes, stats = asyncio.run(go())
+    assert causes == {"backlog": 1}
+    assert stats["rerouted"] >= 1
+    for i in range(count):
+        assert len(c.finals(f"q{i}")) == 1, c.by_id[f"q{i}"]
