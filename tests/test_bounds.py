@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from pool_helpers import Collector, make_pool, member_pids, wait_for
 
-from conftest import Katapool
+from conftest import G170, Katapool
+from katapool.engine.analysis import ORPHANS_KEPT, AnalysisEngine
 from katapool.engine.process import EngineProcess
 from katapool.gtp.bridge import BridgeOptions, GtpBridge
 from katapool.pool import PoolPolicy
@@ -125,3 +126,31 @@ def test_member_that_reads_nothing_is_replaced_and_loses_no_query(pool_env: Path
     assert stats["rerouted"] >= 1
     for i in range(count):
         assert len(c.finals(f"q{i}")) == 1, c.by_id[f"q{i}"]
+
+
+@pytest.mark.engine
+def test_analysis_engine_keeps_only_the_latest_orphans(kp: Katapool, katago: Path,
+                                                      tmp_path: Path) -> None:
+    """Answers nobody waits for (here: the real engine answering ids sent behind the object's
+    back) are counted, and only the latest few kept."""
+    cfg = tmp_path / "a.cfg"
+    kp.run("config", "generate", "--mode", "analysis", "--model", str(G170),
+           "--set", f"logDir={tmp_path / 'logs'}", "-o", str(cfg), check=True)
+    sent = ORPHANS_KEPT * 3
+
+    async def go() -> tuple[int, list[str]]:
+        async with AnalysisEngine(katago, cfg, G170) as engine:
+            for i in range(sent):
+                await engine.process.send_line(json.dumps({"id": f"stray{i}",
+                                                           "action": "query_version"}))
+            await wait_for(lambda: engine.orphan_count >= sent, 120, "the stray answers")
+            # The object still works for its own queries.
+            [answer] = await engine.request({"id": "mine", "moves": [], "rules": "chinese",
+                                             "komi": 7.5, "boardXSize": 9, "boardYSize": 9,
+                                             "maxVisits": 1})
+            assert answer["id"] == "mine"
+            return engine.orphan_count, [str(o.get("id")) for o in engine.orphans]
+
+    count, kept = asyncio.run(go())
+    assert count == sent
+    assert kept == [f"stray{i}" for i in range(sent - ORPHANS_KEPT, sent)]
