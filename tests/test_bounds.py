@@ -8,6 +8,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from pool_helpers import Collector, make_pool, member_pids, wait_for
 
 from conftest import G170, Katapool
+from katapool.cli.stdio import STDOUT_MAX_UNREAD, _PipeWriter, _StdoutWriter
 from katapool.engine.analysis import ORPHANS_KEPT, AnalysisEngine
 from katapool.engine.process import EngineProcess
 from katapool.gtp.bridge import BridgeOptions, GtpBridge
@@ -154,3 +158,84 @@ def test_analysis_engine_keeps_only_the_latest_orphans(kp: Katapool, katago: Pat
     count, kept = asyncio.run(go())
     assert count == sent
     assert kept == [f"stray{i}" for i in range(sent - ORPHANS_KEPT, sent)]
+
+
+def test_stdout_pipe_writer_stops_at_its_bound() -> None:
+    """`katapool analysis`/`gtp` stdout on a pipe nobody reads: past the bound the writer stops
+    holding answers and says so, once."""
+    read_end, write_end = os.pipe()
+
+    async def go() -> tuple[list[str], int, bool]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol,
+                                                     os.fdopen(write_end, "wb", buffering=0))
+        calls: list[str] = []
+        writer = _PipeWriter(transport, lambda: calls.append("stalled"), limit=1 << 20)
+        line = {"id": "x" * 1000}
+        for _ in range(5000):  # 5 MB, five times the bound
+            writer.write(line)
+        held = transport.get_write_buffer_size()
+        await writer.close()  # returns at once: the reader is gone
+        return calls, held, transport.is_closing()
+
+    try:
+        calls, held, closed = asyncio.run(go())
+    finally:
+        os.close(read_end)
+    assert calls == ["stalled"]
+    assert held <= 1 << 20
+    assert closed
+
+
+def test_stdout_thread_writer_stops_at_its_bound() -> None:
+    """The same for the writer thread (stdout that asyncio cannot watch, e.g. a file)."""
+    read_end, write_end = os.pipe()
+
+    async def go() -> tuple[list[str], bool]:
+        calls: list[str] = []
+        writer = _StdoutWriter(lambda: calls.append("stalled"), limit=1 << 20, fd=write_end)
+        for _ in range(5000):
+            writer.write({"id": "x" * 1000})
+        stalled = writer.stalled
+        await writer.close()
+        return calls, stalled
+
+    try:
+        calls, stalled = asyncio.run(go())
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert calls == ["stalled"]
+    assert stalled
+
+
+@pytest.mark.engine
+def test_analysis_command_stops_when_its_reader_stops_reading(kp: Katapool) -> None:
+    """The real `katapool analysis` with a reader that never reads: it holds at most
+    STDOUT_MAX_UNREAD of answers, says why on stderr and exits 1 (on the old code it grew
+    without end). query_version is answered by katapool itself, so the answers pile up fast."""
+    big_id = "v" * 60_000
+    lines = STDOUT_MAX_UNREAD // len(big_id) + 200
+    proc = subprocess.Popen([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                             "--members", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=kp.env)
+    assert proc.stdin is not None and proc.stderr is not None
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            for i in range(lines):
+                proc.stdin.write(json.dumps({"id": f"{big_id}{i}",  # type: ignore[union-attr]
+                                             "action": "query_version"}).encode() + b"\n")
+            proc.stdin.close()  # type: ignore[union-attr]
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        code = proc.wait(timeout=300)
+        err = proc.stderr.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert code == 1, err
+    assert "stopped reading" in err

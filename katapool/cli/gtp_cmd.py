@@ -109,7 +109,8 @@ def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human:
 async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info: EngineInfo,
                  model: Path) -> int:
     loop = asyncio.get_running_loop()
-    out = await open_stdout(loop)
+    # A GUI that stops reading its answers ends the session (only the bridge writes stdout).
+    out = await open_stdout(loop, on_stalled=lambda: bridge.finished.set())
     first_start = {"on": True}
 
     def say(line: str) -> None:
@@ -152,7 +153,7 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         await bridge.close()
-    return 0
+    return 1 if out.stalled else 0
 
 
 def _write_stderr(text: str) -> None:
