@@ -203,7 +203,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     outcomes = status.get("outcomes") or {}
     if outcomes:
         out.print("  responses: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
+    for line in router_lines(status):
+        out.print(f"  {line}")
     return 0
+
+
+def router_lines(status: dict[str, Any]) -> list[str]:
+    """What each model's router knows, as short lines: its queue and what went wrong."""
+    lines = []
+    for model in status.get("models", []):
+        stats = model.get("router") or {}
+        waiting = model.get("oldest_waiting_s")
+        oldest = model.get("oldest_query_s")
+        lines.append(
+            f"{model['name']}: {model.get('queue', 0)} queries in flight"
+            + (f" (oldest {oldest:g} s)" if oldest is not None else "")
+            + f", {model.get('waiting', 0)} waiting"
+            + (f" (oldest {waiting:g} s)" if waiting is not None else "")
+            + f"; re-routed {stats.get('rerouted', 0)} queries ({stats.get('rerouted_turns', 0)}"
+            f" turns), quarantined {stats.get('quarantined', 0)}, duplicates dropped "
+            f"{stats.get('duplicates_dropped', 0)}")
+        for member in model.get("members", []):
+            causes = member.get("restart_causes") or {}
+            garbage = member.get("garbage_lines") or 0
+            if causes or garbage:
+                text = ", ".join(f"{c} {n}" for c, n in sorted(causes.items())) or "none"
+                lines.append(f"{model['name']}/{member['name']}: restarts by cause: {text}; "
+                             f"garbage engine lines {garbage}")
+    return lines
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -150,8 +150,8 @@ class Router:
         self._session_idle: dict[int, asyncio.Event] = {}
         self._clears: dict[str, tuple[Session, dict[str, Any], set[int]]] = {}
         self._failed_reason: str | None = None
-        self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "quarantined": 0,
-                      "duplicates_dropped": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "rerouted_turns": 0,
+                      "quarantined": 0, "duplicates_dropped": 0}
 
     # --- callers ---------------------------------------------------------------------------
 
@@ -417,6 +417,15 @@ class Router:
         flight.delivered_visits[turn] = visits
         deliver(msg)
 
+    def oldest_ages(self) -> tuple[float | None, float | None]:
+        """Seconds since the oldest waiting query and the oldest unfinished one came in."""
+        now = time.monotonic()
+        flights = {f for f, _ in self.by_key.values()} | self._waiting_set
+        waiting = min((f.created for f in self._waiting_set), default=None)
+        oldest = min((f.created for f in flights), default=None)
+        return (None if waiting is None else now - waiting,
+                None if oldest is None else now - oldest)
+
     def parts_on(self, slot: Slot) -> int:
         return self._on_slot.get(slot.index, 0)
 
@@ -440,6 +449,7 @@ class Router:
             if part.slot is slot:
                 hit.setdefault(flight, []).append(part)
         for flight, parts in hit.items():
+            self.stats["rerouted_turns"] += sum(len(p.open_turns) for p in parts)
             for part in parts:
                 self._release_part(flight, part)
             self.stats["rerouted"] += 1

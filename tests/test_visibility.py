@@ -1,0 +1,165 @@
+"""What the router knows is visible: /metrics and `katapool status` show re-routed turns,
+restarts by cause and the queue; KataGo's per-query warnings reach the Python client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import G170, SAMPLE_SGF, Katapool
+from katapool.client import Client
+from katapool.server import control
+
+POOL_FILE = """\
+models:
+  main:
+    path: {g170}
+    members: 2
+listen:
+  websocket: 127.0.0.1:0
+policy:
+  crash_budget: 20
+"""
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    state: Path
+    socket: Path
+    http: str
+    kp: Katapool
+
+    def status(self) -> dict[str, Any]:
+        return control.request(self.socket, "katapool_status")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.http + "metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+
+def start_daemon(kp: Katapool, root: Path, pool_file: str) -> Daemon:
+    """`katapool start` as a user runs it; returns once every member is ready."""
+    state, config = root / "state", root / "katapool.yaml"
+    config.write_text(pool_file)
+    log = open(root / "daemon.out", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "katapool", "start", "--config", str(config),
+                             "--state-dir", str(state), "--no-dashboard"],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            env=kp.env)
+    log.close()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / "daemon.out").read_text()
+        recorded = state / "socket"
+        if recorded.exists():
+            sock = Path(recorded.read_text().strip())
+            try:
+                status = control.request(sock, "katapool_status", timeout=5)
+            except Exception:
+                status = {}
+            members = [m for model in status.get("models", []) for m in model["members"]]
+            if members and all(m["state"] == "ready" for m in members):
+                http = next((a for a in status["addresses"] if a.startswith("http://")
+                             and a.endswith("/healthz")), "").removesuffix("healthz")
+                return Daemon(proc, state, sock, http, kp)
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("daemon not ready:\n" + (root / "daemon.out").read_text())
+
+
+def stop_daemon(daemon: Daemon) -> None:
+    if daemon.proc.poll() is None:
+        daemon.kp.run("stop", "--state-dir", str(daemon.state), timeout=120)
+        try:
+            daemon.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def daemon(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    handle = start_daemon(kp, tmp_path_factory.mktemp("visible"), POOL_FILE.format(g170=G170))
+    yield handle
+    stop_daemon(handle)
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    """One sample's value from the Prometheus text, or None if absent."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name):line.index("}")]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.engine
+def test_metrics_show_rerouted_turns_after_a_member_is_killed(daemon: Daemon) -> None:
+    """BAR: a member SIGKILLed while a whole game is being analysed: every turn still gets its
+    one result, and /metrics (and `katapool status`) show the turns that were re-routed and
+    the restart, with its cause."""
+    before = _metric(daemon.metrics(), "katapool_rerouted_turns_total", model="main") or 0.0
+    wanted = list(range(30))
+    got: list[int] = []
+    failures: list[BaseException] = []
+
+    def analyse() -> None:
+        try:
+            with Client.connect(f"unix:{daemon.socket}") as client:
+                got.extend(a.turn_number for a in client.analyze_game(SAMPLE_SGF, visits=8,
+                                                                      turns=wanted))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    worker = threading.Thread(target=analyse)
+    worker.start()
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        busy = [m for m in daemon.status()["models"][0]["members"]
+                if m["in_flight"] and m["pid"] and m["state"] == "ready"]
+        if busy and got:  # under load: results are coming out, work is still in flight
+            victim = busy[0]
+        else:
+            time.sleep(0.05)
+    assert victim is not None, "the game never loaded a member"
+    os.kill(victim["pid"], signal.SIGKILL)
+    worker.join(600)
+    assert not worker.is_alive() and not failures, failures
+    assert got == wanted  # nothing lost, nothing twice
+
+    text = daemon.metrics()
+    rerouted = _metric(text, "katapool_rerouted_turns_total", model="main")
+    assert rerouted is not None and rerouted > before, text
+    assert (_metric(text, "katapool_rerouted_queries_total", model="main") or 0) >= 1
+    died = _metric(text, "katapool_member_restarts_by_cause_total", model="main",
+                   member=victim["name"], cause="died")
+    assert died is not None and died >= 1, text
+    for name in ("katapool_quarantined_queries_total", "katapool_duplicates_dropped_total",
+                 "katapool_engine_garbage_lines_total", "katapool_oldest_waiting_seconds",
+                 "katapool_oldest_query_seconds"):
+        assert _metric(text, name, model="main") is not None, name
+
+    shown = daemon.kp.run("status", "--state-dir", str(daemon.state), check=True).stdout
+    assert "re-routed" in shown and "restarts by cause: died" in shown, shown
+    raw = json.loads(daemon.kp.run("status", "--json", "--state-dir", str(daemon.state),
+                                   check=True).stdout)
+    model = raw["models"][0]
+    assert model["router"]["rerouted_turns"] == rerouted
+    member = next(m for m in model["members"] if m["name"] == victim["name"])
+    assert member["restart_causes"].get("died", 0) >= 1
