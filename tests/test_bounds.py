@@ -8,13 +8,18 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import websocket
+from daemon_helpers import Daemon, start_daemon, stop_daemon
 from pool_helpers import Collector, make_pool, member_pids, wait_for
 
 from conftest import G170, Katapool
@@ -239,3 +244,108 @@ def test_analysis_command_stops_when_its_reader_stops_reading(kp: Katapool) -> N
         proc.wait()
     assert code == 1, err
     assert "stopped reading" in err
+
+
+BOUNDED_POOL = """\
+models:
+  main:
+    path: {g170}
+    members: 1
+listen:
+  websocket: 127.0.0.1:0
+limits:
+  max_connections: 3
+  max_unread_bytes: 1048576
+"""
+
+
+@pytest.fixture(scope="module")
+def bounded_daemon(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    handle = start_daemon(kp, tmp_path_factory.mktemp("bounded"), BOUNDED_POOL.format(g170=G170))
+    yield handle
+    stop_daemon(handle)
+
+
+def _unix(daemon: Daemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(str(daemon.socket))
+    return s
+
+
+def _ask(s: socket.socket, query: dict[str, Any]) -> dict[str, Any]:
+    s.sendall(json.dumps(query).encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return dict(json.loads(data.splitlines()[0]))
+
+
+def _connections(daemon: Daemon) -> int:
+    return int(daemon.status()["connections"]) - 1  # less the status request's own
+
+
+@pytest.mark.engine
+def test_connections_over_the_limit_get_an_error_and_others_keep_working(
+        bounded_daemon: Daemon) -> None:
+    """limits.max_connections 3: a fourth client (Unix socket or WebSocket) is told why and
+    closed; the three keep working, and `katapool status` (a control request) still passes."""
+    d = bounded_daemon
+    held = [_unix(d) for _ in range(3)]
+    try:
+        for i, s in enumerate(held):
+            assert _ask(s, {"id": f"v{i}", "action": "query_version"})["id"] == f"v{i}"
+        extra = _unix(d)
+        answer = _ask(extra, {"id": "late", "action": "query_version"})
+        assert answer["id"] == "late" and "too many connections" in answer["error"]
+        assert "limits.max_connections" in answer["error"]
+        assert extra.recv(1) == b""  # and closed
+        extra.close()
+        ws = websocket.create_connection(d.http.replace("http://", "ws://"), timeout=30)
+        refused = json.loads(ws.recv())
+        assert "too many connections" in refused["error"]
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2]) == 1013
+        ws.close()
+        assert d.kp.run("status", "--state-dir", str(d.state), check=True).returncode == 0
+        for i, s in enumerate(held):  # the three were not disturbed
+            assert _ask(s, {"id": f"w{i}", "action": "query_version"})["id"] == f"w{i}"
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: _connections(d) == 0, 30, "the held connections to close")
+    s = _unix(d)
+    assert "error" not in _ask(s, {"id": "again", "action": "query_version"})
+    s.close()
+
+
+@pytest.mark.engine
+def test_client_that_reads_nothing_is_disconnected_alone(bounded_daemon: Daemon) -> None:
+    """A client sends queries and never reads: past limits.max_unread_bytes (1 MB here) of
+    held answers it is disconnected; a client beside it is answered as usual."""
+    d = bounded_daemon
+    wait_until(lambda: _connections(d) == 0, 30, "earlier connections to close")
+    bystander = _unix(d)
+    silent = _unix(d)
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    big_id = "u" * 60_000
+    with contextlib.suppress(OSError):  # the daemon cuts it off mid-way
+        for i in range(200):  # 12 MB of answers asked for
+            silent.sendall(json.dumps({"id": f"{big_id}{i}",
+                                       "action": "query_version"}).encode() + b"\n")
+    wait_until(lambda: _connections(d) == 1, 60, "the silent client to be disconnected")
+    answer = _ask(bystander, {"id": "b", "moves": [], "rules": "chinese", "komi": 7.5,
+                              "boardXSize": 9, "boardYSize": 9, "maxVisits": 2})
+    assert answer["id"] == "b" and answer["isDuringSearch"] is False
+    bystander.close()
+    silent.close()
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.1)

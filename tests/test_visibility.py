@@ -7,21 +7,15 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
+from daemon_helpers import Daemon, start_daemon, stop_daemon
 
 from conftest import G170, SAMPLE_SGF, Katapool
 from katapool.client import Client
-from katapool.server import control
 
 POOL_FILE = """\
 models:
@@ -33,61 +27,6 @@ listen:
 policy:
   crash_budget: 20
 """
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    state: Path
-    socket: Path
-    http: str
-    kp: Katapool
-
-    def status(self) -> dict[str, Any]:
-        return control.request(self.socket, "katapool_status")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.http + "metrics", timeout=10) as r:
-            return str(r.read().decode())
-
-
-def start_daemon(kp: Katapool, root: Path, pool_file: str) -> Daemon:
-    """`katapool start` as a user runs it; returns once every member is ready."""
-    state, config = root / "state", root / "katapool.yaml"
-    config.write_text(pool_file)
-    log = open(root / "daemon.out", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "katapool", "start", "--config", str(config),
-                             "--state-dir", str(state), "--no-dashboard"],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env=kp.env)
-    log.close()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "daemon.out").read_text()
-        recorded = state / "socket"
-        if recorded.exists():
-            sock = Path(recorded.read_text().strip())
-            try:
-                status = control.request(sock, "katapool_status", timeout=5)
-            except Exception:
-                status = {}
-            members = [m for model in status.get("models", []) for m in model["members"]]
-            if members and all(m["state"] == "ready" for m in members):
-                http = next((a for a in status["addresses"] if a.startswith("http://")
-                             and a.endswith("/healthz")), "").removesuffix("healthz")
-                return Daemon(proc, state, sock, http, kp)
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("daemon not ready:\n" + (root / "daemon.out").read_text())
-
-
-def stop_daemon(daemon: Daemon) -> None:
-    if daemon.proc.poll() is None:
-        daemon.kp.run("stop", "--state-dir", str(daemon.state), timeout=120)
-        try:
-            daemon.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.proc.kill()
 
 
 @pytest.fixture(scope="module")
