@@ -3,6 +3,7 @@ restarts by cause and the queue; KataGo's per-query warnings reach the Python cl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -10,12 +11,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, start_daemon, stop_daemon
 
 from conftest import G170, SAMPLE_SGF, Katapool
-from katapool.client import Client
+from katapool.client import AsyncClient, Client, Position
 
 POOL_FILE = """\
 models:
@@ -102,3 +104,35 @@ def test_metrics_show_rerouted_turns_after_a_member_is_killed(daemon: Daemon) ->
     assert model["router"]["rerouted_turns"] == rerouted
     member = next(m for m in model["members"] if m["name"] == victim["name"])
     assert member["restart_causes"].get("died", 0) >= 1
+
+
+@pytest.mark.engine
+def test_katago_warnings_reach_the_python_client(daemon: Daemon) -> None:
+    """A mistyped setting is noticed: KataGo's per-query warnings come through the daemon to
+    the client, on every result (and on the stream), each once, even when the query is split
+    over both members; a raw request sees every warning KataGo gave."""
+    position = Position.from_moves(["Q16", "D4"])
+    with Client.connect(f"unix:{daemon.socket}") as client:
+        result = client.analyze(position, visits=2, timeout=120, wideRootNoize=0.04)
+        assert [(w.field, "wideRootNoize" in w.message) for w in result.warnings] == \
+            [("overrideSettings", True)]
+        assert "warnings" not in result.raw()  # KataGo's response stays KataGo's
+
+        game = list(client.analyze_game(SAMPLE_SGF, visits=2, turns=list(range(10)),
+                                        wideRootNoize=0.04))
+        assert [a.turn_number for a in game] == list(range(10))
+        for a in game:
+            assert [w.field for w in a.warnings] == ["overrideSettings"]
+
+        with client.analyze_stream(position, visits=2, every=0.1, wideRootNoize=0.04) as stream:
+            last = list(stream)[-1]
+        assert not last.is_during_search and len(last.warnings) == 1
+
+    async def raw() -> list[dict[str, Any]]:
+        async with await AsyncClient.connect(f"unix:{daemon.socket}") as client:
+            query = {**position.query(), "maxVisits": 2, "foo": 1, "analyzeTurns": list(range(3)),
+                     "overrideSettings": {"wideRootNoize": 0.04}}
+            return [m async for m in client.request(query) if "warning" in m]
+
+    warnings = asyncio.run(raw())
+    assert sorted(str(w.get("field")) for w in warnings) == ["foo", "overrideSettings"]

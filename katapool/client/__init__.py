@@ -8,7 +8,7 @@
 
 from katapool.client.async_client import AnalysisStream, AnalysisTimeout, AsyncClient, QueryError
 from katapool.client.position import Position, handicap_stones
-from katapool.client.results import Analysis, MoveInfo, RootInfo
+from katapool.client.results import Analysis, MoveInfo, QueryWarning, RootInfo
 from katapool.client.sync_client import Client, SyncAnalysisStream
 from katapool.client.transport import ConnectionLost
 
@@ -19,5 +19,5 @@ def connect(address: str | None = None, *, token: str | None = None) -> Client:
 
 
 __all__ = ["Analysis", "AnalysisStream", "AnalysisTimeout", "AsyncClient", "Client",
-           "ConnectionLost", "MoveInfo", "Position", "QueryError", "RootInfo",
+           "ConnectionLost", "MoveInfo", "Position", "QueryError", "QueryWarning", "RootInfo",
            "SyncAnalysisStream", "connect", "handicap_stones"]

@@ -107,7 +107,7 @@ class Flight:
     parts: list[Part] = field(default_factory=list)
     attempts: int = 0
     deaths: int = 0
-    warned: bool = False
+    warnings_seen: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
     deadline: float | None = None  # monotonic time after which it is overdue
@@ -381,8 +381,10 @@ class Router:
             return
         turn = msg.get("turnNumber")
         if not isinstance(turn, int):
-            if not flight.warned:  # warnings about the query come once, not per part
-                flight.warned = True
+            # Each warning about the query comes once, not once per part it was split into.
+            seen = json.dumps({k: v for k, v in msg.items() if k != "id"}, sort_keys=True)
+            if seen not in flight.warnings_seen:
+                flight.warnings_seen.add(seen)
                 deliver(msg)
             return
         if is_final(msg):
