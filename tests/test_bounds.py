@@ -25,9 +25,11 @@ from pool_helpers import Collector, make_pool, member_pids, wait_for
 from conftest import G170, Katapool
 from katapool.cli.stdio import STDOUT_MAX_UNREAD, _PipeWriter, _StdoutWriter
 from katapool.engine.analysis import ORPHANS_KEPT, AnalysisEngine
-from katapool.engine.process import EngineProcess
+from katapool.engine.probe import probe_version
+from katapool.engine.process import EngineProcess, prune_logs
 from katapool.gtp.bridge import BridgeOptions, GtpBridge
 from katapool.pool import PoolPolicy
+from katapool.pool.launch import LaunchSpec, build_factories
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -349,3 +351,60 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         time.sleep(0.1)
+
+
+DEAD_PID = 4_194_304 + 1000  # above Linux's largest pid_max: never a running process
+
+
+def _touch(path: Path, age: float) -> None:
+    path.write_text("x\n")
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+
+
+def test_engine_logs_are_pruned_to_the_newest_per_kind(tmp_path: Path) -> None:
+    """Per-process engine logs: the newest N processes' katapool stderr logs (rotations with
+    them) and the newest N KataGo logs are kept; a running process keeps its own; nothing
+    else in the directory is touched."""
+    for i in range(30):  # 30 finished processes, two members each, one rotation
+        for name in (f"{DEAD_PID + i}-member-0.stderr.log", f"{DEAD_PID + i}-member-1.stderr.log",
+                     f"{DEAD_PID + i}-member-0.stderr.log.1"):
+            _touch(tmp_path / name, age=1000 - i)
+        _touch(tmp_path / f"20261206-1019{i:02d}-ABCDEF{i:02d}.log", age=1000 - i)
+    _touch(tmp_path / f"{os.getpid()}-member-0.stderr.log", age=5000)  # running: kept
+    others = ["daemon.log", "main-member-0.stderr.log", "notes.txt", "20261206.log"]
+    for name in others:
+        _touch(tmp_path / name, age=9000)
+
+    deleted = prune_logs(tmp_path, keep=5)
+
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(deleted) == 26 * 3 + 25
+    kept_pids = {int(n.split("-")[0]) for n in left if n.endswith((".stderr.log", ".log.1"))
+                 and n.split("-")[0].isdigit()}
+    assert kept_pids == {os.getpid(), *(DEAD_PID + i for i in range(26, 30))}
+    assert [n for n in left if n.startswith("20261206-")] == \
+        [f"20261206-1019{i:02d}-ABCDEF{i:02d}.log" for i in range(25, 30)]
+    assert all(name in left for name in others)
+
+
+@pytest.mark.engine
+def test_every_pool_start_prunes_old_engine_logs(kp: Katapool, katago: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a pool (what `katapool analysis`, the client and the daemon do at start) prunes
+    its member logs and KataGo's own analysis logs to KATAPOOL_KEEP_LOGS."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("KATAPOOL_DATA_DIR", str(data))
+    monkeypatch.setenv("KATAPOOL_KEEP_LOGS", "3")
+    pool_logs, katago_logs = tmp_path / "pool-logs", data / "logs" / "analysis"
+    pool_logs.mkdir()
+    katago_logs.mkdir(parents=True)
+    for i in range(10):
+        _touch(pool_logs / f"{DEAD_PID + i}-member-0.stderr.log", age=100 - i)
+        _touch(katago_logs / f"20261206-1019{i:02d}-ABCDEF{i:02d}.log", age=100 - i)
+    cfg = tmp_path / "own.cfg"  # a caller's own config: no device discovery needed
+    cfg.write_text("openclTunerFile = none\n")
+    spec = LaunchSpec(info=probe_version(katago), model=G170, configs=[cfg])
+    build_factories(spec, tmp_path / "run", log_dir=pool_logs)
+    assert len(list(pool_logs.iterdir())) == 3
+    assert len(list(katago_logs.iterdir())) == 3

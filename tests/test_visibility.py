@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import logging.handlers
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +141,47 @@ def test_katago_warnings_reach_the_python_client(daemon: Daemon) -> None:
 
     warnings = asyncio.run(raw())
     assert sorted(str(w.get("field")) for w in warnings) == ["foo", "overrideSettings"]
+
+
+def test_logs_follow_goes_on_across_rotation(tmp_path: Path) -> None:
+    """`katapool logs -f` on a member log that rotates (the engine logs rotate at 5 MB, here
+    at a few hundred bytes with the same handler class) shows every line written, in order,
+    before and after each rotation; no daemon needed (it reads the state directory's logs)."""
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(parents=True)
+    path = logs / "main-member-0.stderr.log"
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=400, backupCount=2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(text: str) -> None:
+        handler.emit(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
+
+    write("before following")
+    proc = subprocess.Popen([sys.executable, "-m", "katapool", "logs", "main/member-0", "-f",
+                             "-n", "0", "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert proc.stdout is not None
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(line.rstrip("\n") for line in proc.stdout),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in seen:  # the follower is at the end of the file
+            write("ready")
+            time.sleep(0.5)
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        wanted = [f"line {i:03d} " + "x" * 40 for i in range(60)]  # about six rotations
+        for text in wanted:  # a rotation a second: still far faster than 5 MB logs rotate
+            write(text)
+            time.sleep(0.12)
+        while seen[-1:] != wanted[-1:] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        handler.close()
+    assert [s for s in seen if s.startswith("line ")] == wanted
+    assert "before following" not in seen
+    assert (logs / "main-member-0.stderr.log.1").exists()  # it did rotate

@@ -23,7 +23,7 @@ from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.build import build_config
 from katapool.config.settings import Mode
 from katapool.engine.probe import EngineInfo
-from katapool.engine.process import EngineProcess
+from katapool.engine.process import EngineProcess, prune_logs
 from katapool.errors import ConfigError
 from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
 from katapool.pool.launch import prepared_tuning_override
@@ -74,6 +74,7 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     info, model, human = found.info, found.model, found.human_model
     log_dir = paths.data_dir() / "logs" / "gtp"
     log_dir.mkdir(parents=True, exist_ok=True)
+    prune_logs(log_dir)  # each run leaves engine logs (ours and KataGo's): keep the newest
     with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="gtp-") as run_dir:
         argv = _engine_argv(args, info, model, human, Path(run_dir))
         options = BridgeOptions(command_timeout=args.command_timeout,

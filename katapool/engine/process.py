@@ -15,6 +15,7 @@ import functools
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import sys
 import time
@@ -59,6 +60,67 @@ def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     env.update(extra or {})
     return env
+
+
+KEEP_LOGS_DEFAULT = 20
+# katapool's per-process engine stderr logs (`<pid>-member-0.stderr.log`, rotations `.1` …) and
+# KataGo's own per-process logs (`20261206-101903-FDB98166.log`, in its logDir).
+_STDERR_LOG = re.compile(r"^(\d+)-.+\.stderr\.log(\.\d+)?$")
+_KATAGO_LOG = re.compile(r"^\d{8}-\d{6}-[0-9A-Fa-f]+\.log$")
+
+
+def keep_logs() -> int:
+    """How many processes' engine logs to keep per kind (KATAPOOL_KEEP_LOGS, default 20)."""
+    try:
+        return max(1, int(os.environ.get("KATAPOOL_KEEP_LOGS", KEEP_LOGS_DEFAULT)))
+    except ValueError:
+        return KEEP_LOGS_DEFAULT
+
+
+def prune_logs(directory: Path, keep: int | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` processes' engine logs in ``directory``, for each
+    kind (katapool's stderr logs, grouped by process; KataGo's own logs). A process still
+    running keeps its logs. Other files are never touched. Returns what was deleted."""
+    keep = keep_logs() if keep is None else keep
+    stderr_groups: dict[int, list[Path]] = {}
+    katago_logs: list[list[Path]] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        if (found := _STDERR_LOG.match(path.name)) is not None:
+            stderr_groups.setdefault(int(found.group(1)), []).append(path)
+        elif _KATAGO_LOG.match(path.name):
+            katago_logs.append([path])
+    live = {pid for pid in stderr_groups if pid == os.getpid() or _running(pid)}
+    finished = [group for pid, group in stderr_groups.items() if pid not in live]
+    deleted: list[Path] = []
+    for groups, kept in ((finished, max(0, keep - len(live))), (katago_logs, keep)):
+        for group in sorted(groups, key=_newest, reverse=True)[kept:]:
+            for path in group:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    deleted.append(path)
+    return deleted
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _newest(group: list[Path]) -> float:
+    times = []
+    for path in group:
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime)
+    return max(times, default=0.0)
 
 
 def _stderr_handler(path: Path) -> logging.Handler:
