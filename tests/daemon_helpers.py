@@ -1,4 +1,4 @@
-"""Starting and stopping a real `katapool start` for the tests (test_daemon, test_security)."""
+"""Starting and stopping a real `katapool start` for the tests, as a user would."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,37 @@ def running_daemon(kp: Katapool, root: Path, *args: str,
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+@dataclass
+class Daemon:
+    """A daemon started by ``start_daemon``; ``stop_daemon`` stops it."""
+
+    proc: subprocess.Popen[bytes]
+    state: Path
+    socket: Path
+    http: str
+    kp: Katapool
+    _running: contextlib.ExitStack
+
+    def status(self) -> dict[str, Any]:
+        return control.request(self.socket, "katapool_status")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.http + "metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+
+def start_daemon(kp: Katapool, root: Path, pool_file: str) -> Daemon:
+    """`katapool start --config` with ``pool_file``, once every member is ready."""
+    config = root / "katapool.yaml"
+    config.write_text(pool_file)
+    running = contextlib.ExitStack()
+    started = running.enter_context(running_daemon(kp, root, "--config", str(config)))
+    http = next((a for a in started.status["addresses"] if a.startswith("http://")
+                 and a.endswith("/healthz")), "").removesuffix("healthz")
+    return Daemon(started.proc, started.state, started.socket, http, kp, running)
+
+
+def stop_daemon(daemon: Daemon) -> None:
+    daemon._running.close()

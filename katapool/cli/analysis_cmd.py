@@ -113,10 +113,10 @@ def cmd_analysis(args: argparse.Namespace) -> int:
 async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_hash: str | None,
                  quit_without_waiting: bool) -> int:
     loop = asyncio.get_running_loop()
-    out = await open_stdout(loop)
+    stopped = asyncio.Event()
+    out = await open_stdout(loop, on_stalled=stopped.set)  # a reader gone silent ends the run
     pool = Pool(factories, policy, version=version, git_hash=git_hash)
     session = pool.session(out.write)
-    stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     try:
@@ -134,7 +134,7 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
     finally:
         await pool.close()
         await out.close()
-    return 0
+    return 1 if out.stalled else 0
 
 
 async def _unless_stopped(work: Any, stopped: asyncio.Event) -> bool:

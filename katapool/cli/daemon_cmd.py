@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     outcomes = status.get("outcomes") or {}
     if outcomes:
         out.print("  responses: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
+    for line in router_lines(status):
+        out.print(f"  {line}")
     return 0
+
+
+def router_lines(status: dict[str, Any]) -> list[str]:
+    """What each model's router knows, as short lines: its queue and what went wrong."""
+    lines = []
+    for model in status.get("models", []):
+        stats = model.get("router") or {}
+        waiting = model.get("oldest_waiting_s")
+        oldest = model.get("oldest_query_s")
+        lines.append(
+            f"{model['name']}: {model.get('queue', 0)} queries in flight"
+            + (f" (oldest {oldest:g} s)" if oldest is not None else "")
+            + f", {model.get('waiting', 0)} waiting"
+            + (f" (oldest {waiting:g} s)" if waiting is not None else "")
+            + f"; re-routed {stats.get('rerouted', 0)} queries ({stats.get('rerouted_turns', 0)}"
+            f" turns), quarantined {stats.get('quarantined', 0)}, duplicates dropped "
+            f"{stats.get('duplicates_dropped', 0)}")
+        for member in model.get("members", []):
+            causes = member.get("restart_causes") or {}
+            garbage = member.get("garbage_lines") or 0
+            if causes or garbage:
+                text = ", ".join(f"{c} {n}" for c, n in sorted(causes.items())) or "none"
+                lines.append(f"{model['name']}/{member['name']}: restarts by cause: {text}; "
+                             f"garbage engine lines {garbage}")
+    return lines
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -290,15 +318,50 @@ def cmd_logs(args: argparse.Namespace) -> int:
     for line in lines:
         out.out(line)
     if args.follow:
-        with open(path, errors="replace") as fh:
-            fh.seek(0, os.SEEK_END)
-            try:
-                while True:
-                    line = fh.readline()
-                    if line:
-                        out.out(line.rstrip("\n"))
-                    else:
-                        time.sleep(0.3)
-            except KeyboardInterrupt:
-                return 0
+        try:
+            follow(path, lambda line: out.out(line))
+        except KeyboardInterrupt:
+            return 0
     return 0
+
+
+def follow(path: Path, emit: Callable[[str], None], stop: Callable[[], bool] = lambda: False,
+           poll: float = 0.3) -> None:
+    """Emit each line appended to ``path`` from now on, until ``stop()``. Follows the name, not
+    the file: when the log is rotated (renamed away, as engine logs are at 5 MB, or by
+    logrotate) the old file's last lines come first, then the new file's from its start; a log
+    truncated in place is read again from its start."""
+    fh = open(path, "rb")  # noqa: SIM115 (replaced on rotation)
+    fh.seek(0, os.SEEK_END)
+    partial = b""
+
+    def drain() -> None:
+        nonlocal partial
+        data = partial + fh.read()
+        *lines, partial = data.split(b"\n")
+        for line in lines:
+            emit(line.decode(errors="replace").rstrip("\r"))
+
+    try:
+        while not stop():
+            drain()
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:  # between the rename and the new file
+                time.sleep(poll)
+                continue
+            if now.st_ino != os.fstat(fh.fileno()).st_ino:
+                drain()  # what was written to the old file before it was renamed
+                if partial:
+                    emit(partial.decode(errors="replace"))
+                    partial = b""
+                fh.close()
+                fh = open(path, "rb")  # noqa: SIM115
+                continue
+            if now.st_size < fh.tell():  # truncated in place (logrotate's copytruncate)
+                fh.seek(0)
+                partial = b""
+                continue
+            time.sleep(poll)
+    finally:
+        fh.close()

@@ -26,7 +26,7 @@ from katapool.config.build import build_config
 from katapool.config.overrides import check_override_arg
 from katapool.config.settings import Mode
 from katapool.engine.probe import EngineInfo
-from katapool.engine.process import EngineProcess
+from katapool.engine.process import EngineProcess, prune_logs
 from katapool.errors import ConfigError
 from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
 from katapool.pool.launch import prepared_tuning_override
@@ -79,6 +79,7 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     info, model, human = found.info, found.model, found.human_model
     log_dir = paths.data_dir() / "logs" / "gtp"
     log_dir.mkdir(parents=True, exist_ok=True)
+    prune_logs(log_dir)  # each run leaves engine logs (ours and KataGo's): keep the newest
     with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="gtp-") as run_dir:
         argv = _engine_argv(args, info, model, human, Path(run_dir))
         options = BridgeOptions(command_timeout=args.command_timeout,
@@ -114,7 +115,8 @@ def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human:
 async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info: EngineInfo,
                  model: Path) -> int:
     loop = asyncio.get_running_loop()
-    out = await open_stdout(loop)
+    # A GUI that stops reading its answers ends the session (only the bridge writes stdout).
+    out = await open_stdout(loop, on_stalled=lambda: bridge.finished.set())
     first_start = {"on": True}
 
     notes = StderrLines(sys.stderr.fileno())
@@ -160,7 +162,7 @@ async def _serve(argv: list[str], options: BridgeOptions, stderr_log: Path, info
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         await bridge.close()
-    return 0
+    return 1 if out.stalled else 0
 
 
 class StderrLines:

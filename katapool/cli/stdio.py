@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -13,6 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from katapool.engine.process import STREAM_LIMIT
+
+log = logging.getLogger("katapool")
+# Answers written for a reader that has stopped reading are held up to this much; past it the
+# reader is treated as gone (the command stops), instead of katapool growing without end.
+STDOUT_MAX_UNREAD = 64 << 20
 
 
 async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[str], None],
@@ -68,19 +74,40 @@ def _start_stdin_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[st
     threading.Thread(target=run, name="stdin", daemon=True).start()
 
 
-async def open_stdout(loop: asyncio.AbstractEventLoop) -> _PipeWriter | _StdoutWriter:
+async def open_stdout(loop: asyncio.AbstractEventLoop, on_stalled: Callable[[], None] | None = None,
+                      limit: int = STDOUT_MAX_UNREAD) -> _PipeWriter | _StdoutWriter:
     """Stdout as a non-blocking asyncio pipe (written at once, buffered if the reader is slow);
-    a writer thread where stdout is a regular file."""
+    a writer thread where stdout is a regular file. If more than ``limit`` bytes wait unread,
+    the rest is dropped and ``on_stalled`` is called (once)."""
     try:
         transport, _ = await loop.connect_write_pipe(
             asyncio.Protocol, os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0))
     except (ValueError, OSError):
-        return _StdoutWriter()
-    return _PipeWriter(transport)
+        return _StdoutWriter(on_stalled, limit)
+    return _PipeWriter(transport, on_stalled, limit)
 
 
-class _PipeWriter:
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+class _Bounded:
+    """What both writers share: the unread-bytes bound and what happens past it."""
+
+    def __init__(self, on_stalled: Callable[[], None] | None, limit: int) -> None:
+        self.on_stalled = on_stalled
+        self.limit = limit
+        self.stalled = False
+
+    def _stall(self, unread: int) -> None:
+        self.stalled = True
+        log.error("stdout: %d MB of answers are waiting unread; the program reading them has "
+                  "stopped reading: stopping", unread >> 20)
+        if self.on_stalled is not None:
+            self.on_stalled()
+
+
+class _PipeWriter(_Bounded):
+    def __init__(self, transport: asyncio.BaseTransport,
+                 on_stalled: Callable[[], None] | None = None,
+                 limit: int = STDOUT_MAX_UNREAD) -> None:
+        super().__init__(on_stalled, limit)
         assert isinstance(transport, asyncio.WriteTransport)
         self.transport = transport
 
@@ -88,10 +115,18 @@ class _PipeWriter:
         self.write_raw(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def write_raw(self, data: bytes) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(data)
+        if self.stalled or self.transport.is_closing():
+            return
+        unread = self.transport.get_write_buffer_size() + len(data)
+        if unread > self.limit:
+            self._stall(unread)
+            return
+        self.transport.write(data)
 
     async def close(self) -> None:
+        if self.stalled:
+            self.transport.abort()  # the reader is gone: do not wait for it
+            return
         deadline = asyncio.get_running_loop().time() + 30
         while self.transport.get_write_buffer_size() and not self.transport.is_closing() \
                 and asyncio.get_running_loop().time() < deadline:
@@ -99,12 +134,15 @@ class _PipeWriter:
         self.transport.close()
 
 
-class _StdoutWriter:
+class _StdoutWriter(_Bounded):
     """Protocol lines to stdout from a writer thread, so a slow reader never stalls the pool."""
 
-    def __init__(self) -> None:
-        self._fd = sys.stdout.fileno()
+    def __init__(self, on_stalled: Callable[[], None] | None = None,
+                 limit: int = STDOUT_MAX_UNREAD, fd: int | None = None) -> None:
+        super().__init__(on_stalled, limit)
+        self._fd = sys.stdout.fileno() if fd is None else fd
         self._thread_queue: list[bytes] = []
+        self._unread = 0  # bytes queued or being written
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
@@ -114,9 +152,16 @@ class _StdoutWriter:
         self.write_raw(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def write_raw(self, data: bytes) -> None:
+        if self.stalled:
+            return
         with self._cond:
-            self._thread_queue.append(data)
-            self._cond.notify()
+            unread = self._unread + len(data)
+            if unread <= self.limit:
+                self._thread_queue.append(data)
+                self._unread = unread
+                self._cond.notify()
+        if unread > self.limit:
+            self._stall(unread)
 
     def _run(self) -> None:
         while True:
@@ -126,8 +171,11 @@ class _StdoutWriter:
                 batch, self._thread_queue = self._thread_queue, []
                 closed = self._closed
             if batch:
+                data = b"".join(batch)
                 with contextlib.suppress(BrokenPipeError, OSError):
-                    self._write_all(b"".join(batch))
+                    self._write_all(data)
+                with self._cond:
+                    self._unread -= len(data)
             if closed and not batch:
                 return
 
@@ -141,4 +189,5 @@ class _StdoutWriter:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        await asyncio.to_thread(self._thread.join, 30)
+        # A reader that stopped reading would hold the thread in write(): do not wait for it.
+        await asyncio.to_thread(self._thread.join, 0.5 if self.stalled else 30)

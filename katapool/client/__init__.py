@@ -10,7 +10,7 @@ from pathlib import Path
 
 from katapool.client.async_client import AnalysisStream, AnalysisTimeout, AsyncClient, QueryError
 from katapool.client.position import Position, handicap_stones
-from katapool.client.results import Analysis, MoveInfo, RootInfo
+from katapool.client.results import Analysis, MoveInfo, QueryWarning, RootInfo
 from katapool.client.sync_client import Client, SyncAnalysisStream
 from katapool.client.transport import ConnectionLost
 
@@ -22,5 +22,5 @@ def connect(address: str | None = None, *, token: str | None = None,
 
 
 __all__ = ["Analysis", "AnalysisStream", "AnalysisTimeout", "AsyncClient", "Client",
-           "ConnectionLost", "MoveInfo", "Position", "QueryError", "RootInfo",
+           "ConnectionLost", "MoveInfo", "Position", "QueryError", "QueryWarning", "RootInfo",
            "SyncAnalysisStream", "connect", "handicap_stones"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from katapool.client.position import Position, game_record
-from katapool.client.results import Analysis
+from katapool.client.results import Analysis, QueryWarning
 from katapool.client.transport import Channel, ConnectionLost, EmbeddedChannel, channel_for
 from katapool.errors import KatapoolError
 from katapool.game.record import GameRecord
@@ -20,6 +21,16 @@ from katapool.pool import Pool, PoolPolicy
 from katapool.protocol.analysis import is_final
 
 _END = object()
+log = logging.getLogger(__name__)
+
+
+def _warning(msg: dict[str, Any], query_id: str) -> QueryWarning | None:
+    """KataGo's warning about a query (an unknown field, a mistyped setting), logged once."""
+    if "warning" not in msg or "turnNumber" in msg:
+        return None
+    warning = QueryWarning.model_validate(msg)
+    log.warning("query %s: KataGo: %s", query_id, warning)
+    return warning
 
 # `analyze` gives up after this long by default (seconds): far above any usual search, so
 # that a lost query or a pool that cannot start ends in an error rather than a hang.
@@ -244,12 +255,16 @@ class AsyncClient:
                             analyzeTurns=wanted)
         early: dict[int, Analysis] = {}
         next_index = 0
+        warnings: list[QueryWarning] = []
         responses = self.request(query)
         try:
             async for msg in responses:
+                warning = _warning(msg, query["id"])
+                if warning is not None:
+                    warnings.append(warning)
                 if not is_final(msg):
                     continue
-                result = Analysis.model_validate(msg)
+                result = Analysis.model_validate({**msg, "warnings": warnings})
                 early[result.turn_number] = result
                 while next_index < len(wanted) and wanted[next_index] in early:
                     yield early.pop(wanted[next_index])
@@ -287,6 +302,7 @@ class AnalysisStream:
         self.query = query
         self.id: str = query["id"]
         self.final: Analysis | None = None
+        self.warnings: list[QueryWarning] = []  # KataGo's, about this query; also on each result
         self._responses: AsyncIterator[dict[str, Any]] | None = None
 
     def _start(self) -> AsyncIterator[dict[str, Any]]:
@@ -303,8 +319,11 @@ class AnalysisStream:
         while True:
             msg = await anext(self._start())
             if "turnNumber" not in msg:
-                continue  # a warning about the query
-            result = Analysis.model_validate(msg)
+                warning = _warning(msg, self.id)
+                if warning is not None:
+                    self.warnings.append(warning)
+                continue
+            result = Analysis.model_validate({**msg, "warnings": self.warnings})
             if not result.is_during_search:
                 self.final = result
             return result

@@ -70,6 +70,17 @@ class RootInfo(_KataGo):
         return _flip(self.score_lead, color, "score")
 
 
+class QueryWarning(_KataGo):
+    """KataGo's note about a query it still answered, e.g. an unknown field or a mistyped
+    setting: ``{"warning": "Unknown config params: wideRootNoize", "field": "overrideSettings"}``."""
+
+    message: str = Field(alias="warning")
+    field: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.message} (field {self.field})" if self.field else self.message
+
+
 class Analysis(_KataGo):
     """One response: a final result (``is_during_search`` False) or a partial one.
 
@@ -90,6 +101,9 @@ class Analysis(_KataGo):
     ownership_stdev: list[float] | None = Field(default=None, alias="ownershipStdev")
     policy: list[float] | None = None
     human_policy: list[float] | None = Field(default=None, alias="humanPolicy")
+    warnings: list[QueryWarning] = Field(default_factory=list, exclude=True,
+                                         description="KataGo's warnings about the query (not "
+                                         "part of the response itself)")
 
     @property
     def best_move(self) -> str | None:

@@ -112,6 +112,12 @@ class Limits(_Strict):
     per_client_concurrency: int = Field(default=1_000, ge=1, description="queries one connection "
                                         "may have in flight")
     max_line_bytes: int = Field(default=4 << 20, ge=1024, description="longest query line")
+    max_connections: int = Field(default=256, ge=1, description="clients connected at once "
+                                 "(Unix socket and WebSocket together); one more gets an error "
+                                 "and is closed (the daemon's own controls still pass)")
+    max_unread_bytes: int = Field(default=64 << 20, ge=65536, description="answers held for "
+                                  "one client that does not read them; past it that client is "
+                                  "disconnected")
 
 
 class PoolFile(_Strict):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from katapool.errors import EngineError, EngineTerminatedError
 from katapool.protocol.analysis import is_final
 
 READY_MARKER = "Started, ready to begin handling requests"
+ORPHANS_KEPT = 100  # the latest responses nobody asked for, kept for diagnosis
 
 _END = object()
 
@@ -47,7 +49,9 @@ class AnalysisEngine:
         self._reader: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._prefix = f"kp{id(self):x}-"
-        self.orphans: list[dict[str, Any]] = []  # responses nobody asked for (kept for diagnosis)
+        # Responses nobody asked for: the latest few kept for diagnosis, all of them counted.
+        self.orphans: deque[dict[str, Any]] = deque(maxlen=ORPHANS_KEPT)
+        self.orphan_count = 0
         self._closed = False
 
     async def start(self) -> None:
@@ -60,7 +64,7 @@ class AnalysisEngine:
                 try:
                     line = await self.process.read_line()
                 except (ValueError, asyncio.LimitOverrunError) as exc:
-                    self.orphans.append({"unreadable": str(exc)})
+                    self._orphan({"unreadable": str(exc)})
                     continue
                 if line is None:
                     break
@@ -69,17 +73,21 @@ class AnalysisEngine:
                 except json.JSONDecodeError:
                     msg = None
                 if not isinstance(msg, dict):
-                    self.orphans.append({"unparsed": line[:1000]})
+                    self._orphan({"unparsed": line[:1000]})
                     continue
                 queue = self._queues.get(str(msg.get("id")))
                 if queue is None:
-                    self.orphans.append(msg)
+                    self._orphan(msg)
                 else:
                     queue.put_nowait(msg)
         finally:
             self._closed = True
             for queue in self._queues.values():
                 queue.put_nowait(_END)
+
+    def _orphan(self, what: dict[str, Any]) -> None:
+        self.orphans.append(what)
+        self.orphan_count += 1
 
     async def query(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one query; yield its responses (partial and final) until it is complete."""

@@ -15,6 +15,7 @@ import functools
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import sys
 import time
@@ -61,9 +62,71 @@ def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+KEEP_LOGS_DEFAULT = 20
+# katapool's per-process engine stderr logs (`<pid>-member-0.stderr.log`, rotations `.1` …) and
+# KataGo's own per-process logs (`20261206-101903-FDB98166.log`, in its logDir).
+_STDERR_LOG = re.compile(r"^(\d+)-.+\.stderr\.log(\.\d+)?$")
+_KATAGO_LOG = re.compile(r"^\d{8}-\d{6}-[0-9A-Fa-f]+\.log$")
+
+
+def keep_logs() -> int:
+    """How many processes' engine logs to keep per kind (KATAPOOL_KEEP_LOGS, default 20)."""
+    try:
+        return max(1, int(os.environ.get("KATAPOOL_KEEP_LOGS", KEEP_LOGS_DEFAULT)))
+    except ValueError:
+        return KEEP_LOGS_DEFAULT
+
+
+def prune_logs(directory: Path, keep: int | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` processes' engine logs in ``directory``, for each
+    kind (katapool's stderr logs, grouped by process; KataGo's own logs). A process still
+    running keeps its logs. Other files are never touched. Returns what was deleted."""
+    keep = keep_logs() if keep is None else keep
+    stderr_groups: dict[int, list[Path]] = {}
+    katago_logs: list[list[Path]] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        if (found := _STDERR_LOG.match(path.name)) is not None:
+            stderr_groups.setdefault(int(found.group(1)), []).append(path)
+        elif _KATAGO_LOG.match(path.name):
+            katago_logs.append([path])
+    live = {pid for pid in stderr_groups if pid == os.getpid() or _running(pid)}
+    finished = [group for pid, group in stderr_groups.items() if pid not in live]
+    deleted: list[Path] = []
+    for groups, kept in ((finished, max(0, keep - len(live))), (katago_logs, keep)):
+        for group in sorted(groups, key=_newest, reverse=True)[kept:]:
+            for path in group:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    deleted.append(path)
+    return deleted
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _newest(group: list[Path]) -> float:
+    times = []
+    for path in group:
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime)
+    return max(times, default=0.0)
+
+
 def _stderr_handler(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3,
+                                                   delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     return handler
 
@@ -157,21 +220,32 @@ class EngineProcess:
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
-        while True:
-            try:
-                raw = await self._proc.stderr.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            self.stderr_tail.append(line)
-            if self._stderr_log:
-                self._stderr_log.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
-            if self._on_stderr:
-                self._on_stderr(line)
-            if self.ready_marker and self.ready_marker in line:
-                self._ready.set()
+        try:
+            while True:
+                try:
+                    raw = await self._proc.stderr.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    continue
+                if not raw:
+                    return
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                self.stderr_tail.append(line)
+                if self._stderr_log:
+                    self._stderr_log.emit(logging.makeLogRecord({"msg": line,
+                                                                 "levelno": logging.INFO}))
+                if self._on_stderr:
+                    self._on_stderr(line)
+                if self.ready_marker and self.ready_marker in line:
+                    self._ready.set()
+        finally:
+            # Nothing else writes the log: release its file as soon as the engine's stderr
+            # ends, whether or not anyone calls close() (a killed and replaced engine).
+            self._close_log()
+
+    def _close_log(self) -> None:
+        handler, self._stderr_log = self._stderr_log, None
+        if handler is not None:
+            handler.close()
 
     async def _finish_stderr(self) -> None:
         if self._stderr_task:
@@ -192,6 +266,13 @@ class EngineProcess:
         if self.alive and self._proc is not None and self._proc.stdin is not None \
                 and not self._proc.stdin.is_closing():
             self._proc.stdin.write(line.encode() + b"\n")
+
+    def input_buffered(self) -> int:
+        """Bytes queued for the engine's stdin that the pipe could not take yet."""
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is None or stdin.transport.is_closing():
+            return 0
+        return stdin.transport.get_write_buffer_size()
 
     async def read_line(self) -> str | None:
         """The next stdout line, or None at end of output (the process exited)."""
@@ -238,8 +319,7 @@ class EngineProcess:
         await self._finish_stderr()
         if self._stderr_task and not self._stderr_task.done():
             self._stderr_task.cancel()
-        if self._stderr_log:
-            self._stderr_log.close()
+        self._close_log()
         return self._proc.returncode
 
     async def __aenter__(self) -> EngineProcess:

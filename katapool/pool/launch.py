@@ -22,6 +22,7 @@ from katapool.devices import discover_devices
 from katapool.engine.backend import Backend
 from katapool.engine.discovery import resolve_engine, resolve_model
 from katapool.engine.probe import EngineInfo, probe_version
+from katapool.engine.process import prune_logs
 from katapool.pool.member import LocalMember
 from katapool.pool.supervisor import MemberFactory
 
@@ -77,6 +78,9 @@ def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = log_dir or paths.data_dir() / "logs" / "pool"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # Each run leaves engine logs behind (ours and KataGo's own): keep only the newest.
+    for directory in (log_dir, paths.data_dir() / "logs" / Mode.ANALYSIS.value):
+        prune_logs(directory)
     prefix = f"{os.getpid()}-" if log_prefix is None else log_prefix
     per_member: list[tuple[list[str], list[str]]] = []  # (config args, extra overrides)
     devices = member_devices(spec)

@@ -109,6 +109,10 @@ class LocalMember:
         if self.process is not None:
             self.process.write_nowait(json.dumps(message, separators=(",", ":")))
 
+    def input_backlog(self) -> int:
+        """Bytes written to the engine that it has not read yet (beyond the pipe's own buffer)."""
+        return self.process.input_buffered() if self.process is not None else 0
+
     async def receive(self) -> dict[str, Any] | None:
         if self.process is None:
             return None

@@ -107,7 +107,7 @@ class Flight:
     parts: list[Part] = field(default_factory=list)
     attempts: int = 0
     deaths: int = 0
-    warned: bool = False
+    warnings_seen: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
     overdue_at: float | None = None
     deadline: float | None = None  # monotonic time after which it is overdue
@@ -151,8 +151,8 @@ class Router:
         self._session_idle: dict[int, asyncio.Event] = {}
         self._clears: dict[str, tuple[Session, dict[str, Any], set[int]]] = {}
         self._failed_reason: str | None = None
-        self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "quarantined": 0,
-                      "duplicates_dropped": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "rerouted_turns": 0,
+                      "quarantined": 0, "duplicates_dropped": 0}
 
     # --- callers ---------------------------------------------------------------------------
 
@@ -385,8 +385,10 @@ class Router:
             return
         turn = msg.get("turnNumber")
         if not isinstance(turn, int):
-            if not flight.warned:  # warnings about the query come once, not per part
-                flight.warned = True
+            # Each warning about the query comes once, not once per part it was split into.
+            seen = json.dumps({k: v for k, v in msg.items() if k != "id"}, sort_keys=True)
+            if seen not in flight.warnings_seen:
+                flight.warnings_seen.add(seen)
                 deliver(msg)
             return
         if is_final(msg):
@@ -421,6 +423,15 @@ class Router:
         flight.delivered_visits[turn] = visits
         deliver(msg)
 
+    def oldest_ages(self) -> tuple[float | None, float | None]:
+        """Seconds since the oldest waiting query and the oldest unfinished one came in."""
+        now = time.monotonic()
+        flights = {f for f, _ in self.by_key.values()} | self._waiting_set
+        waiting = min((f.created for f in self._waiting_set), default=None)
+        oldest = min((f.created for f in flights), default=None)
+        return (None if waiting is None else now - waiting,
+                None if oldest is None else now - oldest)
+
     def parts_on(self, slot: Slot) -> int:
         return self._on_slot.get(slot.index, 0)
 
@@ -444,6 +455,7 @@ class Router:
             if part.slot is slot:
                 hit.setdefault(flight, []).append(part)
         for flight, parts in hit.items():
+            self.stats["rerouted_turns"] += sum(len(p.open_turns) for p in parts)
             for part in parts:
                 self._release_part(flight, part)
             self.stats["rerouted"] += 1

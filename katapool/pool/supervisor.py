@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 HEALTH_PREFIX = "katapool-health-"
 MemberFactory = Callable[[int, int], Member]  # (slot index, generation) -> a fresh member
 PLANNED_STOP = "replaced (reload)"  # the loss reason of a member stopped on purpose
+# A member that stops reading its input must not make katapool hold its queries without end:
+# past either bound it is restarted (its work goes to the other members).
+OUTBOX_MAX_MESSAGES = 100_000
+INPUT_BACKLOG_MAX_BYTES = 64 << 20
+RESTART_CAUSES = ("died", "unresponsive", "not functional", "stuck", "backlog")
+
+
+def restart_cause(reason: str) -> str:
+    """The kind of a loss reason ("died: exit 1" -> "died"), for counting restarts by cause."""
+    kind = reason.split(":", 1)[0].strip()
+    return kind.replace(" ", "_") if kind in RESTART_CAUSES else "other"
 
 
 class InternalFault(str):
@@ -75,6 +86,10 @@ class Slot:
         self.visits_done = 0  # visits of the final responses it gave (for visits/s)
         self.part_latencies: deque[float] = deque(maxlen=256)
         self.label = ""  # where it runs (a device), for status displays
+        self.restart_causes: dict[str, int] = {}
+        self.past_garbage_lines = 0  # unreadable lines from this slot's earlier members
+        self.outbox_max = OUTBOX_MAX_MESSAGES
+        self.input_backlog_max = INPUT_BACKLOG_MAX_BYTES
 
     @property
     def ready(self) -> bool:
@@ -93,6 +108,21 @@ class Slot:
             send_now(message)
         else:
             self.outbox.put_nowait(message)
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        backlog = getattr(self.member, "input_backlog", None)
+        queued = backlog() if backlog is not None else 0
+        if (self.outbox.qsize() > self.outbox_max or queued > self.input_backlog_max) \
+                and self.ready and not self.unhealthy.is_set():
+            self.unhealthy_reason = (f"backlog: it reads no input ({self.outbox.qsize()} "
+                                     f"messages and {queued} bytes waiting)")
+            self.unhealthy.set()
+
+    @property
+    def garbage_lines(self) -> int:
+        """Engine output lines that were not JSON objects (or were too long), all generations."""
+        return self.past_garbage_lines + int(getattr(self.member, "garbage_lines", 0))
 
     def status(self) -> dict[str, Any]:
         member = self.member
@@ -100,7 +130,8 @@ class Slot:
         return {"name": self.name, "state": state, "restarts": self.restarts,
                 "reloads": self.reloads, "device": self.label,
                 "load": round(self.load, 1), "last_cause": self.last_cause,
-                "pid": getattr(member, "pid", None)}
+                "pid": getattr(member, "pid", None), "restart_causes": dict(self.restart_causes),
+                "garbage_lines": self.garbage_lines}
 
 
 class Supervisor:
@@ -254,6 +285,7 @@ class Supervisor:
                 self._tell(self.listener.on_lost, slot, PLANNED_STOP)
                 with contextlib.suppress(Exception):
                     await member.stop(self.policy.stop_grace)
+                slot.past_garbage_lines = slot.garbage_lines
                 slot.member = None
                 await self._notify()
                 continue
@@ -274,9 +306,12 @@ class Supervisor:
             if reason is None:
                 reason = f"died: {member.describe_failure()}"
             log.warning("%s lost: %s", slot.name, reason)
+            cause = restart_cause(reason)
+            slot.restart_causes[cause] = slot.restart_causes.get(cause, 0) + 1
             self._tell(self.listener.on_lost, slot, reason)
             with contextlib.suppress(Exception):
                 await member.kill()
+            slot.past_garbage_lines = slot.garbage_lines
             slot.member = None
             await self._notify()
             if not self._record_death(slot, reason):

@@ -194,10 +194,15 @@ class Hub:
                 info["p99_s"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None
                 members.append(info)
             lat = sorted(served.latencies)
+            router = served.pool.router
+            oldest_waiting, oldest = router.oldest_ages()
             models.append({
                 "name": served.name, "default": served.name == self.default_model(),
-                "members": members, "queue": served.pool.router.outstanding,
-                "waiting": len(served.pool.router.waiting),
+                "members": members, "queue": router.outstanding,
+                "waiting": len(router.waiting),
+                "oldest_waiting_s": None if oldest_waiting is None else round(oldest_waiting, 1),
+                "oldest_query_s": None if oldest is None else round(oldest, 1),
+                "router": dict(router.stats),
                 "p50_s": round(statistics.median(lat), 3) if lat else None,
                 "p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None,
             })
@@ -221,6 +226,12 @@ class Hub:
 
     def connect(self, deliver: Deliver, peer: str, control: bool = False) -> Connection:
         conn = Connection(self, deliver, peer, control)
+        limit = self.limits.max_connections
+        if len(self.connections) >= limit:
+            # Over the limit: no queries (each gets this error), but the daemon's own controls
+            # still work, so `katapool status` can show why.
+            conn.refused = (f"too many connections: this server takes {limit} at once "
+                            "(limits.max_connections); try again later")
         self.connections.add(conn)
         return conn
 
@@ -295,6 +306,7 @@ class Connection:
         self._accepted: dict[str, deque[list[float]]] = {}  # query id -> [start, turns left]
         self._fanout: dict[str, tuple[dict[str, Any], int, list[dict[str, Any]]]] = {}
         self._controls = 0
+        self.refused: str | None = None  # why this connection may send no queries
 
     # --- in ------------------------------------------------------------------------------------
 
@@ -310,6 +322,10 @@ class Connection:
         raw = request.raw
         if request.action in CONTROL_ACTIONS:  # katapool's own, answered by the daemon
             self._control(request)
+            return
+        if self.refused is not None:
+            self._reject(request, self.refused)
+            self.close()
             return
         if request.action == "query_version":
             self._session(self.hub.default_model()).submit_request(request)

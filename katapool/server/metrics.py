@@ -28,14 +28,48 @@ class _HubCollector(Collector):
                                   labels=["model"])
         waiting = GaugeMetricFamily("katapool_queries_waiting",
                                     "Queries waiting for a free member", labels=["model"])
+        by_cause = CounterMetricFamily("katapool_member_restarts_by_cause", "Member restarts "
+                                       "by cause (died, unresponsive, not_functional, stuck, "
+                                       "backlog, other)", labels=["model", "member", "cause"])
+        garbage = CounterMetricFamily("katapool_engine_garbage_lines", "Engine output lines "
+                                      "that were not JSON objects (skipped)",
+                                      labels=["model", "member"])
+        oldest_waiting = GaugeMetricFamily("katapool_oldest_waiting_seconds", "Age of the "
+                                           "oldest query waiting for a free member (0: none)",
+                                           labels=["model"])
+        oldest = GaugeMetricFamily("katapool_oldest_query_seconds", "Age of the oldest query "
+                                   "accepted and not yet finished (0: none)", labels=["model"])
+        router_counters = {
+            "rerouted": CounterMetricFamily(
+                "katapool_rerouted_queries", "Queries moved to another member after theirs was "
+                "lost (once per query and loss)", labels=["model"]),
+            "rerouted_turns": CounterMetricFamily(
+                "katapool_rerouted_turns", "Turns moved to another member after theirs was lost",
+                labels=["model"]),
+            "quarantined": CounterMetricFamily(
+                "katapool_quarantined_queries", "Queries refused as poison after members died "
+                "running them", labels=["model"]),
+            "duplicates_dropped": CounterMetricFamily(
+                "katapool_duplicates_dropped", "Final responses dropped because the turn was "
+                "already answered", labels=["model"]),
+        }
         for served in self.hub.served.values():
             slots = served.pool.supervisor.slots
+            router = served.pool.router
             up.add_metric([served.name], sum(s.state is SlotState.READY for s in slots))
             total.add_metric([served.name], len(slots))
             for slot in slots:
                 restarts.add_metric([served.name, slot.name], slot.restarts)
-            queue.add_metric([served.name], served.pool.router.outstanding)
-            waiting.add_metric([served.name], len(served.pool.router.waiting))
+                for cause, count in sorted(slot.restart_causes.items()):
+                    by_cause.add_metric([served.name, slot.name, cause], count)
+                garbage.add_metric([served.name, slot.name], slot.garbage_lines)
+            queue.add_metric([served.name], router.outstanding)
+            waiting.add_metric([served.name], len(router.waiting))
+            ages = router.oldest_ages()
+            oldest_waiting.add_metric([served.name], ages[0] or 0.0)
+            oldest.add_metric([served.name], ages[1] or 0.0)
+            for key, family in router_counters.items():
+                family.add_metric([served.name], router.stats.get(key, 0))
         outcomes = CounterMetricFamily("katapool_responses", "Final responses and errors, by "
                                        "outcome (answered, no_results, error, rejected)",
                                        labels=["model", "outcome"])
@@ -43,7 +77,8 @@ class _HubCollector(Collector):
             outcomes.add_metric([model, outcome], count)
         conns = GaugeMetricFamily("katapool_connections", "Clients connected")
         conns.add_metric([], len(self.hub.connections))
-        yield from (up, total, restarts, queue, waiting, outcomes, conns)
+        yield from (up, total, restarts, by_cause, garbage, queue, waiting, oldest_waiting,
+                    oldest, *router_counters.values(), outcomes, conns)
 
 
 class Metrics:

@@ -19,7 +19,6 @@ from katapool.server.hub import Hub
 from katapool.server.state import private_dir
 
 log = logging.getLogger(__name__)
-SLOW_CLIENT_BYTES = 256 << 20  # a client that reads nothing for this long is dropped
 
 
 async def serve_unix(hub: Hub, path: Path) -> asyncio.Server:
@@ -61,21 +60,25 @@ async def _someone_listens(path: Path, timeout: float = 1.0) -> bool:
 async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
     transport = writer.transport
+    unread_max = hub.limits.max_unread_bytes
 
     def deliver(msg: dict[str, Any]) -> None:
         if transport.is_closing():
             return
-        if transport.get_write_buffer_size() > SLOW_CLIENT_BYTES:
-            log.warning("unix client reads nothing: dropping it")
+        data = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        if transport.get_write_buffer_size() + len(data) > unread_max:
+            # A client that reads nothing is cut off alone (limits.max_unread_bytes).
+            log.warning("unix client has %d bytes of answers unread: disconnecting it",
+                        transport.get_write_buffer_size())
             transport.abort()
             return
-        transport.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        transport.write(data)
 
     conn = hub.connect(deliver, peer="unix", control=True)
     limit = hub.limits.max_line_bytes
     framer = LineFramer(limit)
     try:
-        while True:
+        while not conn.closed:
             data = await reader.read(1 << 16)
             # At end of input a last line without a newline still counts, as in KataGo.
             for line in framer.feed(data) if data else framer.finish():

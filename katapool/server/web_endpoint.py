@@ -31,7 +31,6 @@ from katapool.server.hub import Hub
 from katapool.server.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
-SEND_BUFFER_MAX = 256 << 20  # bytes of answers queued for a client that does not read them
 
 
 class WebEndpoint:
@@ -129,11 +128,12 @@ class WebEndpoint:
     async def _handle(self, ws: ServerConnection) -> None:
         outbox: asyncio.Queue[str | None] = asyncio.Queue()
         limit = self.hub.limits.max_line_bytes
+        unread_max = self.hub.limits.max_unread_bytes
         queued = [0]  # bytes waiting in outbox
 
         def deliver(msg: dict[str, Any]) -> None:
             text = json.dumps(msg, separators=(",", ":")) + "\n"
-            if queued[0] + len(text) > SEND_BUFFER_MAX:
+            if queued[0] + len(text) > unread_max:
                 log.warning("%s does not read its answers: closing it", peer)
                 asyncio.get_running_loop().create_task(
                     ws.close(1008, "katapool: too many unread answers"))
@@ -143,6 +143,12 @@ class WebEndpoint:
 
         peer = f"ws:{ws.remote_address[0] if ws.remote_address else '?'}"
         conn = self.hub.connect(deliver, peer=peer, control=False)
+        if conn.refused is not None:  # limits.max_connections: told why, then closed
+            conn.close()
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"error": conn.refused}) + "\n")
+                await ws.close(1013, "katapool: too many connections")
+            return
         sender = asyncio.create_task(self._send(ws, outbox, queued))
         try:
             async for message in ws:
