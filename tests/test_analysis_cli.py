@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CACHE, G170, Katapool
+from conftest import CACHE, G170, TRANSFORMER, Katapool
 from processes import engines_under
 
 pytestmark = pytest.mark.engine
@@ -53,28 +54,41 @@ def katrain_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_lines(argv: list[str], lines: list[str], env: dict[str, str], timeout: float = 300
-              ) -> tuple[list[dict[str, Any]], str, float]:
-    began = time.monotonic()
+              ) -> tuple[list[dict[str, Any]], str]:
     proc = subprocess.run(argv, input="".join(ln + "\n" for ln in lines), capture_output=True,
                           text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = [json.loads(ln) for ln in proc.stdout.splitlines()]  # stdout is protocol only
-    return out, proc.stderr, time.monotonic() - began
+    return out, proc.stderr
+
+
+def member_logs(kp: Katapool) -> set[Path]:
+    return set((kp.data_dir / "logs" / "pool").glob("*-member-*.stderr.log"))
 
 
 def test_drop_in_for_katrain(kp: Katapool, katago: Path, katrain_config: Path,
                              tmp_path: Path) -> None:
     queries = [json.dumps(katrain_query(n, turn)) for n, turn in enumerate([0, 2, 5, 3, 5, 1])]
+    home = tmp_path / "katrain-home"
+    logs_before = member_logs(kp)
     # KaTrain's exact launch: <exe> analysis -model M -config C -override-config homeDataDir=...
-    ours, stderr, seconds = run_lines(
+    ours, stderr = run_lines(
         [sys.executable, "-m", "katapool", "analysis", "-model", str(G170), "-config",
-         str(katrain_config), "-override-config", f"homeDataDir={tmp_path / 'katrain-home'}"],
+         str(katrain_config), "-override-config", f"homeDataDir={home}"],
         queries, kp.env)
     assert "Started, ready to begin handling requests" in stderr
-    assert seconds < 120, "katapool must not re-tune OpenCL in the app's private homeDataDir"
 
+    # katapool must not re-tune OpenCL in the app's private homeDataDir: the engine loaded
+    # katapool's prepared tuning, and nothing was tuned into (or written under) that home.
     tuning = next((kp.data_dir / "tuning").glob("reference-*.txt"))
-    theirs, _, _ = run_lines(
+    [log] = member_logs(kp) - logs_before
+    engine_said = log.read_text()
+    loaded = re.findall(r"Loaded tuning parameters from: (\S+)", engine_said)
+    assert [Path(f).resolve() for f in loaded] == [tuning.resolve()], engine_said[-2000:]
+    assert "Performing autotuning" not in engine_said
+    assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))
+
+    theirs, _ = run_lines(
         [str(katago), "analysis", "-model", str(G170), "-config", str(katrain_config),
          "-override-config", f"homeDataDir={tmp_path / 'plain-home'}",
          "-override-config", f"openclTunerFile={tuning}"],
@@ -91,26 +105,50 @@ def test_drop_in_for_katrain(kp: Katapool, katago: Path, katrain_config: Path,
 def test_end_of_input_drains_outstanding_work(kp: Katapool) -> None:
     lines = [json.dumps({**katrain_query(n, 5), "analyzeTurns": [0, 1, 2, 3, 4, 5]})
              for n in range(4)]
-    out, _, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
-                           "--members", "2"], lines, kp.env)
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                        "--members", "2"], lines, kp.env)
     finals = [(r["id"], r["turnNumber"]) for r in out if r.get("isDuringSearch") is False]
     assert sorted(finals) == sorted((f"QUERY:{n}", t) for n in range(4) for t in range(6))
 
 
 def test_quit_without_waiting(kp: Katapool) -> None:
+    # A million visits would take hours here: returning at all (the timeout is a hang guard)
+    # means katapool quit at the end of input without waiting for the search.
     long = {**katrain_query(0, 5), "maxVisits": 1_000_000}
-    out, _, seconds = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
-                                 "-quit-without-waiting"], [json.dumps(long)], kp.env)
-    assert seconds < 60
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                        "-quit-without-waiting"], [json.dumps(long)], kp.env, timeout=300)
     assert all(r.get("id") == "QUERY:0" for r in out)
+    assert not any(r.get("rootInfo", {}).get("visits", 0) >= 1_000_000 for r in out)
+
+
+def test_human_model_reaches_the_engine(kp: Katapool) -> None:
+    """`-human-model M` is passed to each member's KataGo, which loads M as its second
+    network. No human-SL network exists among the test networks, so another network stands
+    in: KataGo loads any network as the human model, lists it in query_models and names it
+    when a humanSLProfile is asked of networks that cannot use one."""
+    lines = [json.dumps({"id": "m", "action": "query_models"}),
+             json.dumps({**katrain_query(0, 1), "id": "h",
+                         "overrideSettings": {"humanSLProfile": "rank_5k"}})]
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                        "-human-model", str(TRANSFORMER)], lines, kp.env)
+    by_id = {r["id"]: r for r in out}
+    names = [Path(m["name"]).resolve() for m in by_id["m"]["models"]]
+    assert names == [G170.resolve(), TRANSFORMER.resolve()], by_id["m"]
+    assert by_id["h"]["field"] == "overrideSettings"
+    assert "humanSLProfile" in by_id["h"]["error"] and TRANSFORMER.name in by_id["h"]["error"]
+
+    # Without it, the engine has one network.
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
+                       lines[:1], kp.env)
+    assert [Path(m["name"]).resolve() for m in out[0]["models"]] == [G170.resolve()]
 
 
 def test_bad_lines_get_katago_errors_on_stdout(kp: Katapool) -> None:
     lines = ["{oops", json.dumps({"id": "a", "action": "nope"}),
              json.dumps({"id": "b", "moves": [["B", "Q16"]], "analyzeTurns": [7]}),
              json.dumps(katrain_query(1, 1))]
-    out, _, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
-                          lines, kp.env)
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
+                       lines, kp.env)
     assert "could not parse input line as json" in out[0]["error"]
     errors = {r.get("id"): r for r in out if "error" in r}
     assert errors["a"]["field"] == "action"

@@ -1,8 +1,10 @@
 """Chaos: 2 real members, 300 queries from real games, 5 random SIGKILLs.
 
-Every turn must get exactly one final response (a terminated turn's final may be a partial
-result or `noResults`); nothing lost, nothing duplicated, no error; and no KataGo process may
-outlive the pool.
+Query ids repeat within a session, as KataGo allows: some queries share an id with the one
+sent just before them (both in flight at once), others with one sent long before. Every
+(session, id, turn) must get exactly as many final responses as queries asked for it (a
+terminated turn's final may be a partial result or `noResults`); nothing lost, nothing
+duplicated, no error; and no KataGo process may outlive the pool.
 """
 
 from __future__ import annotations
@@ -37,7 +39,25 @@ def games() -> list[GameRecord]:
     return [load_sgf(f) for f in files]
 
 
+SESSIONS = 3
+IDS = 60  # distinct ids: each is used four to six times, always by the same session
+
 Terminate = tuple[float, list[int] | None] | None  # (after seconds, turnNumbers)
+
+
+def query_id(i: int) -> str:
+    """Queries i and i + SESSIONS share an id (sent one after the other to the same
+    session, both in flight at once), and so do i and i + 2 * IDS (long apart)."""
+    return f"c{((i // (2 * SESSIONS)) * SESSIONS + i % SESSIONS) % IDS}"
+
+
+def board_after(q: dict[str, object], turn: int) -> tuple[object, ...]:
+    """What KataGo's position hash depends on, for telling positions apart: the stones
+    placed (captures aside) and the player to move."""
+    moves = q["moves"][:turn]  # type: ignore[index]
+    stones = tuple(sorted(map(tuple, q.get("initialStones") or [])))  # type: ignore[arg-type]
+    return (stones, tuple(sorted(map(tuple, moves))),  # type: ignore[arg-type]
+            q.get("initialPlayer"), turn % 2)
 
 
 def build_queries(rng: random.Random) -> list[tuple[dict[str, object], Terminate, list[int]]]:
@@ -49,7 +69,7 @@ def build_queries(rng: random.Random) -> list[tuple[dict[str, object], Terminate
         length = rng.randint(10, len(record.moves))
         q = record.query()
         q["moves"] = q["moves"][:length]  # type: ignore[index]
-        q["id"] = f"c{i % 250}"  # some ids are reused on purpose
+        q["id"] = query_id(i)
         q["maxVisits"] = rng.randint(1, 6)
         kind = rng.random()
         turns = [length]
@@ -82,7 +102,7 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
     seen_pids: set[int] = set()
 
     async def go() -> tuple[list[Collector], int]:
-        sessions_out = [Collector() for _ in range(3)]
+        sessions_out = [Collector() for _ in range(SESSIONS)]
         kills = 0
         async with make_pool(tmp_path, policy=policy) as pool:
             await pool.supervisor.wait_until_all_settled()
@@ -109,9 +129,9 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
             kill_after_batch = {1, 4, 7, 10, 13}  # of 15 batches of 20: kills spread over the run
             pending = []
             for n, (q, terminate, _) in enumerate(plan):
-                s = n % 3
-                # Query ids are unique per session here, so terminate hits one query only.
-                q = {**q, "id": f"s{s}-{n}"}
+                s = n % SESSIONS
+                # A terminate names an id, so it stops every query of the session under that
+                # id (as on KataGo); each stopped turn still ends with its one final.
                 sessions[s].submit(json.dumps(q))
                 if terminate is not None:
                     pending.append(asyncio.create_task(
@@ -128,13 +148,35 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
 
     collectors, kills = asyncio.run(go())
     assert kills == KILLS
-    for n, (_, _, turns) in enumerate(plan):
-        c = collectors[n % 3]
-        qid = f"s{n % 3}-{n}"
-        assert c.errors(qid) == [], f"{qid} got an error: {c.errors(qid)}"
-        counts = Counter(m["turnNumber"] for m in c.finals(qid))
-        assert set(counts) == set(turns), f"{qid}: finals for {sorted(counts)}, expected {turns}"
-        assert max(counts.values()) == 1, f"{qid}: duplicated finals {counts}"
+    # The plan does reuse ids within a session, at once and later.
+    per_session_id = Counter((n % SESSIONS, q["id"]) for n, (q, _, _) in enumerate(plan))
+    assert len(per_session_id) == IDS and min(per_session_id.values()) >= 4
+    assert plan[0][0]["id"] == plan[SESSIONS][0]["id"] == plan[2 * IDS][0]["id"]
+
+    owed: Counter[tuple[int, str, int]] = Counter()
+    boards: dict[tuple[int, str, int], list[tuple[object, ...]]] = {}
+    for n, (q, _, turns) in enumerate(plan):
+        for t in turns:
+            key = (n % SESSIONS, str(q["id"]), t)
+            owed[key] += 1
+            boards.setdefault(key, []).append(board_after(q, t))
+    got: Counter[tuple[int, str, int]] = Counter()
+    for s, c in enumerate(collectors):
+        stray = [m for m in c.messages if "error" in m]
+        assert stray == [], f"session {s} got errors: {stray[:3]}"
+        for qid in c.by_id:
+            for m in c.finals(qid):
+                got[(s, qid, m["turnNumber"])] += 1
+    # Exactly once per (session, id, turn): as many finals as queries asked for it.
+    assert {k: v for k, v in got.items() if owed[k] != v} == {} and \
+        {k: v for k, v in owed.items() if got[k] != v} == {}
+    # Where one id asked for the same turn of different positions, the answers are of
+    # different positions: not one query's answer twice in place of the other's.
+    for (s, qid, t), positions in boards.items():
+        if len(positions) > 1 and len(set(positions)) == len(positions):
+            hashes = [m["rootInfo"]["thisHash"] for m in collectors[s].finals(qid)
+                      if m["turnNumber"] == t and "rootInfo" in m]
+            assert len(set(hashes)) == len(hashes), (s, qid, t, hashes)
     # No KataGo outlives the pool: no orphans, and no zombies left unreaped.
     leftovers = []
     for pid in seen_pids:

@@ -9,11 +9,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from pool_helpers import Collector, make_pool, member_pids, wait_for
 
-from conftest import Katapool
+from conftest import SAMPLE_SGF, SHARED, Katapool
 from katapool.errors import EngineStartError
+from katapool.game.record import GameRecord, load_sgf
 from katapool.pool import PoolPolicy
 from katapool.pool.supervisor import SlotState
 
@@ -215,3 +217,95 @@ def test_one_broken_member_does_not_stop_the_pool(pool_env: Path, tmp_path: Path
 
     c = asyncio.run(go())
     assert all(len(c.finals(f"q{i}")) == 1 for i in range(4))
+
+
+def test_query_deadline_terminates_and_terminate_grace_replaces_a_stuck_member(
+        pool_env: Path, tmp_path: Path) -> None:
+    """`query_deadline`: a query still running after it is terminated (its caller gets the
+    partial result as its final). `terminate_grace`: a member that does not answer that
+    terminate (here SIGSTOPped) is stuck and replaced; the stuck query ends with
+    `noResults`. The other health checks are off, so only the deadline can notice."""
+    policy = PoolPolicy(query_deadline=2, terminate_grace=2, responsive_interval=3600,
+                        functional_interval=3600, backoff_initial=0.1)
+
+    async def go() -> tuple[Collector, list[dict[str, object]], str | None, int, int]:
+        c = Collector()
+        async with make_pool(tmp_path, members=1, policy=policy) as pool:
+            s = pool.session(c)
+            [slot] = pool.supervisor.slots
+            # 100,000 visits would take hours here; the bounds below are hang guards.
+            s.submit(query("overdue", visits=100_000))
+            await asyncio.wait_for(pool.drain(), 120)
+            first_pid = member_pids(pool)[0]
+            assert slot.restarts == 0, "a deadline stops the query, not the member"
+
+            s.submit(query("stuck", visits=100_000))
+            await wait_for(lambda: bool(pool.router.by_key), 30, "the query on the member")
+            os.kill(first_pid, signal.SIGSTOP)
+            await asyncio.wait_for(pool.drain(), 120)
+            await wait_for(lambda: slot.ready and first_pid not in member_pids(pool), 120,
+                           "the stuck member to be replaced")
+            s.submit(query("after", visits=2))
+            await asyncio.wait_for(pool.drain(), 120)
+            return c, pool.status(), slot.last_cause, slot.restarts, first_pid
+
+    c, status, cause, restarts, first_pid = asyncio.run(go())
+    [overdue] = c.by_id["overdue"]  # no error, no partials (none asked for): one final
+    assert overdue["isDuringSearch"] is False and overdue["turnNumber"] == len(OPENING)
+    assert overdue.get("noResults") or overdue["rootInfo"]["visits"] < 100_000
+    assert c.by_id["stuck"] == [{"id": "stuck", "isDuringSearch": False, "noResults": True,
+                                 "turnNumber": len(OPENING)}]
+    assert cause is not None and cause.startswith("stuck: query stuck still unanswered"), cause
+    assert restarts == 1
+    assert [m["turnNumber"] for m in c.finals("after")] == [len(OPENING)]
+    assert not psutil.pid_exists(first_pid) or \
+        psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_one_games_positions_stay_on_one_member(pool_env: Path, tmp_path: Path) -> None:
+    """Affinity: positions of one game (the same opening) go to the member that analysed
+    the game before, whose NN cache holds them, even when another member is as idle (an
+    idle pool's least-loaded choice would always be the first member)."""
+    game_a = load_sgf(SAMPLE_SGF)
+    game_b = load_sgf(sorted((SHARED / "sgf").glob("*/*.sgf"))[0])
+
+    def position(record: GameRecord, n: int, visits: int) -> str:
+        q = record.query()
+        q.update(id=f"{'a' if record is game_a else 'b'}{n}", moves=q["moves"][:n],  # type: ignore[index]
+                 maxVisits=visits)
+        return json.dumps(q)
+
+    async def go() -> tuple[int, int, list[tuple[str, int]]]:
+        c = Collector()
+        async with make_pool(tmp_path, members=2) as pool:
+            await pool.supervisor.wait_until_all_settled()
+            slots = pool.supervisor.slots
+            s = pool.session(c)
+
+            async def run_alone(line: str) -> int:
+                """The member that answered it (whose visits grew)."""
+                before = [slot.visits_done for slot in slots]
+                s.submit(line)
+                await asyncio.wait_for(pool.drain(), 120)
+                [grew] = [i for i, slot in enumerate(slots) if slot.visits_done > before[i]]
+                return grew
+
+            member_a = await run_alone(position(game_a, 20, 2))
+            # Game B's first position arrives while A's member is busy: it goes to the other.
+            before = [slot.visits_done for slot in slots]
+            s.submit(position(game_a, 21, 200))
+            s.submit(position(game_b, 20, 2))
+            await asyncio.wait_for(pool.drain(), 120)
+            assert c.finals("b20")
+            member_b = 1 - member_a
+            assert slots[member_b].visits_done > before[member_b]
+            # From now on, one at a time on an idle pool: each game keeps its member.
+            routed = []
+            for n in range(21, 26):
+                routed.append((f"b{n}", await run_alone(position(game_b, n, 2))))
+                routed.append((f"a{n + 1}", await run_alone(position(game_a, n + 1, 2))))
+        return member_a, member_b, routed
+
+    member_a, member_b, routed = asyncio.run(go())
+    assert member_a != member_b
+    assert routed == [(qid, member_a if qid[0] == "a" else member_b) for qid, _ in routed]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import stat
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from pool_helpers import Collector
 from rich.console import Console
 
 from conftest import G170, SAMPLE_SGF, Katapool
@@ -25,9 +28,13 @@ from katapool.engine.backend import Backend
 from katapool.engine.download import download
 from katapool.engine.install import _extract_zip
 from katapool.engine.probe import EngineInfo
+from katapool.engine.process import STREAM_LIMIT
 from katapool.errors import ConfigError, EngineTerminatedError, GameRecordError, InstallError
 from katapool.game.record import parse_sgf
+from katapool.pool import Pool, PoolPolicy
+from katapool.pool.member import LocalMember
 
+STREAM_LIMIT_MB = STREAM_LIMIT >> 20
 GPU_A = Device(DeviceKind.NVIDIA, 0, "NVIDIA GeForce RTX 3080", 10240, (8, 6))
 GPU_B = Device(DeviceKind.NVIDIA, 1, "NVIDIA GeForce RTX 3080", 10240, (8, 6))
 CPU = Device(DeviceKind.CPU, 0, "CPU", 8192, cores=4, is_cpu_like=True)
@@ -161,6 +168,77 @@ def test_garbage_lines_do_not_kill_the_reader(tmp_path: Path) -> None:
                 await engine.request({"id": "late", "moves": []})
 
     asyncio.run(go())
+
+
+FAKE_GARBAGE_KATAGO = Path(__file__).parent / "fakes" / "fake_garbage_katago"
+GARBAGE_PER_ANSWER = 8  # the lines the fake writes before each of its answers
+
+
+def test_pool_member_skips_garbage_lines(tmp_path: Path) -> None:
+    """What the pool reads engines through (LocalMember): lines that are not JSON objects,
+    and a line beyond the stream limit, are skipped and counted; the member stays up and
+    the answer behind them comes through."""
+    async def go() -> None:
+        member = LocalMember("member-0", [sys.executable, str(FAKE_GARBAGE_KATAGO)],
+                             stderr_log=tmp_path / "fake.stderr.log",
+                             env={**os.environ, "FAKE_GARBAGE_HUGE_MB": str(STREAM_LIMIT_MB + 1)})
+        await member.start()
+        try:
+            await member.send({"id": "mine", "moves": [["B", "Q16"]], "analyzeTurns": [0, 1]})
+            answers = [await member.receive(), await member.receive()]
+            assert [(a["id"], a["turnNumber"]) for a in answers if a] == [("mine", 0), ("mine", 1)]
+            # The huge line may count as two: the reader drops what it holds at the limit,
+            # then the rest of that line arrives and is skipped as a line of its own.
+            skipped = member.garbage_lines
+            assert GARBAGE_PER_ANSWER + 1 <= skipped <= GARBAGE_PER_ANSWER + 2
+            assert member.alive
+            await member.send({"id": "v", "action": "query_version"})
+            assert await member.receive() == {"id": "v", "action": "query_version",
+                                              "version": "fake-garbage", "git_hash": "fake"}
+            assert member.garbage_lines == skipped + GARBAGE_PER_ANSWER
+        finally:
+            await member.stop(grace=5)
+        assert not member.alive
+        left = []  # what it wrote before it went (its acknowledgement of katapool's stop)
+        while (msg := await member.receive()) is not None:
+            left.append(msg)
+        assert [m["id"] for m in left] in ([], ["katapool-shutdown"])
+
+    asyncio.run(go())
+
+
+def test_pool_serves_through_an_engine_that_prints_garbage(tmp_path: Path) -> None:
+    """The same engine behind a whole pool: every query answered once, no error reaches the
+    caller, and the member is neither restarted nor reported unhealthy (garbage is not a
+    crash)."""
+    policy = PoolPolicy(responsive_interval=0.2, functional_interval=0.3)
+
+    def fake_member(slot: int, generation: int) -> LocalMember:
+        return LocalMember(f"member-{slot}", [sys.executable, str(FAKE_GARBAGE_KATAGO)],
+                           stderr_log=tmp_path / f"member-{slot}.stderr.log")
+
+    async def go() -> tuple[Collector, list[dict[str, object]], int]:
+        c = Collector()
+        async with Pool([fake_member, fake_member], policy, version="fake") as pool:
+            await pool.supervisor.wait_until_all_settled()
+            s = pool.session(c)
+            for i in range(20):
+                s.submit(json.dumps({"id": f"q{i}", "moves": [["B", "Q16"], ["W", "D4"]],
+                                     "analyzeTurns": [0, 1, 2]}))
+            s.submit('{"id": "v", "action": "query_version"}')
+            await asyncio.wait_for(pool.drain(), 60)
+            await asyncio.sleep(1)  # several health checks go through the garbage too
+            garbage = sum(slot.member.garbage_lines for slot in pool.supervisor.slots
+                          if isinstance(slot.member, LocalMember))
+            return c, pool.status(), garbage
+
+    c, status, garbage = asyncio.run(go())
+    assert [m for m in c.messages if "error" in m] == []
+    for i in range(20):
+        assert sorted(m["turnNumber"] for m in c.finals(f"q{i}")) == [0, 1, 2]
+    assert c.by_id["v"][0]["version"] == "fake"  # the pool's own answer
+    assert [(s["state"], s["restarts"]) for s in status] == [("ready", 0), ("ready", 0)]
+    assert garbage >= 20 * GARBAGE_PER_ANSWER  # the fake did print its garbage
 
 
 # --- CLI error paths --------------------------------------------------------------------------
