@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import running_daemon
 
 from conftest import G170, Katapool
 from katapool.client import Client, Position
@@ -87,39 +87,18 @@ class Running:
 @pytest.fixture(scope="module")
 def running(kp: Katapool, katago: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("reload-probe")
-    state = root / "state"
     handle = Running(None, root, root / "katapool.yaml", root / "katago-wrapper", katago,  # type: ignore[arg-type]
                      Path(), "", kp)
     handle.write_wrapper(0)
     handle.write()
-    log = open(root / "daemon.out", "wb")  # noqa: SIM115
-    handle.proc = subprocess.Popen(
-        [sys.executable, "-m", "katapool", "start", "--config", str(handle.config),
-         "--state-dir", str(state), "--no-dashboard"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=kp.env)
-    deadline = time.monotonic() + 300
-    while True:
-        assert handle.proc.poll() is None, (root / "daemon.out").read_text()
-        assert time.monotonic() < deadline, (root / "daemon.out").read_text()
-        if (state / "socket").exists():
-            handle.socket = Path((state / "socket").read_text().strip())
-            try:
-                status = handle.status()
-            except Exception:
-                status = {}
-            members = [m for model in status.get("models", []) for m in model["members"]]
-            if members and all(m["state"] == "ready" for m in members):
-                break
-        time.sleep(0.3)
-    handle.http = next(a for a in status["addresses"] if a.startswith("http://")).rsplit("/", 1)[0]
-    yield handle
-    (root / "release").touch()
-    kp.run("stop", "--state-dir", str(state), timeout=120)
-    try:
-        handle.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        handle.proc.kill()
-    log.close()
+    with running_daemon(kp, root, "--config", str(handle.config)) as started:
+        handle.proc, handle.socket = started.proc, started.socket
+        handle.http = next(a for a in started.status["addresses"]
+                           if a.startswith("http://")).rsplit("/", 1)[0]
+        try:
+            yield handle
+        finally:
+            (root / "release").touch()  # a held probe must not hold up the stop
 
 
 def test_reload_restarts_only_the_models_that_changed(running: Running) -> None:
