@@ -92,7 +92,7 @@ def test_plots_are_real_graphs(analysed: tuple[Path, list[dict]]) -> None:
 
 
 def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
-    proc = kp.run("review", str(SAMPLE_SGF), "--visits", "1", "--model", str(G170),
+    proc = kp.run("review", str(SAMPLE_SGF), "--visits", "1", "--checks", "2", "--model", str(G170),
                   "-o", str(tmp_path), check=True)
     assert "B winrate" in proc.stdout and "annotated SGF" in proc.stdout
     assert ("biggest mistakes (checked at 16+ visits)" in proc.stdout
@@ -106,12 +106,12 @@ def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
 
 
 def test_time_budget_measures_then_chooses(kp: Katapool, tmp_path: Path) -> None:
-    proc = kp.run("analyze", str(SAMPLE_SGF), "--time", "90s", "--model", str(G170), "--json",
+    proc = kp.run("analyze", str(SAMPLE_SGF), "--time", "40s", "--model", str(G170), "--json",
                   "-o", str(tmp_path), check=True)
     (game,) = [json.loads(line) for line in proc.stdout.splitlines()]
     # What was measured and chosen is said before the long part starts, on stderr.
     said = re.search(r"measured ([\d.]+) visits/s \((\d+) positions × (\d+) visits in ([\d.]+) s\)"
-                     r"; budget 1 min 30 s: (\d+) visits? per position", proc.stderr)
+                     r"; budget 40 s: (\d+) visits? per position", proc.stderr)
     assert said, proc.stderr
     rate, visits = float(said[1]), int(said[5])
     assert rate > 0 and visits == game["visits"] >= 1
@@ -141,7 +141,8 @@ def test_bad_depth_options(kp: Katapool, args: list[str], message: str) -> None:
 def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
     bad = tmp_path / "illegal.sgf"
     bad.write_text("(;GM[1]SZ[19]KM[7.5];B[pd];W[pd])")
-    proc = kp.run("analyze", str(bad), str(SAMPLE_SGF), "--visits", "1", "--model", str(G170),
+    proc = kp.run("analyze", str(bad), str(SAMPLE_SGF), "--visits", "1", "--checks", "0",
+                  "--model", str(G170),
                   "--json", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1
     assert "illegal.sgf" in proc.stderr and "llegal" in proc.stderr
