@@ -83,7 +83,7 @@ def test_drop_in_for_katrain(kp: Katapool, katago: Path, katrain_config: Path,
     tuning = next((kp.data_dir / "tuning").glob("reference-*.txt"))
     [log] = member_logs(kp) - logs_before
     engine_said = log.read_text()
-    loaded = re.findall(r"Loaded tuning parameters from: (\S+)", engine_said)
+    loaded = re.findall(r"Loaded tuning parameters from: (.+?)\s*$", engine_said, re.M)
     assert [Path(f).resolve() for f in loaded] == [tuning.resolve()], engine_said[-2000:]
     assert "Performing autotuning" not in engine_said
     assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))

@@ -70,7 +70,7 @@ def build_queries(rng: random.Random) -> list[tuple[dict[str, object], Terminate
         q = record.query()
         q["moves"] = q["moves"][:length]  # type: ignore[index]
         q["id"] = query_id(i)
-        q["maxVisits"] = rng.randint(1, 6)
+        q["maxVisits"] = rng.randint(1, 3)  # routing is under test, not search depth
         kind = rng.random()
         turns = [length]
         if kind < 0.45:
@@ -87,7 +87,7 @@ def build_queries(rng: random.Random) -> list[tuple[dict[str, object], Terminate
             # Long searches, cut short: all turns, or the listed turns (all of them), or one
             # turn of a query whose other turns finish on their own.
             style = rng.choice(["all", "listed", "one"])
-            q["maxVisits"] = 40 if style == "one" else 5000
+            q["maxVisits"] = 24 if style == "one" else 5000
             terminate = (rng.uniform(0.05, 0.6), None if style == "all" else
                          turns if style == "listed" else turns[:1])
         out.append((q, terminate, turns))

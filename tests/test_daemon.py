@@ -342,7 +342,7 @@ def test_analyze_connects_to_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     record = load_sgf(SAMPLE_SGF)
     positions = len(record.moves) + 1
     before = {name: sum(m["visits"] for m in daemon.members(name)) for name in ("main", "tf")}
-    proc = daemon.kp.run("analyze", str(SAMPLE_SGF), "--visits", "1", "--connect",
+    proc = daemon.kp.run("analyze", str(SAMPLE_SGF), "--visits", "1", "--checks", "0", "--connect",
                          f"unix:{daemon.socket}", "--model", "main", "--json", "-o", str(tmp_path),
                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -447,7 +447,8 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert here.exists(), f"no katapool script next to {sys.executable}"
     program = shlex.split(unit_value("Service", "ExecStart") or "")[0]
     unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(f"ExecStart={program} ", f"ExecStart={here} "))
+    # (quoted: the checkout's path may hold a space, and systemd splits ExecStart on spaces)
+    unit.write_text(UNIT.read_text().replace(f"ExecStart={program} ", f'ExecStart="{here}" '))
     proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
                           text=True, timeout=60)
     complaints = [line for line in (proc.stdout + proc.stderr).splitlines() if UNIT.name in line]

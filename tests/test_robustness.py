@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -254,7 +255,8 @@ def test_unwritable_output_is_one_line(kp: Katapool) -> None:
 @pytest.mark.engine
 def test_closed_pipe_is_not_a_traceback(kp: Katapool) -> None:
     proc = subprocess.run(
-        f"{sys.executable} -m katapool review {SAMPLE_SGF} --visits 1 --model {G170} --json | head -1",
+        f"{shlex.quote(sys.executable)} -m katapool review {shlex.quote(str(SAMPLE_SGF))} --visits 1 "
+        f"--checks 0 --model {shlex.quote(str(G170))} --json | head -1",
         shell=True, capture_output=True, text=True, env=kp.env, timeout=300)
     assert len(proc.stdout.splitlines()) == 1 and '"move": 1' in proc.stdout
     assert "Traceback" not in proc.stderr
