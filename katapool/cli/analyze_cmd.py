@@ -181,18 +181,23 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                 visits = args.visits
                 if visits >= args.trust_visits:
                     checks = 0
-            report.start(f"{len(games)} game(s), {visits} visits/position", positions)
+            report.start(f"{len(games)} game(s), {visits} visit{'s' if visits != 1 else ''}/position",
+                         positions)
             pass_started = time.monotonic()
             reviews = await review_games(client, games, visits, report.advance, model=model,
                                          trust_visits=args.trust_visits)
-            if budget is not None and checks:
-                # Re-fit the checks to what is left, at the speed the first pass really had.
+            if budget is not None and visits < args.trust_visits:
+                # Re-fit the checks to the time left, at the speed the first pass really had
+                # (the probe is short: a slower or faster machine shows here).
                 rate = visits * positions / max(1e-3, time.monotonic() - pass_started)
                 left = budget - (time.monotonic() - started) - WRAP_UP_SECONDS
-                fitted = min(checks, max(0, int(left * rate // (2 * args.trust_visits))))
-                if fitted < checks:
-                    report.note(f"the first pass ran at {rate:.1f} visits/s: {fitted} swings "
-                                f"(not {checks}) fit in the time left")
+                fitted = max(0, int(left * rate // (2 * args.trust_visits)))
+                if args.checks is not None:
+                    fitted = min(fitted, args.checks)
+                if fitted != checks:
+                    report.note(f"the first pass ran at {rate:.1f} visits/s: "
+                                f"{fitted} swing{'s' if fitted != 1 else ''} (planned: {checks}) "
+                                f"fit in the {format_duration(max(0.0, left))} left")
                 checks = fitted
             floor = args.mistake / 2  # a swing this size at few visits may be a mistake
             if not checks:
@@ -221,6 +226,10 @@ async def measure_speed(client: AsyncClient, games: list[tuple[Path, GameRecord]
     path, record = max(games, key=lambda g: len(g[1].moves))
     turns = list(range(len(record.moves) + 1))
     step = max(1, len(turns) // (PROBE_POSITIONS * PROBE_ROUNDS))
+    # The engine's first evaluations pay one-off costs (OpenCL kernels compiled and cached,
+    # buffers allocated): one position first, untimed.
+    async for _ in client.analyze_game(record, visits=1, turns=[turns[-1]], model=model):
+        pass
     visits, offset = 1, 0
     while True:
         sample = turns[offset::step][:PROBE_POSITIONS] or turns[:PROBE_POSITIONS]
