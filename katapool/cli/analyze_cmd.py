@@ -135,7 +135,8 @@ class ReviewRun:
     def depth_text(self) -> str:
         text = f"{self.visits} visit{'s' if self.visits != 1 else ''} per position"
         if self.checked and self.visits < self.trust_visits:
-            text += f", {self.checked} around the largest swings at {self.trust_visits}"
+            text += (f", the {self.checked} around the largest swings at {self.trust_visits} "
+                     "visits")
         return text
 
 
