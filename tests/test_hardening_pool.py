@@ -139,6 +139,12 @@ def _hooked(factories: list[MemberFactory], hook: Any) -> list[MemberFactory]:
     return [wrap(f) for f in factories]
 
 
+def _hooked_pool(tmp_path: Path, members: int, policy: PoolPolicy, hook: Any) -> Pool:
+    """A real-engine pool whose every new member is first handed to ``hook``."""
+    base = make_pool(tmp_path, members=members, policy=policy)
+    return Pool(_hooked(base.supervisor.factories(), hook), policy, version=base.router.version)
+
+
 @pytest.mark.engine
 def test_a_stopped_member_s_queries_are_answered_before_its_kill_returns(
         pool_env: Path, tmp_path: Path) -> None:
@@ -163,9 +169,7 @@ def test_a_stopped_member_s_queries_are_answered_before_its_kill_returns(
 
     async def go() -> tuple[Collector, bool]:
         c = Collector()
-        base = make_pool(tmp_path, members=2, policy=policy)
-        pool = Pool(_hooked(base.supervisor.factories(), hook), policy,
-                    version=base.router.version)
+        pool = _hooked_pool(tmp_path, 2, policy, hook)
         async with pool:
             await pool.supervisor.wait_until_all_settled()
             victim = member_pids(pool)[0]
@@ -272,9 +276,7 @@ def test_a_fault_in_katapool_s_own_reader_or_writer_is_not_an_engine_death(
 
     async def go() -> tuple[Collector, Any]:
         c = Collector()
-        base = make_pool(tmp_path, members=1, policy=policy)
-        pool = Pool(_hooked(base.supervisor.factories(), hook), policy,
-                    version=base.router.version)
+        pool = _hooked_pool(tmp_path, 1, policy, hook)
         async with pool:
             slot = pool.supervisor.slots[0]
             armed["on"] = True
