@@ -139,6 +139,7 @@ def _stops_what_it_starts(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"the test left processes running (now killed):\n{text}", pytrace=False)
 
 
+@pytest.hookimpl(trylast=True)  # after the fixtures' own teardown (also when -x stops early)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     left = processes.wait_gone(processes.ours(), LEAK_GRACE)
     if left:

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--token-file", type=Path, metavar="FILE", help="the WebSocket's token, "
                    "where one is required (replaces listen.token_file; default: "
                    "$KATAPOOL_TOKEN, else <state dir>/token, made on first start)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the members on a Ray cluster: its head's "
+                   "HOST:PORT, or 'auto' for the cluster this machine belongs to (needs "
+                   "katapool[ray]; see docs/cluster.md)")
     p.add_argument("--detach", action="store_true", help="run in the background (pidfile, logs)")
     p.add_argument("--no-dashboard", action="store_true", help="log lines instead of a live table")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,10 +92,22 @@ def _socket(state: StateDir) -> Path:
 
 
 def _pool_file(args: argparse.Namespace) -> PoolFile:
+    ray_address = getattr(args, "ray", None)
     if args.config:
         if args.gpus or args.members or args.model:
             raise ConfigError("--gpus/--members/--model go in the pool file when --config is given")
         pool_file = load_pool_file(args.config)
+        if ray_address:
+            pool_file = _on_cluster(pool_file, ray_address)
+    elif ray_address:
+        if args.gpus:
+            raise ConfigError("--gpus: on a Ray cluster Ray assigns the GPUs; give --members "
+                              "(one GPU each) or a pool file")
+        pool_file = _on_cluster(default_pool_file(None), ray_address)
+        main = pool_file.models["main"]
+        main.members = args.members or 1
+        if args.model:
+            main.path = args.model
     else:
         gpus = parse_gpus(args.gpus)
         if gpus is None and args.members is None:
@@ -129,6 +144,16 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
         listen = pool_file.listen.model_copy(update={"token_file": str(path)})
         pool_file = pool_file.model_copy(update={"listen": listen})
     return pool_file
+
+
+def _on_cluster(pool_file: PoolFile, address: str) -> PoolFile:
+    from katapool.cluster import require_ray
+
+    require_ray()  # a missing extra is reported before anything starts
+    try:
+        return PoolFile.model_validate({**pool_file.model_dump(), "ray": address})
+    except ValueError as exc:
+        raise ConfigError(f"--ray: {exc}".replace("\n", " ")) from None
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -171,7 +196,7 @@ async def _run(daemon: Daemon, state: StateDir, show_dashboard: bool) -> int:
 def _detach(args: argparse.Namespace, state: StateDir) -> int:
     argv = [sys.executable, "-m", "katapool", "start", "--no-dashboard",
             "--state-dir", str(state.root), "--log-level", args.log_level]
-    for flag in ("config", "gpus", "members", "model"):
+    for flag in ("config", "gpus", "members", "model", "ray"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag}", str(value)]

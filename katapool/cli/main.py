@@ -20,6 +20,7 @@ from katapool.cli import (
     gtp_cmd,
     model_cmd,
     prepare_cmd,
+    ray_cmd,
 )
 from katapool.cli.common import err
 from katapool.errors import KatapoolError
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     gtp_cmd.register(sub)
     model_cmd.register(sub)
     bench_cmd.register(sub)
+    ray_cmd.register(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,6 +39,23 @@ class ModelSpec(_Strict):
                                "instead of generated ones")
     overrides: dict[str, str | int | float | bool] = Field(default_factory=dict)
     analysis_threads: int | None = Field(default=None, ge=1)
+    # On a Ray cluster (`katapool start --ray`): where the members go and what each asks for.
+    placement: Literal["spread", "pack"] = Field(default="spread", description="on a Ray "
+                                                 "cluster: members on as many nodes as "
+                                                 "possible, or filling one node first")
+    resources: dict[str, float] = Field(default_factory=lambda: {"GPU": 1.0}, description=(
+        "on a Ray cluster: what each member asks Ray for; GPU members {GPU: 1}, CPU members "
+        "{katapool_cpu: 1} (declared by `katapool ray worker`), plus any custom resource"))
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, amount in value.items():
+            if not key or amount < 0:
+                raise ValueError(f"resources: {key!r} needs a name and an amount of 0 or more")
+        if value.get("GPU", 0) > 1:
+            raise ValueError("resources: a member drives one GPU (GPU at most 1); use more members")
+        return value
 
     @field_validator("overrides")
     @classmethod
@@ -128,6 +145,9 @@ class PoolFile(_Strict):
     limits: Limits = Field(default_factory=Limits)
     log_dir: str | None = Field(default=None, description="default: <state dir>/logs")
     policy: PoolPolicy = Field(default_factory=PoolPolicy)
+    ray: str | None = Field(default=None, description="run the members on this Ray cluster "
+                            "(head address HOST:PORT, or 'auto' for the one this machine is "
+                            "part of); needs katapool[ray]")
 
     @model_validator(mode="after")
     def _models(self) -> PoolFile:
@@ -136,6 +156,11 @@ class PoolFile(_Strict):
         for name in self.models:
             if not name or not all(c.isalnum() or c in "-_." for c in name):
                 raise ValueError(f"model name {name!r}: use letters, digits, '-', '_' or '.'")
+        if self.ray is not None:
+            for name, spec in self.models.items():
+                if spec.gpus is not None:
+                    raise ValueError(f"models.{name}.gpus: on a Ray cluster Ray assigns the "
+                                     "GPUs; give members (and resources) instead")
         if self.default_model is None:
             self.default_model = next(iter(self.models))
         elif self.default_model not in self.models:

@@ -40,6 +40,7 @@ class LaunchSpec:
     preset: str = "server"
     start_timeout: float = 900.0
     batch: bool = False  # many positions at few visits: search positions in parallel
+    machine_members: int | None = None  # members sharing this machine (default: this pool's)
 
 
 def _mentions(configs: list[Path], overrides: list[str], key: str) -> bool:
@@ -100,7 +101,8 @@ def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None
         for i, device in enumerate(devices):
             built = build_config(mode=Mode.ANALYSIS, info=spec.info, model=spec.model,
                                  device_spec="auto" if device is None else f"gpu:{device}",
-                                 preset=spec.preset, members_on_machine=len(devices),
+                                 preset=spec.preset,
+                                 members_on_machine=spec.machine_members or len(devices),
                                  report=report)
             cfg = run_dir / f"member-{i}.cfg"
             text = built.text
@@ -151,7 +153,7 @@ def launch_from_options(*, model: str | Path | None = None, members: int = 1,
                         configs: list[Path] | None = None, overrides: list[str] | None = None,
                         analysis_threads: int | None = None, start_timeout: float = 900.0,
                         log_dir: Path | None = None, log_prefix: str | None = None,
-                        batch: bool = False) -> Launched:
+                        batch: bool = False, machine_members: int | None = None) -> Launched:
     """Resolve the engine and networks and build member factories with generated configs
     (kept in a private run directory, removed by ``cleanup``)."""
     resolved = resolve_engine(katago)
@@ -162,7 +164,7 @@ def launch_from_options(*, model: str | Path | None = None, members: int = 1,
     spec = LaunchSpec(info=info, model=model_path, human_model=human, configs=list(configs or []),
                       overrides=list(overrides or []), analysis_threads=analysis_threads,
                       gpus=gpus, members=count, preset=preset, start_timeout=start_timeout,
-                      batch=batch)
+                      batch=batch, machine_members=machine_members)
     run_dir = Path(tempfile.mkdtemp(dir=paths.run_dir(), prefix="pool-"))
     try:
         factories = build_factories(spec, run_dir, log_dir, log_prefix)

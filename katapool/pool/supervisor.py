@@ -47,6 +47,7 @@ class InternalFault(str):
 
 
 class SlotState(StrEnum):
+    WAITING = "waiting"  # for its resources (a free GPU on a cluster): not a failure
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"
@@ -131,6 +132,8 @@ class Slot:
                 "reloads": self.reloads, "device": self.label,
                 "load": round(self.load, 1), "last_cause": self.last_cause,
                 "pid": getattr(member, "pid", None), "restart_causes": dict(self.restart_causes),
+                "node": str(getattr(member, "node", "") or "local"),
+                "gpu": getattr(member, "gpu", None),
                 "garbage_lines": self.garbage_lines}
 
 
@@ -140,7 +143,7 @@ class Supervisor:
         self.policy = policy
         self.listener = listener
         self.slots = [Slot(i, f) for i, f in enumerate(factories)]
-        self._start_lock = asyncio.Lock()
+        self._start_locks: dict[str, asyncio.Lock] = {}  # one start at a time per machine
         self._tasks: list[asyncio.Task[None]] = []
         self._probes: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._probe_ids = itertools.count(1)
@@ -166,7 +169,8 @@ class Supervisor:
         """Until no member is starting (each is ready or has failed)."""
         async with self.changed:
             await self.changed.wait_for(lambda: all(
-                s.state in (SlotState.READY, SlotState.FAILED) for s in self.slots))
+                s.state in (SlotState.READY, SlotState.FAILED, SlotState.WAITING)
+                for s in self.slots))
 
     def mark_unhealthy(self, slot: Slot, reason: str) -> None:
         if slot.ready and not slot.unhealthy.is_set():
@@ -236,7 +240,16 @@ class Supervisor:
             slot.member = member  # so that close() can stop it even while it starts
             await self._notify()
             try:
-                async with self._start_lock:
+                place = getattr(member, "place", None)
+                if place is not None:  # a cluster member waits for a node with room first
+                    slot.state = SlotState.WAITING
+                    await self._notify()
+                    await place()
+                    slot.state = SlotState.STARTING
+                    await self._notify()
+                lock = self._start_locks.setdefault(str(getattr(member, "machine", "") or "local"),
+                                                    asyncio.Lock())
+                async with lock:
                     if self._closing:
                         return
                     await member.start()

@@ -21,6 +21,8 @@ from typing import Any
 
 from katapool import __version__
 from katapool.config.poolfile import ModelSpec, PoolFile, is_loopback, load_pool_file, split_address
+from katapool.engine.discovery import resolve_engine
+from katapool.engine.probe import probe_version
 from katapool.errors import ConfigError, KatapoolError
 from katapool.pool import Pool
 from katapool.pool.launch import launch_from_options
@@ -64,6 +66,8 @@ class Daemon:
         """A model's pool, not started (blocking: it probes the engine and the devices; a
         reload runs it in a worker thread)."""
         file = self._next_file or self.file  # during a reload: the file being applied
+        if file.ray is not None:
+            return self._build_cluster_pool(name, spec, file)
         launched = launch_from_options(
             model=spec.path, members=spec.member_count(), gpus=spec.gpus, preset=spec.preset,
             katago=file.engine, human_model=spec.human_model,
@@ -76,6 +80,18 @@ class Daemon:
         pool.on_close(launched.cleanup)
         pool.record_sources(launched.sources)
         return pool
+
+    def _build_cluster_pool(self, name: str, spec: ModelSpec, file: PoolFile) -> Pool:
+        """Members as Ray actors; engines, networks and configs are resolved on the nodes."""
+        from katapool.cluster.driver import ray_factories
+
+        version, git_hash = "", None
+        with contextlib.suppress(KatapoolError):  # the head may have no engine of its own
+            info = probe_version(resolve_engine(file.engine).path)
+            version, git_hash = info.version, info.git_revision
+        factories = ray_factories(name, spec, file)
+        return Pool(factories, pool_policy(file), version=version, git_hash=git_hash,
+                    labels=["ray"] * len(factories))
 
     # --- running --------------------------------------------------------------------------------
 
@@ -93,7 +109,13 @@ class Daemon:
         hub = self.hub = Hub(self.file, self.build_pool)
         hub.control = self._control
         servers: list[Any] = []
+        joined = False
         try:
+            if self.file.ray is not None:
+                from katapool.cluster.driver import connect
+
+                await asyncio.to_thread(connect, self.file.ray)
+                joined = True
             hub.build_all()
             servers = await self._listen(hub)
             if on_started:
@@ -120,6 +142,10 @@ class Daemon:
             for server in servers:
                 server.close()
             await hub.close()
+            if joined:
+                from katapool.cluster.driver import disconnect
+
+                await asyncio.to_thread(disconnect)
             if self.socket_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket_path.unlink()
@@ -193,9 +219,10 @@ class Daemon:
                 new = await asyncio.to_thread(self.regenerate)
             else:
                 new = self.file
-            if new.listen != self.file.listen:
-                log.warning("reload: listen settings change only on restart")
-            new = new.model_copy(update={"listen": self.file.listen, "log_dir": self.file.log_dir})
+            if new.listen != self.file.listen or new.ray != self.file.ray:
+                log.warning("reload: listen settings and the Ray cluster change only on restart")
+            new = new.model_copy(update={"listen": self.file.listen, "log_dir": self.file.log_dir,
+                                         "ray": self.file.ray})
             self._next_file = new
             try:
                 done = await self.hub.reload(new)
