@@ -7,12 +7,24 @@
 # and the data directory (OpenCL tuning, caches, daemon state and token) in the volume /data.
 # The engine and network live in /opt/katapool, outside the volume, so a rebuilt image brings
 # its new engine. docker-compose.yml runs them; docs/deploy.md explains the choices.
+#
+# With --build-arg EXTRAS=kuberay either image is also a Ray node for deploy/kuberay:
+#   docker build --target cpu --build-arg EXTRAS=kuberay -t katapool:cpu-ray .
+#   docker build --target gpu --build-arg EXTRAS=kuberay -t katapool:gpu-ray .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.5.1-runtime-ubuntu22.04
+# The Ray that EXTRAS=kuberay installs, the same in both images: every node of a Ray cluster
+# must run the same version (deploy/kuberay/raycluster.yaml names it in rayVersion).
+ARG RAY_VERSION=2.60.0
 
 # --- cpu ----------------------------------------------------------------------------------------
 FROM --platform=linux/amd64 ${PYTHON_IMAGE} AS cpu
+# katapool's extras to install as well (pyproject.toml): none for Compose and systemd, `kuberay`
+# for a Ray node. An image with extras also gets wget, with which KubeRay before 1.6 probes the
+# health of a Ray node (later ones ask over HTTP themselves).
+ARG EXTRAS=
+ARG RAY_VERSION
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -20,14 +32,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 # OpenCL on the CPU: the ICD loader and PoCL (as bin/bootstrap installs them).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ocl-icd-libopencl1 pocl-opencl-icd \
+ && apt-get install -y --no-install-recommends ocl-icd-libopencl1 pocl-opencl-icd ${EXTRAS:+wget} \
  && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md /src/
 COPY katapool /src/katapool
 COPY configs /src/configs
 RUN python -m venv /opt/katapool/venv \
- && /opt/katapool/venv/bin/pip install /src \
+ && echo "ray==${RAY_VERSION}" > /src/constraints.txt \
+ && /opt/katapool/venv/bin/pip install -c /src/constraints.txt "/src${EXTRAS:+[${EXTRAS}]}" \
  && rm -rf /src
 ENV PATH=/opt/katapool/venv/bin:$PATH
 
@@ -44,9 +57,13 @@ os.symlink(e['path'], '/opt/katapool/katago'); os.link(e['model'], '/opt/katapoo
 
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home katapool \
  && install -d -o katapool -g katapool -m 0700 /data
+# RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL: the two images have different patch releases of
+# Python 3.11 (the python image's, Ubuntu's); Ray, by default, refuses a node or driver whose
+# Python differs from the head's in any digit, and this relaxes that to 3.11 alike.
 ENV KATAPOOL_DATA_DIR=/data \
     KATAPOOL_KATAGO=/opt/katapool/katago \
-    KATAPOOL_MODEL=/opt/katapool/default.bin.gz
+    KATAPOOL_MODEL=/opt/katapool/default.bin.gz \
+    RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor
 USER katapool
 WORKDIR /data
 EXPOSE 6364
@@ -62,6 +79,8 @@ ARG KATAGO_VERSION=1.18.1
 # KataGo publishes no checksums; pass the zip's sha256 to have it checked (an install without
 # one prints the digest it recorded).
 ARG KATAGO_SHA256=
+ARG EXTRAS=
+ARG RAY_VERSION
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -70,14 +89,15 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates python3.11 python3.11-venv \
-      libcudnn8=8.9.7.29-1+cuda12.2 \
+      libcudnn8=8.9.7.29-1+cuda12.2 ${EXTRAS:+wget} \
  && rm -rf /var/lib/apt/lists/*
 
 COPY pyproject.toml README.md /src/
 COPY katapool /src/katapool
 COPY configs /src/configs
 RUN python3.11 -m venv /opt/katapool/venv \
- && /opt/katapool/venv/bin/pip install "/src[nvidia]" \
+ && echo "ray==${RAY_VERSION}" > /src/constraints.txt \
+ && /opt/katapool/venv/bin/pip install -c /src/constraints.txt "/src[nvidia${EXTRAS:+,${EXTRAS}}]" \
  && rm -rf /src
 ENV PATH=/opt/katapool/venv/bin:$PATH
 
@@ -107,7 +127,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
 ENV KATAPOOL_DATA_DIR=/data \
     KATAPOOL_KATAGO=/opt/katapool/katago \
     KATAPOOL_MODEL=/opt/katapool/default.bin.gz \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor
 USER katapool
 WORKDIR /data
 EXPOSE 6364

@@ -5,6 +5,7 @@ own loader."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -52,28 +53,62 @@ def parse_cli(argv: list[str], where: str) -> Namespace:
         pytest.fail(f"{where}: `katapool {shlex.join(argv)}` does not parse: {stderr.getvalue().strip()}")
 
 
+def start_knows_ray() -> bool:
+    """Whether `katapool start` takes ``--ray ADDRESS`` (a Ray cluster's GCS) yet."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return "--ray" in sub.choices["start"]._option_string_actions
+
+
+def parse_cli_ray(argv: list[str], where: str) -> tuple[Namespace, str | None]:
+    """`parse_cli`, and the address of ``start --ray ADDRESS`` (None without one). Until katapool's
+    parser knows ``--ray``, the option is taken off after checking its shape (one HOST:PORT
+    follows it) and the rest is parsed."""
+    if "--ray" not in argv and not any(a.startswith("--ray=") for a in argv):
+        return parse_cli(argv, where), None
+    assert argv[:1] == ["start"], f"{where}: --ray belongs to `katapool start`: {argv}"
+    if start_knows_ray():
+        args = parse_cli(argv, where)
+        return args, args.ray
+    rest, address = [], None
+    words = iter(argv)
+    for word in words:
+        if word == "--ray" or word.startswith("--ray="):
+            assert address is None, f"{where}: --ray given twice"
+            address = word.partition("=")[2] if "=" in word else next(words, "")
+        else:
+            rest.append(word)
+    try:
+        split_address(address or "")
+    except ValueError:
+        pytest.fail(f"{where}: --ray wants HOST:PORT, got {address!r}")
+    return parse_cli(rest, where), address
+
+
 _OPERATOR_CHARS = set(";&|()`")
 _SHELL_WORDS = {"if", "then", "else", "elif", "fi", "do", "done", "exec", "!"}
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+def shell_commands(command: str) -> list[list[str]]:
+    """The words of each simple command in a shell command line (split at &&, ;, |, ( ...)."""
+    segments: list[list[str]] = []
+    lexer = shlex.shlex(command, posix=True, punctuation_chars="".join(_OPERATOR_CHARS))
+    lexer.whitespace_split = True
+    current: list[str] = []
+    for token in lexer:
+        if set(token) <= _OPERATOR_CHARS:  # &&, ;, |, ( ... end a command
+            segments.append(current)
+            current = []
+        else:
+            current.append(token)
+    segments.append(current)
+    return segments
+
+
 def katapool_invocations(command: str | list[str]) -> list[list[str]]:
     """The argument lists of every `katapool ...` in a shell command line (or an exec-form list),
     looking through `sudo -u USER`, `env`, `VAR=value` and `docker compose exec SERVICE`."""
-    segments: list[list[str]] = []
-    if isinstance(command, list):
-        segments.append(command)
-    else:
-        lexer = shlex.shlex(command, posix=True, punctuation_chars="".join(_OPERATOR_CHARS))
-        lexer.whitespace_split = True
-        current: list[str] = []
-        for token in lexer:
-            if set(token) <= _OPERATOR_CHARS:  # &&, ;, |, ( ... end a command
-                segments.append(current)
-                current = []
-            else:
-                current.append(token)
-        segments.append(current)
+    segments = [command] if isinstance(command, list) else shell_commands(command)
     found = []
     for words in segments:
         words = list(words)
@@ -247,23 +282,29 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def dockerfile_stages(build_args: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per stage: base image, katapool invocations (RUN, and CMD/ENTRYPOINT), ENV and EXPOSE,
-    with build arguments at their defaults or as given (`docker build --build-arg`)."""
+    """Per stage: base image, katapool invocations (RUN, and CMD/ENTRYPOINT), the RUN commands
+    themselves (``shell``), ENV and EXPOSE, with build arguments at their defaults or as given
+    (`docker build --build-arg`)."""
     given = build_args or {}
     global_args: dict[str, str] = {}
     stages: dict[str, dict[str, Any]] = {}
     stage: dict[str, Any] | None = None
     for keyword, rest in dockerfile_instructions():
         if keyword == "ARG":
-            name, _, default = rest.partition("=")
-            (stage["args"] if stage is not None else global_args)[name] = given.get(name, default)
+            name, has_default, default = rest.partition("=")
+            if stage is None:
+                global_args[name] = given.get(name, default)
+            else:  # a stage's ARG without a default takes the global one
+                inherited = default if has_default else global_args.get(name, "")
+                stage["args"][name] = given.get(name, inherited)
         elif keyword == "FROM":
             words = rest.split()
             # The images are x86-64 only (KataGo publishes no ARM Linux builds).
             assert words[0] == "--platform=linux/amd64", f"unpinned platform: FROM {rest}"
             words = words[1:]
             assert len(words) == 3 and words[1].upper() == "AS", f"unnamed stage: FROM {rest}"
-            stage = {"base": words[0], "args": {}, "run": [], "cmd": [], "env": {}, "expose": []}
+            stage = {"base": words[0], "args": {}, "run": [], "cmd": [], "shell": [], "env": {},
+                     "expose": []}
             stages[words[2]] = stage
         elif stage is None:
             continue
@@ -272,6 +313,8 @@ def dockerfile_stages(build_args: dict[str, str] | None = None) -> dict[str, dic
             command = json.loads(expanded) if expanded.startswith("[") else expanded
             calls = katapool_invocations(command)
             stage["run" if keyword == "RUN" else "cmd"].extend(calls)
+            if keyword == "RUN":
+                stage["shell"].append(expanded)
             if keyword != "RUN":
                 assert calls, f"{keyword} {rest} does not run katapool"
         elif keyword == "ENV":
@@ -471,7 +514,7 @@ def test_deploy_doc_commands_parse() -> None:
         calls += [argv for argv in katapool_invocations(" ".join(span.split())) if argv]
     assert len(calls) >= 10, "docs/deploy.md shows hardly any katapool commands"
     for argv in calls:
-        parse_cli(argv, "docs/deploy.md")
+        parse_cli_ray(argv, "docs/deploy.md")
     for link in re.findall(r"\]\(([^)#]+)", text):
         if "://" not in link:
             assert (DEPLOY_DOC.parent / link).exists(), f"docs/deploy.md links to missing {link}"
