@@ -57,8 +57,8 @@ def cluster(kp: Katapool) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        ray.shutdown()  # type: ignore[no-untyped-call]
-        c.shutdown()
+        ray.shutdown()
+        c.shutdown()  # type: ignore[no-untyped-call]
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
