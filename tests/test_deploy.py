@@ -5,7 +5,6 @@ own loader."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -53,35 +52,18 @@ def parse_cli(argv: list[str], where: str) -> Namespace:
         pytest.fail(f"{where}: `katapool {shlex.join(argv)}` does not parse: {stderr.getvalue().strip()}")
 
 
-def start_knows_ray() -> bool:
-    """Whether `katapool start` takes ``--ray ADDRESS`` (a Ray cluster's GCS) yet."""
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return "--ray" in sub.choices["start"]._option_string_actions
-
-
 def parse_cli_ray(argv: list[str], where: str) -> tuple[Namespace, str | None]:
-    """`parse_cli`, and the address of ``start --ray ADDRESS`` (None without one). Until katapool's
-    parser knows ``--ray``, the option is taken off after checking its shape (one HOST:PORT
-    follows it) and the rest is parsed."""
-    if "--ray" not in argv and not any(a.startswith("--ray=") for a in argv):
-        return parse_cli(argv, where), None
-    assert argv[:1] == ["start"], f"{where}: --ray belongs to `katapool start`: {argv}"
-    if start_knows_ray():
-        args = parse_cli(argv, where)
-        return args, args.ray
-    rest, address = [], None
-    words = iter(argv)
-    for word in words:
-        if word == "--ray" or word.startswith("--ray="):
-            assert address is None, f"{where}: --ray given twice"
-            address = word.partition("=")[2] if "=" in word else next(words, "")
-        else:
-            rest.append(word)
-    try:
-        split_address(address or "")
-    except ValueError:
-        pytest.fail(f"{where}: --ray wants HOST:PORT, got {address!r}")
-    return parse_cli(rest, where), address
+    """`parse_cli`, and the address of ``start --ray ADDRESS`` (None without one), checked to be
+    one HOST:PORT."""
+    args = parse_cli(argv, where)
+    address = getattr(args, "ray", None)
+    if address is not None:
+        assert argv[:1] == ["start"], f"{where}: --ray belongs to `katapool start`: {argv}"
+        try:
+            split_address(address)
+        except ValueError:
+            pytest.fail(f"{where}: --ray wants HOST:PORT, got {address!r}")
+    return args, address
 
 
 _OPERATOR_CHARS = set(";&|()`")

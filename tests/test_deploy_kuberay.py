@@ -37,6 +37,7 @@ from test_deploy import (
 )
 
 from katapool.cli import daemon_cmd
+from katapool.cluster import CPU_RESOURCE
 from katapool.config.poolfile import Listen, is_loopback, split_address
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +45,6 @@ KUBERAY = ROOT / "deploy" / "kuberay"
 KUSTOMIZATION = KUBERAY / "kustomization.yaml"
 PYPROJECT = ROOT / "pyproject.toml"
 
-# What katapool's pool members ask Ray for: a CPU member one unit of this custom resource, a
-# GPU member one GPU (Ray's num_gpus).
-CPU_MEMBER_RESOURCE = "katapool_cpu"
 # A Kubernetes release kubernetes-validate ships that clusters still run, and its newest one.
 K8S_VERSIONS = sorted({"1.32", kubernetes_validate.latest_version()})
 # KubeRay's name for the head's group (the ray.io/group label of the head pod), Ray's default
@@ -515,17 +513,17 @@ def test_ray_resources_match_what_members_ask(cluster: dict[str, Any]) -> None:
         gpus = {gpu_limit(c) for c in containers(group)}
         ray_gpus = float(params["num-gpus"])  # explicit: Ray would look for GPUs itself
         if name == HEAD_GROUP:
-            assert ray_gpus == 0 and gpus == {0} and CPU_MEMBER_RESOURCE not in custom
+            assert ray_gpus == 0 and gpus == {0} and CPU_RESOURCE not in custom
             assert float(params["num-cpus"]) == 0, "tasks and actors could land on the head"
             assert not group.get("resources")
         elif ray_gpus:
             # One GPU for Ray per GPU the pod gets; the first container is the Ray node.
             assert ray_gpus == gpu_limit(group["template"]["spec"]["containers"][0]) >= 1
-            assert CPU_MEMBER_RESOURCE not in custom
+            assert CPU_RESOURCE not in custom
             kinds.append("gpu")
         else:
             assert gpus == {0}, f"group {name} gets a GPU that Ray does not offer"
-            assert custom == {CPU_MEMBER_RESOURCE: 1}, f"group {name}: {custom}"
+            assert custom == {CPU_RESOURCE: 1}, f"group {name}: {custom}"
             kinds.append("cpu")
     assert sorted(kinds) == ["cpu", "gpu"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from katapool.cluster import NAMESPACE, require_ray
@@ -15,18 +16,27 @@ from katapool.pool.supervisor import MemberFactory
 log = logging.getLogger(__name__)
 
 
-def connect(address: str) -> dict[str, Any]:
+def connect(address: str, wait: float = 120.0) -> dict[str, Any]:
     """Join the cluster at ``address`` ('auto': the one this machine belongs to) as its
-    driver (blocking). Ray's workers' output is not relayed: stdout stays katapool's."""
+    driver (blocking), trying again for up to ``wait`` seconds: a daemon started beside its
+    head (a pod's second container, a service started at boot) may be up first. Ray's
+    workers' output is not relayed: stdout stays katapool's."""
     ray = require_ray()
     if ray.is_initialized():
         return dict(ray.cluster_resources())
-    try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise KatapoolError(f"cannot join the Ray cluster at {address}: {first}") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if time.monotonic() > deadline:
+                raise KatapoolError(f"cannot join the Ray cluster at {address}: {first}") from None
+            log.warning("the Ray cluster at %s is not reachable yet (%s); trying again", address,
+                        first)
+            time.sleep(2.0)
     resources = dict(ray.cluster_resources())
     log.info("joined the Ray cluster at %s: %s", address, resources)
     return resources
