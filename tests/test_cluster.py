@@ -14,9 +14,11 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from daemon_helpers import running_daemon
 from pool_helpers import wait_for
 
 import processes
@@ -297,3 +300,56 @@ def test_real_katago_member_on_a_cpu_node(cluster: Cluster, kp: Katapool, tmp_pa
     assert status[0]["node"].split("/")[1] == node.node_id[:8]
     assert sorted(ledger.finals) == [("real0", 0), ("real0", 1), ("real0", 2), ("real1", 3)]
     assert set(ledger.finals.values()) == {1} and not ledger.errors
+
+
+def test_daemon_on_the_cluster(cluster: Cluster, kp: Katapool, tmp_path: Path) -> None:
+    """`katapool start --ray ADDRESS`: the pool file's members on the cluster's nodes, status
+    and /metrics naming each member's node, queries over the Unix socket answered once."""
+    cfg = tmp_path / "fake.cfg"
+    cfg.write_text("logToStderr = false\n")
+    (tmp_path / "katapool.yaml").write_text(
+        f"engine: {json.dumps(str(FAKE))}\n"
+        "listen:\n  websocket: 127.0.0.1:0\n"
+        "models:\n  main:\n"
+        f"    path: {json.dumps(str(G170))}\n    configs: [{json.dumps(str(cfg))}]\n"
+        "    members: 2\n    placement: spread\n    resources: {GPU: 1}\n")
+    with running_daemon(kp, tmp_path, "--config", str(tmp_path / "katapool.yaml"),
+                        "--ray", cluster.address) as daemon:
+        members = daemon.status["models"][0]["members"]
+        assert len({m["node"] for m in members}) == 2, members
+        assert all(m["node"] != "local" and m["gpu"] in ("0", "1") for m in members), members
+        http = next(a for a in daemon.status["addresses"] if a.endswith("/metrics"))
+        with urllib.request.urlopen(http, timeout=10) as r:
+            metrics = r.read().decode()
+        for m in members:
+            assert f'node="{m["node"]}"' in metrics, m["node"]
+        queries = workload(random.Random(3), 60)
+        ledger = Ledger()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(daemon.socket))
+            sock.sendall("".join(json.dumps(q) + "\n" for q in queries).encode())
+            want = sum(len(expected_turns(q)) for q in queries)
+            buffer = b""
+            sock.settimeout(60)
+            while sum(ledger.finals.values()) < want:
+                chunk = sock.recv(1 << 16)
+                assert chunk, "the daemon closed the connection"
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    ledger(json.loads(line))
+    assert not ledger.errors
+    assert all(ledger.finals[(q["id"], t)] == 1 for q in queries for t in expected_turns(q))
+    assert not fake_engines()
+
+
+def test_without_the_ray_extra_the_error_names_it(kp: Katapool, tmp_path: Path) -> None:
+    """Ray hidden from the interpreter, as for a user without katapool[ray]."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    proc = kp.run("start", "--ray", "auto", "--state-dir", str(tmp_path / "state"),
+                  env={"PYTHONPATH": str(hide)}, timeout=60)
+    assert proc.returncode != 0
+    assert "pip install 'katapool[ray]'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "state" / "socket").exists()
