@@ -57,11 +57,27 @@ def test_empty_file_is_the_default() -> None:
     ("models:\n  main: {}\ndefault_model: other\n", "default_model 'other' is not one of"),
     ("- just\n- a list\n", "expected a mapping"),
     ("policy:\n  crash_budget: -1\n", "katapool.yaml:2: policy.crash_budget"),
+    # Ray clusters: Ray assigns GPUs; a member drives one; placement is one of two words.
+    ("ray: auto\nmodels:\n  main:\n    gpus: [0]\n", "models.main.gpus: on a Ray cluster Ray "
+                                                      "assigns the GPUs"),
+    ("models:\n  main:\n    resources: {GPU: 2}\n", "katapool.yaml:3: models.main.resources: "
+                                                    "Value error, resources: a member drives one GPU"),
+    ("models:\n  main:\n    placement: everywhere\n", "katapool.yaml:3: models.main.placement"),
 ])
 def test_mistakes_name_the_line(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_pool_file(text)
     assert expected in str(info.value)
+
+
+def test_cluster_keys_load() -> None:
+    f = parse_pool_file("ray: 10.0.0.1:6379\nmodels:\n  main:\n    members: 3\n"
+                        "    placement: pack\n    resources: {katapool_cpu: 1, big_ram: 0.5}\n")
+    assert f.ray == "10.0.0.1:6379"
+    main = f.models["main"]
+    assert main.member_count() == 3 and main.placement == "pack"
+    assert main.resources == {"katapool_cpu": 1.0, "big_ram": 0.5}
+    assert parse_pool_file("").models["main"].resources == {"GPU": 1.0}
 
 
 def test_loopback() -> None:
