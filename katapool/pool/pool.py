@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from katapool.config.policy import PoolPolicy
 from katapool.engine.probe import binary_stamp
 from katapool.errors import EngineStartError
 from katapool.pool.member import Member
-from katapool.pool.policy import PoolPolicy
 from katapool.pool.router import Deliver, Router, Session
 from katapool.pool.supervisor import MemberFactory, Supervisor
 

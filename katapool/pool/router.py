@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from katapool.pool.policy import PoolPolicy
+from katapool.config.policy import PoolPolicy
 from katapool.pool.supervisor import PLANNED_STOP, Slot, SlotState, Supervisor
 from katapool.protocol.analysis import (
     BadRequest,

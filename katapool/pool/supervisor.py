@@ -20,9 +20,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
+from katapool.config.policy import PoolPolicy
 from katapool.errors import EngineTerminatedError
 from katapool.pool.member import Member, MemberStartError
-from katapool.pool.policy import PoolPolicy
 
 log = logging.getLogger(__name__)
 
