@@ -129,8 +129,7 @@ def test_member_that_reads_nothing_is_replaced_and_loses_no_query(pool_env: Path
             finally:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(stopped, signal.SIGCONT)
-            causes = pool.supervisor.slots[0].restart_causes
-            return c, dict(causes), dict(pool.router.stats)
+            return c, dict(pool.members()[0].restart_causes), dict(pool.counters().events)
 
     c, causes, stats = asyncio.run(go())
     assert causes == {"backlog": 1}

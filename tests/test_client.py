@@ -21,7 +21,7 @@ async def wait_idle(pool: Pool, what: str) -> None:
     """Until the pool owes nothing; the bound is a hang guard only (the queries waited for
     here would run for many minutes if they were not stopped)."""
     await asyncio.wait_for(pool.drain(), 120)
-    assert pool.router.outstanding == 0, what
+    assert pool.outstanding == 0, what
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_async_client_embedded(engine_env: Path) -> None:
             # A per-call timeout ends in AnalysisTimeout and frees the pool: the query is
             # terminated (its search cut short), not left to run its 100,000 visits.
             def visits_done() -> int:
-                return sum(slot.visits_done for slot in pool.supervisor.slots)
+                return sum(m.visits_done for m in pool.members())
 
             before = visits_done()
             with pytest.raises(AnalysisTimeout):

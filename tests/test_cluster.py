@@ -248,7 +248,7 @@ def test_member_without_a_free_gpu_waits_then_a_new_node_takes_it(
                 for q in workload(random.Random(2), 60):
                     session.submit(json.dumps(q))
                 await asyncio.wait_for(pool.drain(), 60)
-                assert late.visits_done > 0, "the member on the new node got no work"
+                assert pool.router.load_of(late.index).visits_done > 0, "no work on the new node"
                 want = (gpus + 1, gpus + 2)
                 assert _ray_status_gpus(cluster.address, want) == want
             finally:

@@ -142,7 +142,7 @@ def _hooked(factories: list[MemberFactory], hook: Any) -> list[MemberFactory]:
 def _hooked_pool(tmp_path: Path, members: int, policy: PoolPolicy, hook: Any) -> Pool:
     """A real-engine pool whose every new member is first handed to ``hook``."""
     base = make_pool(tmp_path, members=members, policy=policy)
-    return Pool(_hooked(base.supervisor.factories(), hook), policy, version=base.router.version)
+    return Pool(_hooked(base.factories(), hook), policy, version=base.version)
 
 
 @pytest.mark.engine
@@ -214,14 +214,14 @@ def test_a_reload_moves_queries_before_the_old_member_has_stopped(
     async def go() -> tuple[Collector, bool, bool]:
         c = Collector()
         base = make_pool(tmp_path, members=2, policy=policy)
-        factories = base.supervisor.factories()
-        pool = Pool(_hooked(factories, hook), policy, version=base.router.version)
+        factories = base.factories()
+        pool = Pool(_hooked(factories, hook), policy, version=base.version)
         async with pool:
             await pool.supervisor.wait_until_all_settled()
             s = pool.session(c)
             for i in range(4):
                 s.submit(query(f"q{i}", visits=150))
-            await wait_for(lambda: pool.router.parts_on(pool.supervisor.slots[0]) > 0, 30,
+            await wait_for(lambda: pool.members()[0].in_flight > 0, 30,
                            "work on member 0")
             reload = asyncio.create_task(pool.reload(factories, drain_timeout=0))
             try:

@@ -48,7 +48,7 @@ def test_two_callers_same_ids_each_get_their_own(pool_env: Path, tmp_path: Path)
                 sa.submit(query(f"q{i}", [0, 2, 5]))
                 sb.submit(query(f"q{i}", [1]))
             await pool.drain()
-            assert pool.router.outstanding == 0
+            assert pool.outstanding == 0
         return a, b
 
     a, b = asyncio.run(go())
@@ -240,7 +240,7 @@ def test_query_deadline_terminates_and_terminate_grace_replaces_a_stuck_member(
             assert slot.restarts == 0, "a deadline stops the query, not the member"
 
             s.submit(query("stuck", visits=100_000))
-            await wait_for(lambda: bool(pool.router.by_key), 30, "the query on the member")
+            await wait_for(lambda: pool.members()[0].in_flight > 0, 30, "the query on the member")
             os.kill(first_pid, signal.SIGSTOP)
             await asyncio.wait_for(pool.drain(), 120)
             await wait_for(lambda: slot.ready and first_pid not in member_pids(pool), 120,
@@ -279,26 +279,28 @@ def test_one_games_positions_stay_on_one_member(pool_env: Path, tmp_path: Path) 
         c = Collector()
         async with make_pool(tmp_path, members=2) as pool:
             await pool.supervisor.wait_until_all_settled()
-            slots = pool.supervisor.slots
             s = pool.session(c)
+
+            def visits() -> list[int]:
+                return [m.visits_done for m in pool.members()]
 
             async def run_alone(line: str) -> int:
                 """The member that answered it (whose visits grew)."""
-                before = [slot.visits_done for slot in slots]
+                before = visits()
                 s.submit(line)
                 await asyncio.wait_for(pool.drain(), 120)
-                [grew] = [i for i, slot in enumerate(slots) if slot.visits_done > before[i]]
+                [grew] = [i for i, done in enumerate(visits()) if done > before[i]]
                 return grew
 
             member_a = await run_alone(position(game_a, 20, 2))
             # Game B's first position arrives while A's member is busy: it goes to the other.
-            before = [slot.visits_done for slot in slots]
+            before = visits()
             s.submit(position(game_a, 21, 200))
             s.submit(position(game_b, 20, 2))
             await asyncio.wait_for(pool.drain(), 120)
             assert c.finals("b20")
             member_b = 1 - member_a
-            assert slots[member_b].visits_done > before[member_b]
+            assert visits()[member_b] > before[member_b]
             # From now on, one at a time on an idle pool: each game keeps its member.
             routed = []
             for n in range(21, 26):

@@ -163,7 +163,9 @@ def test_garbage_lines_do_not_kill_the_reader(tmp_path: Path) -> None:
         async with engine:
             [answer] = await engine.request({"id": "mine", "moves": []})
             assert answer["id"] == "mine"
-            assert len(engine.orphans) == 3
+            # Skipped and counted as the pool's members count them; not taken for answers.
+            assert engine.garbage_lines == 3 and list(engine.garbage) == ["42", "[1, 2]", "not json"]
+            assert not engine.orphans
             await engine.process.wait()  # the fake exits after one query
             with pytest.raises(EngineTerminatedError):
                 await engine.request({"id": "late", "moves": []})
@@ -192,6 +194,9 @@ def test_pool_member_skips_garbage_lines(tmp_path: Path) -> None:
             # then the rest of that line arrives and is skipped as a line of its own.
             skipped = member.garbage_lines
             assert GARBAGE_PER_ANSWER + 1 <= skipped <= GARBAGE_PER_ANSWER + 2
+            # The latest few are kept (cut short) to show what the engine wrote.
+            assert "stream limit" in member.garbage[0]
+            assert list(member.garbage)[-3:] == ['"a string"', "null", ""]
             assert member.alive
             await member.send({"id": "v", "action": "query_version"})
             assert await member.receive() == {"id": "v", "action": "query_version",

@@ -119,7 +119,7 @@ async def run_sequence(seed: int) -> list[Any]:
 
     problems: list[Any] = []
     if router.outstanding or router.by_key or router.waiting or router._solo \
-            or any(s.load for s in slots) or any(router._on_slot.values()):
+            or any(m.load or m.parts for m in router.loads.values()):
         problems.append(("leftover state", router.outstanding, list(router.by_key)))
     per: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for m in out:

@@ -23,11 +23,11 @@ from katapool.cli.common import parse_gpus, resolve_katago_args
 from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.overrides import check_override_arg
 from katapool.config.settings import Mode
+from katapool.engine.analysis_process import READY_MARKER
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories
 
-READY_LINE = "Started, ready to begin handling requests"
 log = logging.getLogger("katapool")
 
 
@@ -124,7 +124,7 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
         # that the first burst of queries spreads over the whole pool.
         if not await _unless_stopped(pool.start(wait="all"), stopped):
             return 130
-        print(READY_LINE, file=sys.stderr, flush=True)
+        print(READY_MARKER, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
         end_of_input = await start_stdin_reader(loop, session.submit)
         await _unless_stopped(end_of_input.wait(), stopped)

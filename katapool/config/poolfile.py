@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from katapool.config.overrides import check_override
+from katapool.config.policy import PoolPolicy
 from katapool.config.settings import Mode
 from katapool.errors import ConfigError
-from katapool.pool.policy import PoolPolicy
 
 DEFAULT_WS_PORT = 6364
 

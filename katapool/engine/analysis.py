@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from katapool.engine.analysis_process import READY_MARKER, AnalysisProcess
 from katapool.engine.process import EngineProcess
 from katapool.errors import EngineError, EngineTerminatedError
 from katapool.protocol.analysis import is_final
 
-READY_MARKER = "Started, ready to begin handling requests"
+__all__ = ["ORPHANS_KEPT", "READY_MARKER", "AnalysisEngine", "expected_finals"]
+
 ORPHANS_KEPT = 100  # the latest responses nobody asked for, kept for diagnosis
 
 _END = object()
@@ -29,7 +30,11 @@ def expected_finals(query: dict[str, Any]) -> int:
 
 
 class AnalysisEngine:
-    """One ``katago analysis`` process; ids are katapool's, so callers never collide."""
+    """One ``katago analysis`` process; ids are katapool's, so callers never collide.
+
+    It reads the engine through :class:`AnalysisProcess`, as the pool's members do: lines that
+    are not JSON objects are counted in :attr:`garbage_lines`; :attr:`orphans` are JSON
+    responses that no query of this object is waiting for."""
 
     def __init__(
         self,
@@ -43,8 +48,8 @@ class AnalysisEngine:
         start_timeout: float = 600.0,
     ) -> None:
         argv = [str(katago), "analysis", "-config", str(config), "-model", str(model), *extra_args]
-        self.process = EngineProcess(argv, name=name, ready_marker=READY_MARKER,
-                                     start_timeout=start_timeout, stderr_log=stderr_log)
+        self.analysis = AnalysisProcess(name, argv, start_timeout=start_timeout,
+                                        stderr_log=stderr_log)
         self._queues: dict[str, asyncio.Queue[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -54,40 +59,36 @@ class AnalysisEngine:
         self.orphan_count = 0
         self._closed = False
 
+    @property
+    def process(self) -> EngineProcess:
+        return self.analysis.process
+
+    @property
+    def garbage_lines(self) -> int:
+        return self.analysis.garbage_lines
+
+    @property
+    def garbage(self) -> deque[str]:
+        """The latest lines that were not JSON objects (cut short), for diagnosis."""
+        return self.analysis.garbage
+
     async def start(self) -> None:
-        await self.process.start()
+        await self.analysis.start()
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.process.name}-stdout")
 
     async def _read_loop(self) -> None:
         try:
-            while True:
-                try:
-                    line = await self.process.read_line()
-                except (ValueError, asyncio.LimitOverrunError) as exc:
-                    self._orphan({"unreadable": str(exc)})
-                    continue
-                if line is None:
-                    break
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
-                    msg = None
-                if not isinstance(msg, dict):
-                    self._orphan({"unparsed": line[:1000]})
-                    continue
+            while (msg := await self.analysis.receive()) is not None:
                 queue = self._queues.get(str(msg.get("id")))
                 if queue is None:
-                    self._orphan(msg)
+                    self.orphans.append(msg)
+                    self.orphan_count += 1
                 else:
                     queue.put_nowait(msg)
         finally:
             self._closed = True
             for queue in self._queues.values():
                 queue.put_nowait(_END)
-
-    def _orphan(self, what: dict[str, Any]) -> None:
-        self.orphans.append(what)
-        self.orphan_count += 1
 
     async def query(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one query; yield its responses (partial and final) until it is complete."""
@@ -98,7 +99,7 @@ class AnalysisEngine:
         self._queues[qid] = queue
         caller_id = query.get("id")
         try:
-            await self.process.send_line(json.dumps({**query, "id": qid}))
+            await self.analysis.send({**query, "id": qid})
             remaining = expected_finals(query)
             while remaining > 0:
                 msg = await queue.get()
@@ -121,7 +122,7 @@ class AnalysisEngine:
         return [msg async for msg in self.query(query) if is_final(msg)]
 
     async def close(self) -> int | None:
-        code = await self.process.close()
+        code = await self.analysis.close()
         if self._reader:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._reader

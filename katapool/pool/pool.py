@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from katapool.config.policy import PoolPolicy
 from katapool.engine.probe import binary_stamp
 from katapool.errors import EngineStartError
 from katapool.pool.member import Member
-from katapool.pool.policy import PoolPolicy
 from katapool.pool.router import Deliver, Router, Session
 from katapool.pool.supervisor import MemberFactory, Supervisor
+from katapool.pool.view import MemberSnapshot, PoolCounters, member_snapshot, pool_counters
 
 if TYPE_CHECKING:
     from katapool.pool.launch import Launched
@@ -94,14 +95,30 @@ class Pool:
         """Run ``cleanup`` (e.g. removing generated config files) when the pool closes."""
         self._cleanup.append(cleanup)
 
-    def adopt_cleanup(self, other: Pool) -> None:
+    @property
+    def version(self) -> str:
+        """The engine's version, as ``query_version`` answers it."""
+        return self.router.version
+
+    @property
+    def size(self) -> int:
+        """How many members the pool has (each in one slot, whatever its state)."""
+        return len(self.supervisor.slots)
+
+    def factories(self) -> list[MemberFactory]:
+        """What builds each member now (for a :meth:`reload` of another pool to them)."""
+        return self.supervisor.factories()
+
+    def adopt(self, other: Pool) -> None:
         """After a reload to ``other``'s factories: drop this pool's old files, keep its (and
-        what it knows of its engine and source files)."""
+        what it knows of its engine, source files and members' devices)."""
         for cleanup in self._cleanup:
             cleanup()
         self._cleanup, other._cleanup = other._cleanup, []
         self._sources = dict(other._sources)
         self.router.version, self.router.git_hash = other.router.version, other.router.git_hash
+        for slot, theirs in zip(self.supervisor.slots, other.supervisor.slots, strict=True):
+            slot.label = theirs.label
 
     async def reload(self, factories: list[MemberFactory], drain_timeout: float | None = None) -> bool:
         """Rolling restart: members are replaced one at a time from ``factories`` (a new model
@@ -150,8 +167,22 @@ class Pool:
     async def drain(self) -> None:
         await self.router.wait_idle()
 
+    def members(self) -> list[MemberSnapshot]:
+        """Every member as it is now, in slot order."""
+        return [member_snapshot(slot, self.router.load_of(slot.index))
+                for slot in self.supervisor.slots]
+
+    def counters(self) -> PoolCounters:
+        """The router's pool-wide numbers (queue, oldest queries, re-routes, …)."""
+        return pool_counters(self.router)
+
+    @property
+    def outstanding(self) -> int:
+        """Queries accepted and not yet finished (cheap: for checks on every query)."""
+        return self.router.outstanding
+
     def status(self) -> list[dict[str, Any]]:
-        return [s.status() for s in self.supervisor.slots]
+        return [member.status() for member in self.members()]
 
     async def close(self) -> None:
         if self._deadline_task:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from katapool.pool.policy import PoolPolicy
+from katapool.config.policy import PoolPolicy
 from katapool.pool.supervisor import PLANNED_STOP, Slot, SlotState, Supervisor
 from katapool.protocol.analysis import (
     BadRequest,
@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[dict[str, Any]], None]
 AFFINITY_MOVES = 12  # positions of one game share this opening prefix
+LATENCIES_KEPT = 256  # per member, for its latency percentiles
+
+
+@dataclass
+class MemberLoad:
+    """The router's own record of one member (by slot index): the work it holds, and what it
+    has done. It outlives restarts, as the slot does; the supervisor never touches it."""
+
+    load: float = 0.0  # outstanding turns weighted by visits
+    parts: int = 0  # parts in flight on it
+    visits_done: int = 0  # visits of the final responses it gave (for visits/s)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
 
 
 class Session:
@@ -144,7 +156,7 @@ class Router:
         self.outstanding = 0
         self._numbers = itertools.count(1)
         self._affinity: dict[str, int] = {}
-        self._on_slot: dict[int, int] = {}  # parts per slot
+        self.loads: dict[int, MemberLoad] = {}  # by slot index
         self._solo: dict[int, Flight] = {}  # slot -> the suspect running alone on it
         self._idle = asyncio.Event()
         self._idle.set()
@@ -232,6 +244,16 @@ class Router:
     def _slots(self) -> list[Slot]:
         return self.supervisor.slots if self.supervisor else []
 
+    def load_of(self, index: int) -> MemberLoad:
+        """The record of slot ``index`` (a fresh one for a member that has had no work)."""
+        record = self.loads.get(index)
+        if record is None:
+            record = self.loads[index] = MemberLoad()
+        return record
+
+    def _load(self, slot: Slot) -> float:
+        return self.load_of(slot.index).load
+
     def _affinity_key(self, flight: Flight) -> str:
         raw = flight.request.raw
         moves = raw.get("moves") or []
@@ -249,7 +271,7 @@ class Router:
         ready = [s for s in self._slots() if s.available and s.index not in self._solo]
         if not ready:
             return None
-        least = min(ready, key=lambda s: s.load)
+        least = min(ready, key=self._load)
         if flight.kind != "analysis":
             return least
         key = self._affinity_key(flight)
@@ -258,7 +280,7 @@ class Router:
             slot = self._slots()[preferred]
             # Same game, same member: its NN cache already holds these positions.
             if slot.available and slot.index not in self._solo \
-                    and slot.load <= least.load * self.policy.affinity_slack + cost:
+                    and self._load(slot) <= self._load(least) * self.policy.affinity_slack + cost:
                 return slot
         self._affinity[key] = least.index
         if len(self._affinity) > 100_000:
@@ -268,11 +290,11 @@ class Router:
     def _plan(self, flight: Flight, turns: list[int]) -> list[tuple[Slot, list[int]]] | None:
         """Which member gets which of ``turns``; None if no member can take them now."""
         if self._suspect(flight):
-            idle = [s for s in self._slots() if s.available and not self._on_slot.get(s.index)]
+            idle = [s for s in self._slots() if s.available and not self.load_of(s.index).parts]
             return [(idle[0], turns)] if idle else None
         visits = flight.request.visits
         ready = sorted((s for s in self._slots() if s.available and s.index not in self._solo),
-                       key=lambda s: s.load)
+                       key=self._load)
         chunk = self.policy.split_min_turns
         if flight.kind == "analysis" and len(ready) > 1 and len(turns) >= 2 * chunk:
             # Many turns: split them over the least-loaded members, contiguous and even.
@@ -313,8 +335,9 @@ class Router:
                     float(flight.request.visits))
         flight.parts.append(part)
         self.by_key[key] = (flight, part)
-        slot.load += part.cost
-        self._on_slot[slot.index] = self._on_slot.get(slot.index, 0) + 1
+        record = self.load_of(slot.index)
+        record.load += part.cost
+        record.parts += 1
         if self._suspect(flight):
             self._solo[slot.index] = flight
         slot.post(payload)
@@ -337,12 +360,13 @@ class Router:
         if part in flight.parts:
             flight.parts.remove(part)
         slot = part.slot
-        slot.load = max(0.0, slot.load - part.cost)
+        record = self.load_of(slot.index)
+        record.load = max(0.0, record.load - part.cost)
         part.open_turns = set()
-        self._on_slot[slot.index] = max(0, self._on_slot.get(slot.index, 0) - 1)
+        record.parts = max(0, record.parts - 1)
         if self._solo.get(slot.index) is flight:
             del self._solo[slot.index]
-        if self.waiting and not self._on_slot[slot.index]:
+        if self.waiting and not record.parts:
             asyncio.get_running_loop().call_soon(self._pump_waiting)
 
     def _finish(self, flight: Flight) -> None:
@@ -396,15 +420,16 @@ class Router:
                 self.stats["duplicates_dropped"] += 1
                 return
             flight.finals.add(turn)
+            record = self.load_of(slot.index)
             if turn in part.open_turns:
                 part.open_turns.discard(turn)
-                slot.load = max(0.0, slot.load - part.cost_per_turn)
+                record.load = max(0.0, record.load - part.cost_per_turn)
             root = msg.get("rootInfo")
             if isinstance(root, dict) and isinstance(root.get("visits"), int):
-                slot.visits_done += root["visits"]
+                record.visits_done += root["visits"]
             deliver(msg)
             if not part.open_turns:
-                slot.part_latencies.append(time.monotonic() - part.sent)
+                record.latencies.append(time.monotonic() - part.sent)
                 self._release_part(flight, part)
             if flight.finals >= flight.turns:
                 self._finish(flight)
@@ -433,7 +458,7 @@ class Router:
                 None if oldest is None else now - oldest)
 
     def parts_on(self, slot: Slot) -> int:
-        return self._on_slot.get(slot.index, 0)
+        return self.load_of(slot.index).parts
 
     def on_ready(self, slot: Slot) -> None:
         self._failed_reason = None

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
+from katapool.config.policy import PoolPolicy
 from katapool.errors import EngineTerminatedError
 from katapool.pool.member import Member, MemberStartError
-from katapool.pool.policy import PoolPolicy
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ PLANNED_STOP = "replaced (reload)"  # the loss reason of a member stopped on pur
 OUTBOX_MAX_MESSAGES = 100_000
 INPUT_BACKLOG_MAX_BYTES = 64 << 20
 RESTART_CAUSES = ("died", "unresponsive", "not functional", "stuck", "backlog")
+LOCAL_NODE = "local"  # the node of a member that names none
 
 
 def restart_cause(reason: str) -> str:
@@ -76,7 +77,6 @@ class Slot:
         self.last_cause: str | None = None
         self.ready_since: float | None = None
         self.last_analysis_output = 0.0
-        self.load = 0.0  # outstanding turns weighted by visits (kept by the router)
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.unhealthy: asyncio.Event = asyncio.Event()
         self.unhealthy_reason = ""
@@ -84,9 +84,8 @@ class Slot:
         self.reloads = 0
         self.draining = False  # being replaced: finishes its work, gets no new work
         self.replace: asyncio.Event = asyncio.Event()
-        self.visits_done = 0  # visits of the final responses it gave (for visits/s)
-        self.part_latencies: deque[float] = deque(maxlen=256)
-        self.label = ""  # where it runs (a device), for status displays
+        self.label = ""  # its device, for status displays
+        self.last_node = LOCAL_NODE  # where its latest member ran (one gone says nothing)
         self.restart_causes: dict[str, int] = {}
         self.past_garbage_lines = 0  # unreadable lines from this slot's earlier members
         self.outbox_max = OUTBOX_MAX_MESSAGES
@@ -125,16 +124,11 @@ class Slot:
         """Engine output lines that were not JSON objects (or were too long), all generations."""
         return self.past_garbage_lines + int(getattr(self.member, "garbage_lines", 0))
 
-    def status(self) -> dict[str, Any]:
-        member = self.member
-        state = "draining" if self.draining and self.ready else self.state.value
-        return {"name": self.name, "state": state, "restarts": self.restarts,
-                "reloads": self.reloads, "device": self.label,
-                "load": round(self.load, 1), "last_cause": self.last_cause,
-                "pid": getattr(member, "pid", None), "restart_causes": dict(self.restart_causes),
-                "node": str(getattr(member, "node", "") or "local"),
-                "gpu": getattr(member, "gpu", None),
-                "garbage_lines": self.garbage_lines}
+    @property
+    def node(self) -> str:
+        """Where its member runs: the member's optional ``node``, else where the last one ran."""
+        node = getattr(self.member, "node", None)
+        return str(node) if node else self.last_node
 
 
 class Supervisor:
@@ -275,6 +269,7 @@ class Supervisor:
                     await member.kill()
                 return
             slot.state = SlotState.READY
+            slot.last_node = slot.node
             slot.draining = False
             slot.replace.clear()
             slot.ready_since = time.monotonic()

@@ -14,7 +14,6 @@ import functools
 import itertools
 import logging
 import re
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -25,8 +24,8 @@ import psutil
 
 from katapool.config.poolfile import Limits, ModelSpec, PoolFile
 from katapool.errors import KatapoolError
-from katapool.pool import Pool, PoolPolicy
-from katapool.pool.router import Session
+from katapool.pool import Pool, PoolPolicy, Session
+from katapool.pool.view import percentiles
 from katapool.protocol.analysis import BadRequest, Request, error_response, is_final, parse_request
 
 log = logging.getLogger(__name__)
@@ -121,24 +120,20 @@ class Hub:
             # Building probes the engine and the devices (seconds, up to minutes for a
             # wrapper or a cold disk): off the event loop, which keeps serving meanwhile.
             fresh = await asyncio.to_thread(self.build, name, spec)
-            if current is not None and len(fresh.supervisor.slots) == len(current.pool.supervisor.slots):
+            if current is not None and fresh.size == current.pool.size:
                 _apply_policy(current.pool, fresh.policy)
                 try:
-                    ok = await current.pool.reload(fresh.supervisor.factories(),
-                                                  new_file.policy.reload_drain)
+                    ok = await current.pool.reload(fresh.factories(), new_file.policy.reload_drain)
                 except BaseException:
                     await fresh.close()
                     raise
                 if not ok:
                     await fresh.close()  # its generated files; the old ones stay in use
-                    failed = [s.last_cause for s in current.pool.supervisor.slots if s.last_cause]
+                    failed = [m.last_cause for m in current.pool.members() if m.last_cause]
                     done[name] = ("new members failed to start; still serving the previous "
                                   f"settings ({failed[-1] if failed else 'no cause reported'})")
                     continue
-                current.pool.adopt_cleanup(fresh)
-                for slot, new_slot in zip(current.pool.supervisor.slots, fresh.supervisor.slots,
-                                          strict=True):
-                    slot.label = new_slot.label
+                current.pool.adopt(fresh)
                 current.spec = spec
                 done[name] = "restarted member by member"
                 continue
@@ -182,29 +177,24 @@ class Hub:
         models = []
         for served in self.served.values():
             members = []
-            for slot in served.pool.supervisor.slots:
-                info = slot.status()
-                pid = info.get("pid")
-                info["rss_mb"] = _rss_mb(pid)
-                info["in_flight"] = served.pool.router.parts_on(slot)
-                info["visits"] = slot.visits_done
-                info["visits_per_s"] = self._rate(served.name, slot.index, slot.visits_done, now)
-                lat = sorted(slot.part_latencies)
-                info["p50_s"] = round(statistics.median(lat), 3) if lat else None
-                info["p99_s"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None
+            for member in served.pool.members():
+                info = member.status()
+                info["rss_mb"] = _rss_mb(member.pid) if member.local else None
+                info["in_flight"] = member.in_flight
+                info["visits"] = member.visits_done
+                info["visits_per_s"] = self._rate(served.name, member.index, member.visits_done,
+                                                  now)
+                info["p50_s"], info["p99_s"] = _rounded(member.latency_p50_s,
+                                                        member.latency_p99_s)
                 members.append(info)
-            lat = sorted(served.latencies)
-            router = served.pool.router
-            oldest_waiting, oldest = router.oldest_ages()
+            counters = served.pool.counters()
+            p50, p99 = _rounded(*percentiles(served.latencies))
             models.append({
                 "name": served.name, "default": served.name == self.default_model(),
-                "members": members, "queue": router.outstanding,
-                "waiting": len(router.waiting),
-                "oldest_waiting_s": None if oldest_waiting is None else round(oldest_waiting, 1),
-                "oldest_query_s": None if oldest is None else round(oldest, 1),
-                "router": dict(router.stats),
-                "p50_s": round(statistics.median(lat), 3) if lat else None,
-                "p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3) if lat else None,
+                "members": members, "queue": counters.outstanding, "waiting": counters.waiting,
+                "oldest_waiting_s": _rounded(counters.oldest_waiting_s, digits=1)[0],
+                "oldest_query_s": _rounded(counters.oldest_query_s, digits=1)[0],
+                "router": dict(counters.events), "p50_s": p50, "p99_s": p99,
             })
         return {"ready": self.ready.is_set(), "uptime_s": round(time.time() - self.started, 1),
                 "connections": len(self.connections), "models": models,
@@ -278,8 +268,12 @@ def _apply_policy(pool: Pool, policy: PoolPolicy) -> None:
         setattr(pool.policy, name, getattr(policy, name))
 
 
-def _rss_mb(pid: Any) -> float | None:
-    if not isinstance(pid, int):
+def _rounded(*values: float | None, digits: int = 3) -> tuple[float | None, ...]:
+    return tuple(None if v is None else round(v, digits) for v in values)
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
         return None
     try:
         return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
@@ -364,8 +358,8 @@ class Connection:
                          f"limit {limits.per_client_concurrency}): wait for answers first")
             return
         served = self.hub.served[model]
-        if served.pool.router.outstanding >= limits.max_queue:
-            self._reject(request, f"katapool is busy: {served.pool.router.outstanding} queries "
+        if served.pool.outstanding >= limits.max_queue:
+            self._reject(request, f"katapool is busy: {served.pool.outstanding} queries "
                          f"queued for model {model!r} (max_queue {limits.max_queue}); "
                          "send it again later")
             return

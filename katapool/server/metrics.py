@@ -8,7 +8,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from katapool.pool.supervisor import SlotState
 from katapool.server.hub import Hub
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -22,18 +21,19 @@ class _HubCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("katapool_members_up", "Members ready to analyse", labels=["model"])
         total = GaugeMetricFamily("katapool_members", "Members configured", labels=["model"])
+        # Per-member series also say where the member runs ("local": a child process here).
         restarts = CounterMetricFamily("katapool_member_restarts", "Member restarts after a loss",
-                                       labels=["model", "member"])
+                                       labels=["model", "member", "node"])
         queue = GaugeMetricFamily("katapool_queue_depth", "Queries accepted and not yet finished",
                                   labels=["model"])
         waiting = GaugeMetricFamily("katapool_queries_waiting",
                                     "Queries waiting for a free member", labels=["model"])
         by_cause = CounterMetricFamily("katapool_member_restarts_by_cause", "Member restarts "
                                        "by cause (died, unresponsive, not_functional, stuck, "
-                                       "backlog, other)", labels=["model", "member", "cause"])
+                                       "backlog, other)", labels=["model", "member", "node", "cause"])
         garbage = CounterMetricFamily("katapool_engine_garbage_lines", "Engine output lines "
                                       "that were not JSON objects (skipped)",
-                                      labels=["model", "member"])
+                                      labels=["model", "member", "node"])
         oldest_waiting = GaugeMetricFamily("katapool_oldest_waiting_seconds", "Age of the "
                                            "oldest query waiting for a free member (0: none)",
                                            labels=["model"])
@@ -54,22 +54,21 @@ class _HubCollector(Collector):
                 "already answered", labels=["model"]),
         }
         for served in self.hub.served.values():
-            slots = served.pool.supervisor.slots
-            router = served.pool.router
-            up.add_metric([served.name], sum(s.state is SlotState.READY for s in slots))
-            total.add_metric([served.name], len(slots))
-            for slot in slots:
-                restarts.add_metric([served.name, slot.name], slot.restarts)
-                for cause, count in sorted(slot.restart_causes.items()):
-                    by_cause.add_metric([served.name, slot.name, cause], count)
-                garbage.add_metric([served.name, slot.name], slot.garbage_lines)
-            queue.add_metric([served.name], router.outstanding)
-            waiting.add_metric([served.name], len(router.waiting))
-            ages = router.oldest_ages()
-            oldest_waiting.add_metric([served.name], ages[0] or 0.0)
-            oldest.add_metric([served.name], ages[1] or 0.0)
+            members = served.pool.members()
+            counters = served.pool.counters()
+            up.add_metric([served.name], sum(m.ready for m in members))
+            total.add_metric([served.name], len(members))
+            for m in members:
+                restarts.add_metric([served.name, m.name, m.node], m.restarts)
+                for cause, count in sorted(m.restart_causes.items()):
+                    by_cause.add_metric([served.name, m.name, m.node, cause], count)
+                garbage.add_metric([served.name, m.name, m.node], m.garbage_lines)
+            queue.add_metric([served.name], counters.outstanding)
+            waiting.add_metric([served.name], counters.waiting)
+            oldest_waiting.add_metric([served.name], counters.oldest_waiting_s or 0.0)
+            oldest.add_metric([served.name], counters.oldest_query_s or 0.0)
             for key, family in router_counters.items():
-                family.add_metric([served.name], router.stats.get(key, 0))
+                family.add_metric([served.name], counters.events.get(key, 0))
         outcomes = CounterMetricFamily("katapool_responses", "Final responses and errors, by "
                                        "outcome (answered, no_results, error, rejected)",
                                        labels=["model", "outcome"])

@@ -89,8 +89,7 @@ class WebEndpoint:
         path = urlsplit(request.path).path
         if path == "/healthz":
             ready = self.hub.ready.is_set() and any(
-                s.pool.supervisor.slots and any(sl.ready for sl in s.pool.supervisor.slots)
-                for s in self.hub.served.values())
+                m.ready for s in self.hub.served.values() for m in s.pool.members())
             body = json.dumps({"live": True, "ready": ready}) + "\n"
             response = connection.respond(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                                           body)
