@@ -83,8 +83,6 @@ class MemberHost:
         member = launched.factories[0](0, 0)
         assert isinstance(member, LocalMember)
         member.name = self.name
-        if r.env:
-            member.env = dict(r.env)
         return member
 
     async def start(self) -> dict[str, Any]:
@@ -96,6 +94,7 @@ class MemberHost:
         # Ray hides the other GPUs from the actor (CUDA_VISIBLE_DEVICES); katapool numbers
         # devices itself, as on one machine, and gives the engine its GPU by that number.
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        os.environ.update(self.recipe.env)  # this worker process serves this member alone
         try:
             self.member = await asyncio.to_thread(self._build, gpus)
         except KatapoolError as exc:  # no engine, network or valid config on this node

@@ -82,7 +82,8 @@ def member_snapshot(slot: Slot, record: MemberLoad) -> MemberSnapshot:
     p50, p99 = percentiles(record.latencies)
     return MemberSnapshot(
         index=slot.index, name=slot.name, state=state, device=slot.label, node=slot.node,
-        gpu=str(gpu) if gpu is not None else None, pid=pid if isinstance(pid, int) else None, restarts=slot.restarts,
+        gpu=str(gpu) if gpu is not None else None,
+        pid=pid if isinstance(pid, int) else None, restarts=slot.restarts,
         reloads=slot.reloads, restart_causes=dict(slot.restart_causes),
         last_cause=slot.last_cause, garbage_lines=slot.garbage_lines, load=record.load,
         in_flight=record.parts, visits_done=record.visits_done, latency_p50_s=p50,
