@@ -23,6 +23,7 @@ PACE = float(os.environ.get("FAKE_PACE_MS", "20")) / 1000.0
 lock = threading.Condition()
 work: deque = deque()  # (query, turn)
 stopped: set = set()  # ids terminated (KataGo ids are per query; katapool's are unique)
+wake = threading.Event()  # a terminate arrived: the turn in progress looks again
 out = sys.stdout
 write_lock = threading.Lock()
 
@@ -63,7 +64,11 @@ def worker() -> None:
             if next_report is not None and now >= next_report:
                 emit(result(qid, turn, visits, False))
                 next_report = now + every
-            time.sleep(min(0.002, PACE))
+            # Sleep to the next report or the end of the turn (no busy polling: the engine's own
+            # CPU use must not be what a benchmark measures); a terminate wakes it early.
+            until = started + PACE if next_report is None else min(started + PACE, next_report)
+            wake.wait(max(0.0, until - time.monotonic()))
+            wake.clear()
         emit(result(qid, turn, visits, True))
 
 
@@ -79,6 +84,7 @@ for line in sys.stdin:
             ids = {q.get("terminateId")} if action == "terminate" else \
                 {w[0]["id"] for w in work}
             stopped |= ids
+        wake.set()
         emit({"id": q["id"], "action": action, **({"terminateId": q["terminateId"]}
                                                   if action == "terminate" else {})})
     elif action is not None:
