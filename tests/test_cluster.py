@@ -35,6 +35,7 @@ from katapool.cluster import CPU_RESOURCE
 from katapool.cluster.member import Placement, RayMember
 from katapool.cluster.recipe import MemberRecipe
 from katapool.pool import Pool, PoolPolicy
+from katapool.server import control
 
 ray = pytest.importorskip("ray", reason="the Ray extra (bin/bootstrap test installs it)")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -338,6 +339,13 @@ def test_daemon_on_the_cluster(cluster: Cluster, kp: Katapool, tmp_path: Path) -
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     ledger(json.loads(line))
+        # A rolling reload on the cluster: a changed model's members replaced one at a time.
+        (tmp_path / "katapool.yaml").write_text(
+            (tmp_path / "katapool.yaml").read_text() + "    preset: desktop\n")
+        kp.run("reload", "--state-dir", str(daemon.state), check=True, timeout=120)
+        after = control.request(daemon.socket, "katapool_status")["models"][0]["members"]
+        assert [m["reloads"] for m in after] == [1, 1], after
+        assert all(m["state"] == "ready" and m["node"] != "local" for m in after), after
     assert not ledger.errors
     assert all(ledger.finals[(q["id"], t)] == 1 for q in queries for t in expected_turns(q))
     assert not fake_engines()
