@@ -379,7 +379,7 @@ def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
                 model = "tf" if i % 5 == 0 else None
                 try:
                     async for msg in clients[i % 2].request(positions[i % 50].query(
-                            id=f"q{i}", maxVisits=20 + i % 7, **({"model": model} if model else {}))):
+                            id=f"q{i}", maxVisits=12 + i % 7, **({"model": model} if model else {}))):
                         answers[msg["id"]].append(msg)
                 except BaseException as exc:
                     errors.append(exc)
