@@ -29,6 +29,9 @@ G170 = MODELS / "g170-b6c96-s175395328-d26788732.bin.gz"
 TRANSFORMER = MODELS / "b7c96h3tfrs-test5-cnorm.bin.gz"
 TRANSFORMER_KV = MODELS / "b7c96h6kv3qk32v16tflrs-fson-bnh.bin.gz"
 SAMPLE_SGF = ROOT / "examples" / "selfplay-b6c96.sgf"
+# The shortest real game of the shared records (104 moves, against the sample's 248): for
+# whole-game reviews whose subject is not the game (progress, errors, pipes, --connect).
+SHORT_SGF = SHARED / "sgf" / "master-online" / "08-2016.12.29-Magist-Han_Yizou.sgf"
 
 
 @dataclass

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from sgfmill import sgf
 
-from conftest import G170, SAMPLE_SGF, SHARED, Katapool
+from conftest import G170, SAMPLE_SGF, SHARED, SHORT_SGF, Katapool
 from katapool.game.record import load_sgf
 
 pytestmark = pytest.mark.engine
 
-GAMES = [SHARED / "sgf" / "master-online" / "08-2016.12.29-Magist-Han_Yizou.sgf",
+GAMES = [SHORT_SGF,
          SHARED / "sgf" / "alphago-zero-selfplay" / "Game_002.sgf"]
 
 
@@ -92,7 +92,8 @@ def test_plots_are_real_graphs(analysed: tuple[Path, list[dict]]) -> None:
 
 
 def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
-    proc = kp.run("review", str(SAMPLE_SGF), "--visits", "1", "--checks", "2", "--model", str(G170),
+    positions = len(load_sgf(SHORT_SGF).moves) + 1
+    proc = kp.run("review", str(SHORT_SGF), "--visits", "1", "--checks", "2", "--model", str(G170),
                   "-o", str(tmp_path), check=True)
     assert "B winrate" in proc.stdout and "annotated SGF" in proc.stdout
     assert ("biggest mistakes (checked at 16+ visits)" in proc.stdout
@@ -100,9 +101,9 @@ def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
     assert "only where both positions had 16+ visits" in proc.stdout  # the rule, stated
     assert "1 game(s), 1 visit/position" in proc.stderr  # progress: stderr, never stdout
     # Not a terminal: progress comes as plain lines, every 5 %, counting up to all positions.
-    counts = [int(m) for m in re.findall(r"^ +\d+% \((\d+)/249\)", proc.stderr, re.M)]
-    assert len(counts) >= 10 and counts == sorted(counts) and counts[-1] == 249
-    assert (tmp_path / "selfplay-b6c96.sgf").is_file()
+    counts = [int(m) for m in re.findall(rf"^ +\d+% \((\d+)/{positions}\)", proc.stderr, re.M)]
+    assert len(counts) >= 10 and counts == sorted(counts) and counts[-1] == positions
+    assert (tmp_path / SHORT_SGF.name).is_file()
 
 
 def test_time_budget_measures_then_chooses(kp: Katapool, tmp_path: Path) -> None:
@@ -142,13 +143,13 @@ def test_bad_depth_options(kp: Katapool, args: list[str], message: str) -> None:
 def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
     bad = tmp_path / "illegal.sgf"
     bad.write_text("(;GM[1]SZ[19]KM[7.5];B[pd];W[pd])")
-    proc = kp.run("analyze", str(bad), str(SAMPLE_SGF), "--visits", "1", "--checks", "0",
+    proc = kp.run("analyze", str(bad), str(SHORT_SGF), "--visits", "1", "--checks", "0",
                   "--model", str(G170),
                   "--json", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1
     assert "illegal.sgf" in proc.stderr and "llegal" in proc.stderr
     games = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [g["game"] for g in games] == [str(SAMPLE_SGF)]  # the good game is still reviewed
+    assert [g["game"] for g in games] == [str(SHORT_SGF)]  # the good game is still reviewed
 
 
 def test_missing_model_is_a_clear_error(kp: Katapool, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import G170, SAMPLE_SGF, Katapool
+from conftest import G170, SAMPLE_SGF, SHORT_SGF, Katapool
 from katapool.client import AnalysisTimeout, AsyncClient, Client, Position, QueryError
 from katapool.game.record import load_sgf
 from katapool.pool import Pool
@@ -75,10 +75,10 @@ def test_async_client_embedded(engine_env: Path) -> None:
                                                                        turns=list(range(0, 60, 3)))]
             assert turns == list(range(0, 60, 3))
             n = 0
-            async for a in client.analyze_game(SAMPLE_SGF.read_text(), visits=1):
+            async for a in client.analyze_game(SHORT_SGF.read_text(), visits=1):
                 assert a.turn_number == n and not a.is_during_search
                 n += 1
-            assert n == len(record.moves) + 1
+            assert n == len(load_sgf(SHORT_SGF).moves) + 1
 
             # Leaving a whole-game analysis early stops the rest of the game in the engines.
             before = visits_done()

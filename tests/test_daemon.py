@@ -25,7 +25,7 @@ import pytest
 import websocket  # websocket-client: what KaTrain's remote engine uses
 from daemon_helpers import running_daemon
 
-from conftest import G170, SAMPLE_SGF, TRANSFORMER, Katapool
+from conftest import G170, SAMPLE_SGF, SHORT_SGF, TRANSFORMER, Katapool
 from katapool.client import AsyncClient, Client, ConnectionLost, Position
 from katapool.game.record import load_sgf
 from katapool.server import control
@@ -339,10 +339,10 @@ def test_disconnect_terminates_queries(daemon: Daemon) -> None:
 
 def test_analyze_connects_to_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     """`katapool analyze --connect`: the daemon's members do the work (no embedded pool)."""
-    record = load_sgf(SAMPLE_SGF)
+    record = load_sgf(SHORT_SGF)
     positions = len(record.moves) + 1
     before = {name: sum(m["visits"] for m in daemon.members(name)) for name in ("main", "tf")}
-    proc = daemon.kp.run("analyze", str(SAMPLE_SGF), "--visits", "1", "--checks", "0", "--connect",
+    proc = daemon.kp.run("analyze", str(SHORT_SGF), "--visits", "1", "--checks", "0", "--connect",
                          f"unix:{daemon.socket}", "--model", "main", "--json", "-o", str(tmp_path),
                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -353,7 +353,7 @@ def test_analyze_connects_to_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert after["main"] - before["main"] >= positions  # one visit or more per position
     assert after["tf"] == before["tf"]  # --model main: the other network was not asked
     # A model the daemon does not serve: the daemon's own error, one line.
-    bad = daemon.kp.run("analyze", str(SAMPLE_SGF), "--visits", "1", "--connect",
+    bad = daemon.kp.run("analyze", str(SHORT_SGF), "--visits", "1", "--connect",
                         f"unix:{daemon.socket}", "--model", "nope", "-o", str(tmp_path / "bad"))
     assert bad.returncode != 0 and "unknown model 'nope'" in bad.stderr, bad.stderr[-2000:]
 
@@ -379,7 +379,7 @@ def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
                 model = "tf" if i % 5 == 0 else None
                 try:
                     async for msg in clients[i % 2].request(positions[i % 50].query(
-                            id=f"q{i}", maxVisits=20 + i % 7, **({"model": model} if model else {}))):
+                            id=f"q{i}", maxVisits=12 + i % 7, **({"model": model} if model else {}))):
                         answers[msg["id"]].append(msg)
                 except BaseException as exc:
                     errors.append(exc)

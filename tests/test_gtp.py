@@ -19,9 +19,16 @@ from conftest import G170, Katapool
 pytestmark = pytest.mark.engine
 
 
+# A move search ends at the config's 500 visits, a minute of search on a slow CPU, for each
+# genmove (twice where the engine is killed mid-move). A GUI's own engine command may bound it
+# by time; 2 s is still seconds of search in progress to interrupt or kill. maxTime bounds
+# moves only: kata-analyze runs on (KataGo stretches its time limit without end).
+GENMOVE_TIME = ["-override-config", "maxTime=2"]
+
+
 @pytest.fixture
 def gui(kp: Katapool) -> Iterator[Gui]:
-    session = Gui(["-model", str(G170)], kp.env)
+    session = Gui(["-model", str(G170), *GENMOVE_TIME], kp.env)
     yield session
     session.close()
 
@@ -264,6 +271,7 @@ def test_engine_killed_during_analysis_and_genmove(gui: Gui) -> None:
     # Killed while thinking about a genmove: the reply still comes, in order.
     gui.send("10 genmove W", "11 name")
     time.sleep(0.3)
+    assert gui.out.empty(), "the move came before the kill: nothing was interrupted"
     old = _kill_engine(gui)
     reply = gui.response(move(10), timeout=120)[0]
     assert gui.response(ok(11)) == ["=11 KataGo"]

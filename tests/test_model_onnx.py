@@ -19,7 +19,18 @@ from katapool.engine.probe import probe_version
 from katapool.errors import ModelError
 from katapool.models import load_model
 from katapool.models.export_onnx import export_onnx
-from katapool.models.validate import FP32_LIMITS, sample_positions, validate, with_explicit_rules
+from katapool.models.validate import (
+    FP32_LIMITS,
+    RawNN,
+    Report,
+    Sample,
+    compare,
+    engine_inputs,
+    onnx_evals,
+    sample_positions,
+    validate,
+    with_explicit_rules,
+)
 
 pytestmark = pytest.mark.engine
 GAMES = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))[:3] + \
@@ -118,10 +129,25 @@ def test_all_eight_symmetries_match_the_engine(engine: tuple[Path, Path, Path], 
     model = load_model(G170)
     data = export_onnx(model).SerializeToString()
     positions = sample_positions(with_explicit_rules(GAMES[:1], tmp_path), 1, seed=5)
-    for symmetry in range(8):
-        report = validate(model, data, katago, cfg, positions, FP32_LIMITS, symmetry=symmetry)
+
+    def check(report: Report, symmetry: int) -> None:
         assert report.errors["winrate"]["max"] < 1e-4, (symmetry, report.as_dict())
         assert report.errors["top_policy"]["max"] < 1e-4 and report.errors["ownership"]["max"] < 1e-4
+
+    # validate() itself, under a symmetry that a wrong transpose order gets wrong (see below)...
+    check(validate(model, data, katago, cfg, positions, FP32_LIMITS, symmetry=5), 5)
+    # ...and all eight through its parts, from one engine session (as validate asks position
+    # after position), instead of an engine start and an input dump per symmetry.
+    [pos] = positions
+    spatial, global_ = engine_inputs(katago, cfg, G170, pos, tmp_path)
+    raw = RawNN(katago, cfg, G170)
+    try:
+        for symmetry in range(8):
+            sample = Sample(pos, spatial, global_, raw.evaluate(pos, symmetry))
+            check(compare(onnx_evals(model, data, [sample], symmetry), [sample.engine], FP32_LIMITS),
+                  symmetry)
+    finally:
+        raw.close()
 
 
 def test_symmetry_round_trip_and_wrong_order() -> None:

@@ -18,7 +18,7 @@ import pytest
 from pool_helpers import Collector
 from rich.console import Console
 
-from conftest import G170, SAMPLE_SGF, Katapool
+from conftest import G170, SHORT_SGF, Katapool
 from katapool.config.build import build_config
 from katapool.config.generate import ConfigRequest, cuda_index, generate_settings
 from katapool.config.presets import load_preset
@@ -260,7 +260,7 @@ def test_unwritable_output_is_one_line(kp: Katapool) -> None:
 @pytest.mark.engine
 def test_closed_pipe_is_not_a_traceback(kp: Katapool) -> None:
     proc = subprocess.run(
-        f"{shlex.quote(sys.executable)} -m katapool review {shlex.quote(str(SAMPLE_SGF))} --visits 1 "
+        f"{shlex.quote(sys.executable)} -m katapool review {shlex.quote(str(SHORT_SGF))} --visits 1 "
         f"--checks 0 --model {shlex.quote(str(G170))} --json | head -1",
         shell=True, capture_output=True, text=True, env=kp.env, timeout=300)
     assert len(proc.stdout.splitlines()) == 1 and '"move": 1' in proc.stdout

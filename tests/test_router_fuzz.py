@@ -2,7 +2,8 @@
 
 Each sequence mixes queries (single-part and split), finals, engine errors, member losses
 (also in the window between a member going down and its loss being reported), members
-coming back, query_models and terminates with and without turnNumbers; then brings every
+coming back (and taking queued turns from busy members), late lines for turns a part no longer
+owns, query_models and terminates with and without turnNumbers; then brings every
 member up and answers everything. Afterwards: nothing outstanding, no load or part counts
 left on any slot, and every query got each of its turns' finals exactly once, or exactly one
 error.
@@ -90,7 +91,16 @@ async def run_sequence(seed: int) -> list[Any]:
                 router.on_lost(slot, "died")
                 slot.state = SlotState.READY
                 router.on_ready(slot)
-        elif op < 0.85 and turns_of:
+        elif op < 0.8 and router.by_key:
+            # A late line for a turn its part no longer owns (answered, or moved to an idle
+            # member and terminated here): KataGo's noResults for it must go nowhere.
+            key = rnd.choice(list(router.by_key))
+            flight, part = router.by_key[key]
+            stale = sorted(flight.turns - part.open_turns)
+            if flight.kind == "analysis" and stale and part.slot.ready:
+                router.on_message(part.slot, {"id": key, "isDuringSearch": False,
+                                              "noResults": True, "turnNumber": rnd.choice(stale)})
+        elif op < 0.88 and turns_of:
             msg: dict[str, Any] = {"id": "t", "action": "terminate",
                                    "terminateId": rnd.choice(sorted(turns_of))}
             if rnd.random() < 0.5:

@@ -16,7 +16,8 @@ from pool_helpers import Collector, wait_for
 
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.member import MemberStartError
-from katapool.pool.supervisor import SlotState
+from katapool.pool.router import Router, Session
+from katapool.pool.supervisor import Slot, SlotState
 
 
 class ScriptedMember:
@@ -270,3 +271,83 @@ def test_a_split_query_survives_losing_one_part() -> None:
     c = asyncio.run(go())
     finals = sorted(m["turnNumber"] for m in c.finals("game"))
     assert finals == list(range(20)), "every turn once, none twice"
+
+
+class PostingSupervisor:
+    """Stands in for the supervisor around a bare router: slots whose messages are recorded."""
+
+    def __init__(self, count: int) -> None:
+        self.slots = [Slot(i, lambda i, g: None) for i in range(count)]  # type: ignore[arg-type, return-value]
+        self.posted: dict[int, list[dict[str, Any]]] = {i: [] for i in range(count)}
+        for slot in self.slots:
+            slot.post = self.posted[slot.index].append  # type: ignore[method-assign, assignment]
+
+    def mark_unhealthy(self, slot: Slot, reason: str) -> None:
+        pass
+
+
+def test_a_member_ready_late_takes_the_queued_turns_of_a_busy_one() -> None:
+    """Everything went to member 0 while member 1 was starting. Once member 1 is ready it
+    takes the newest queued turns (not the oldest, likely searching; not a turn that already
+    reported, nor a terminated one): they are terminated on member 0, whose late lines for
+    them go nowhere, and each turn still gets exactly one final, from member 1."""
+    async def go() -> tuple[Collector, PostingSupervisor, Router, dict[str, str]]:
+        c = Collector()
+        router = Router(PoolPolicy(split_min_turns=4), "v", None)
+        sup = PostingSupervisor(2)
+        router.supervisor = sup  # type: ignore[assignment]
+        busy, late = sup.slots
+        busy.state = SlotState.READY
+        s = Session(router, c)
+        for i in range(4):
+            s.submit(q(f"single{i}", analyzeTurns=[0]))
+        s.submit(q("game", moves=[["B", "Q16"]] * 9, analyzeTurns=list(range(10))))
+        s.submit(q("stopped", analyzeTurns=[0]))
+        s.submit('{"id":"t","action":"terminate","terminateId":"stopped"}')
+        keys = {qid: m["id"] for qid, m in zip(
+            ["single0", "single1", "single2", "single3", "game", "stopped"],
+            [m for m in sup.posted[0] if "analyzeTurns" in m], strict=True)}
+        # The last game turn reported a search in progress: it stays where it is.
+        router.on_message(busy, {"id": keys["game"], "isDuringSearch": True, "turnNumber": 9,
+                                 "rootInfo": {"visits": 1}})
+        assert len(router.by_key) == 6 and router.parts_on(late) == 0
+        late.state = SlotState.READY
+        router.on_ready(late)
+        await asyncio.sleep(0)
+        moved = [m for m in sup.posted[0] if m.get("action") == "terminate"
+                 and m["id"].endswith("-moved")]
+        taken = [m for m in sup.posted[1] if "analyzeTurns" in m]
+        assert moved and taken
+        # KataGo answers each terminated queued turn with noResults; then member 0 finishes
+        # what it kept, member 1 what it took.
+        for m in moved:
+            for t in m["turnNumbers"]:
+                router.on_message(busy, {"id": m["terminateId"], "isDuringSearch": False,
+                                         "noResults": True, "turnNumber": t})
+        for key, (_, part) in list(router.by_key.items()):
+            for t in sorted(part.open_turns):
+                router.on_message(part.slot, {"id": key, "isDuringSearch": False,
+                                              "turnNumber": t, "rootInfo": {"visits": 1}})
+        await asyncio.sleep(0)
+        assert router.outstanding == 0 and not router.by_key
+        assert router.load_of(busy.index).load == router.load_of(late.index).load == 0
+        return c, sup, router, keys
+
+    c, sup, router, keys = asyncio.run(go())
+    moved_turns = {(m["terminateId"], t) for m in sup.posted[0]
+                   if m.get("action") == "terminate" and m["id"].endswith("-moved")
+                   for t in m["turnNumbers"]}
+    taken = [m for m in sup.posted[1] if "analyzeTurns" in m]
+    assert router.stats["rebalanced_turns"] == len(moved_turns) == sum(
+        len(m["analyzeTurns"]) for m in taken)
+    assert (keys["single0"], 0) not in moved_turns, "the oldest turn stays"
+    assert (keys["game"], 9) not in moved_turns, "a turn already searching stays"
+    assert (keys["stopped"], 0) not in moved_turns, "a terminated turn is not moved"
+    # 15 turns of equal cost on member 0: the newest 7 that may move go, so each has about
+    # half (the searching turn 9 stays, and the terminated one counts where it is).
+    assert moved_turns == {(keys["game"], t) for t in range(2, 9)}
+    for qid, turns in [*((f"single{i}", [0]) for i in range(4)), ("game", list(range(10)))]:
+        finals = c.finals(qid)
+        assert sorted(m["turnNumber"] for m in finals) == turns, qid
+        assert not any(m.get("noResults") for m in finals), qid
+    assert len(c.finals("stopped")) == 1

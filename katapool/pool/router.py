@@ -100,6 +100,7 @@ class Part:
     open_turns: set[int]
     cost_per_turn: float
     sent: float = field(default_factory=time.monotonic)
+    started: set[int] = field(default_factory=set)  # turns the member reported searching
 
     @property
     def cost(self) -> float:
@@ -163,8 +164,9 @@ class Router:
         self._session_idle: dict[int, asyncio.Event] = {}
         self._clears: dict[str, tuple[Session, dict[str, Any], set[int]]] = {}
         self._failed_reason: str | None = None
+        self._rebalance_due = False
         self.stats = {"accepted": 0, "rejected": 0, "rerouted": 0, "rerouted_turns": 0,
-                      "quarantined": 0, "duplicates_dropped": 0}
+                      "rebalanced_turns": 0, "quarantined": 0, "duplicates_dropped": 0}
 
     # --- callers ---------------------------------------------------------------------------
 
@@ -366,8 +368,10 @@ class Router:
         record.parts = max(0, record.parts - 1)
         if self._solo.get(slot.index) is flight:
             del self._solo[slot.index]
-        if self.waiting and not record.parts:
-            asyncio.get_running_loop().call_soon(self._pump_waiting)
+        if not record.parts:
+            if self.waiting:
+                asyncio.get_running_loop().call_soon(self._pump_waiting)
+            self._schedule_rebalance()
 
     def _finish(self, flight: Flight) -> None:
         for part in list(flight.parts):
@@ -389,6 +393,68 @@ class Router:
             if self.outstanding == 0:
                 self._idle.set()
 
+    # --- rebalancing ------------------------------------------------------------------------
+
+    def _schedule_rebalance(self) -> None:
+        """Soon (not inside the caller's bookkeeping): idle members take queued work."""
+        if self._rebalance_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a bare router in a test): nothing can run the work anyway
+        self._rebalance_due = True
+        loop.call_soon(self._rebalance)
+
+    def _rebalance(self) -> None:
+        """A member with nothing to do takes turns still queued on the busiest member.
+
+        Work is sent to a member as soon as it arrives (KataGo queues it), so without this a
+        member that became ready late — the second one at start, a replacement after a crash
+        or a reload — would idle while its peer works through a backlog alone. The moved
+        turns are terminated on the busy member (KataGo drops a queued turn at once, with a
+        `noResults` line that goes nowhere, like every late line of a turn the part no longer
+        owns) and sent to the idle one as a new part."""
+        self._rebalance_due = False
+        if self.waiting:
+            self._pump_waiting()  # a query no member could take goes first
+        for idle in self._slots():
+            if idle.available and idle.index not in self._solo \
+                    and not self.load_of(idle.index).parts:
+                self._take_queued_work(idle)
+
+    def _take_queued_work(self, idle: Slot) -> None:
+        donors = [s for s in self._slots() if s is not idle and s.ready
+                  and s.index not in self._solo and self.load_of(s.index).parts]
+        if not donors:
+            return
+        donor = max(donors, key=lambda s: self.load_of(s.index).load)
+        # The donor's turns in the order it got them (parts in sending order, turns in the
+        # order KataGo queues them); its oldest turn is the likeliest to be searching: it stays.
+        candidates = [(flight, part, turn)
+                      for flight, part in self.by_key.values() if part.slot is donor
+                      for turn in sorted(part.open_turns)][1:]
+        donor_load = self.load_of(donor.index)
+        gap = donor_load.load - self.load_of(idle.index).load
+        moves: dict[str, tuple[Flight, Part, list[int]]] = {}
+        for flight, part, turn in reversed(candidates):  # newest first: they wait longest
+            cost = part.cost_per_turn
+            if flight.kind != "analysis" or self._suspect(flight) or turn in part.started \
+                    or turn in flight.terminated or not 0 < cost < gap:
+                continue
+            gap -= 2 * cost  # moving it narrows the gap between the two
+            moves.setdefault(part.key, (flight, part, []))[2].append(turn)
+        for flight, part, turns in moves.values():
+            turns.sort()
+            donor.post({"id": f"{part.key}-moved", "action": "terminate",
+                        "terminateId": part.key, "turnNumbers": turns})
+            part.open_turns -= set(turns)
+            donor_load.load = max(0.0, donor_load.load - len(turns) * part.cost_per_turn)
+            if not part.open_turns:
+                self._release_part(flight, part)
+            self.stats["rebalanced_turns"] += len(turns)
+            self._send_part(flight, idle, turns)
+
     # --- member callbacks ------------------------------------------------------------------
 
     def on_message(self, slot: Slot, msg: dict[str, Any]) -> None:
@@ -408,6 +474,12 @@ class Router:
             self._finish(flight)
             return
         turn = msg.get("turnNumber")
+        if isinstance(turn, int) and turn not in part.open_turns:
+            # A turn this part no longer owns: answered already, or moved to another member
+            # (rebalanced): its late lines go nowhere.
+            if is_final(msg):
+                self.stats["duplicates_dropped"] += 1
+            return
         if not isinstance(turn, int):
             # Each warning about the query comes once, not once per part it was split into.
             seen = json.dumps({k: v for k, v in msg.items() if k != "id"}, sort_keys=True)
@@ -434,6 +506,7 @@ class Router:
             if flight.finals >= flight.turns:
                 self._finish(flight)
             return
+        part.started.add(turn)  # searching now: not worth moving to another member
         if not flight.wants_partials:
             return  # a heartbeat katapool asked for, not the caller
         visits = msg.get("rootInfo", {}).get("visits", 0)
@@ -463,6 +536,7 @@ class Router:
     def on_ready(self, slot: Slot) -> None:
         self._failed_reason = None
         self._pump_waiting()
+        self._schedule_rebalance()
 
     def _pump_waiting(self) -> None:
         waiting, self.waiting = self.waiting, deque()

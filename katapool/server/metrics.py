@@ -46,6 +46,9 @@ class _HubCollector(Collector):
             "rerouted_turns": CounterMetricFamily(
                 "katapool_rerouted_turns", "Turns moved to another member after theirs was lost",
                 labels=["model"]),
+            "rebalanced_turns": CounterMetricFamily(
+                "katapool_rebalanced_turns", "Queued turns moved from a busy member to an idle "
+                "one", labels=["model"]),
             "quarantined": CounterMetricFamily(
                 "katapool_quarantined_queries", "Queries refused as poison after members died "
                 "running them", labels=["model"]),
