@@ -211,7 +211,7 @@ def test_a_reload_moves_queries_before_the_old_member_has_stopped(
 
     policy = PoolPolicy(functional_interval=3600)
 
-    async def go() -> tuple[Collector, bool, bool]:
+    async def go() -> tuple[Collector, bool, bool, int]:
         c = Collector()
         base = make_pool(tmp_path, members=2, policy=policy)
         factories = base.factories()
@@ -220,7 +220,7 @@ def test_a_reload_moves_queries_before_the_old_member_has_stopped(
             await pool.supervisor.wait_until_all_settled()
             s = pool.session(c)
             for i in range(4):
-                s.submit(query(f"q{i}", visits=150))
+                s.submit(query(f"q{i}", visits=40))
             await wait_for(lambda: pool.members()[0].in_flight > 0, 30,
                            "work on member 0")
             reload = asyncio.create_task(pool.reload(factories, drain_timeout=0))
@@ -230,11 +230,13 @@ def test_a_reload_moves_queries_before_the_old_member_has_stopped(
             finally:
                 release.set()
             ok = await asyncio.wait_for(reload, 120)
-        return c, answered_during_stop, ok
+            moved = pool.router.stats["rerouted"]
+        return c, answered_during_stop, ok, moved
 
-    c, answered_during_stop, ok = asyncio.run(go())
+    c, answered_during_stop, ok, moved = asyncio.run(go())
     for i in range(4):
         assert len(c.finals(f"q{i}")) == 1, c.by_id[f"q{i}"]
+    assert moved >= 1, "member 0 held no query when its stop began: nothing was moved"
     assert answered_during_stop and ok
 
 
