@@ -203,7 +203,7 @@ def test_one_broken_member_does_not_stop_the_pool(pool_env: Path, tmp_path: Path
 
         def make_broken(index: int, generation: int):  # type: ignore[no-untyped-def]
             member = original(index, generation)
-            member.argv = [*member.argv, "-override-config", "nnMaxBatchSize=0"]
+            member.argv = [*member.argv, "-override-config", "nnMaxBatchSize=0"]  # type: ignore[attr-defined]
             return member
 
         broken.factory = make_broken
@@ -272,7 +272,7 @@ def test_one_games_positions_stay_on_one_member(pool_env: Path, tmp_path: Path) 
 
     def position(record: GameRecord, n: int, visits: int) -> str:
         q = record.query()
-        q.update(id=f"{'a' if record is game_a else 'b'}{n}", moves=q["moves"][:n],  # type: ignore[index]
+        q.update(id=f"{'a' if record is game_a else 'b'}{n}", moves=q["moves"][:n],
                  maxVisits=visits)
         return json.dumps(q)
 
