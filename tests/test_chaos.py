@@ -1,4 +1,4 @@
-"""Chaos: 2 real members, 300 queries from real games, 5 random SIGKILLs.
+"""Chaos: 2 real members, 200 queries from real games, 5 random SIGKILLs.
 
 Query ids repeat within a session, as KataGo allows: some queries share an id with the one
 sent just before them (both in flight at once), others with one sent long before. Every
@@ -29,8 +29,9 @@ from katapool.pool import PoolPolicy
 
 pytestmark = pytest.mark.engine
 
-QUERIES = 300
+QUERIES = 200
 KILLS = 5
+BATCH = QUERIES // 15  # queries sent between pauses: 15 batches, kills after five of them
 
 
 def games() -> list[GameRecord]:
@@ -40,7 +41,8 @@ def games() -> list[GameRecord]:
 
 
 SESSIONS = 3
-IDS = 60  # distinct ids: each is used four to six times, always by the same session
+IDS = 42  # distinct ids (a multiple of SESSIONS): each is used four to six times, always by
+# the same session
 
 Terminate = tuple[float, list[int] | None] | None  # (after seconds, turnNumbers)
 
@@ -126,7 +128,7 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
                     msg["turnNumbers"] = turns
                 sessions[session_index].submit(json.dumps(msg))
 
-            kill_after_batch = {1, 4, 7, 10, 13}  # of 15 batches of 20: kills spread over the run
+            kill_after_batch = {1, 4, 7, 10, 13}  # of 15 batches: kills spread over the run
             pending = []
             for n, (q, terminate, _) in enumerate(plan):
                 s = n % SESSIONS
@@ -136,8 +138,8 @@ def test_chaos(pool_env: Path, tmp_path: Path) -> None:  # noqa: F811
                 if terminate is not None:
                     pending.append(asyncio.create_task(
                         terminate_later(s, str(q["id"]), terminate[0], terminate[1])))
-                if n % 20 == 19:
-                    if n // 20 in kill_after_batch:
+                if n % BATCH == BATCH - 1:
+                    if n // BATCH in kill_after_batch:
                         await kill_one()
                     await asyncio.sleep(0.3)
                     seen_pids.update(member_pids(pool))
