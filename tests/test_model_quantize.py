@@ -170,12 +170,12 @@ def test_quantize_refuses_other_onnx_files(g170: onnx.ModelProto) -> None:
 def test_quantize_cli_int8_against_the_engine(kp: Katapool, tmp_path: Path) -> None:
     out = tmp_path / "g170-int8.onnx"
     proc = kp.run("model", "quantize", str(G170), "--int8", "--calibration", *map(str, GAMES),
-                  "--calibration-positions", "8", "--positions", "6", "--bench-seconds", "0.3",
+                  "--calibration-positions", "4", "--positions", "3", "--bench-seconds", "0.3",
                   "--bench-batch", "2", "--json", "-o", str(out), check=True)
     report = json.loads(proc.stdout)  # stdout is the JSON and nothing else
     fp32, int8 = report["variants"]
-    assert fp32["precision"] == "fp32" and int8["precision"].startswith("int8 (percentile, 8 ")
-    assert fp32["validation"]["positions"] == int8["validation"]["positions"] == 6
+    assert fp32["precision"] == "fp32" and int8["precision"].startswith("int8 (percentile, 4 ")
+    assert fp32["validation"]["positions"] == int8["validation"]["positions"] == 3
     assert fp32["validation"]["passed"]  # the FP32 export is the engine to 1e-5
     assert int8["validation"]["errors"]["policy_kl"]["p99"] > fp32["validation"]["errors"][
         "policy_kl"]["p99"]
