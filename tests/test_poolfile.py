@@ -63,6 +63,7 @@ def test_empty_file_is_the_default() -> None:
     ("models:\n  main:\n    resources: {GPU: 2}\n", "katapool.yaml:3: models.main.resources: "
                                                     "Value error, resources: a member drives one GPU"),
     ("models:\n  main:\n    placement: everywhere\n", "katapool.yaml:3: models.main.placement"),
+    ("ray: headnode\n", "katapool.yaml:1: ray: Value error, expected host:port"),
 ])
 def test_mistakes_name_the_line(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

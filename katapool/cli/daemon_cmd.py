@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pydantic import ValidationError
 from rich.live import Live
 
 from katapool.cli.common import err, out, parse_gpus
@@ -152,8 +153,9 @@ def _on_cluster(pool_file: PoolFile, address: str) -> PoolFile:
     require_ray()  # a missing extra is reported before anything starts
     try:
         return PoolFile.model_validate({**pool_file.model_dump(), "ray": address})
-    except ValueError as exc:
-        raise ConfigError(f"--ray: {exc}".replace("\n", " ")) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--ray {address!r}: {first}") from None
 
 
 def cmd_start(args: argparse.Namespace) -> int:

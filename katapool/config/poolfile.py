@@ -149,6 +149,14 @@ class PoolFile(_Strict):
                             "(head address HOST:PORT, or 'auto' for the one this machine is "
                             "part of); needs katapool[ray]")
 
+    @field_validator("ray")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        """'auto' or the head's HOST:PORT: a typo fails at once, not after the join retries."""
+        if value is not None and value != "auto":
+            split_address(value)
+        return value
+
     @model_validator(mode="after")
     def _models(self) -> PoolFile:
         if not self.models:
