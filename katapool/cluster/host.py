@@ -44,6 +44,7 @@ class MemberHost:
         self._ended: str | None = None  # why the engine's output ended
         self._reader: asyncio.Task[None] | None = None
         self.garbage_lines = 0
+        self.version = self.git_hash = self.label = ""  # known once built
 
     def where(self) -> dict[str, Any]:
         """Where Ray placed this actor (answers only once it is placed)."""
