@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from katapool.cli.common import err, out
+from katapool.cli.model_mobile_cmd import register_mobile
 from katapool.cli.model_trt_cmd import register_trt
 from katapool.cli.quantize_cmd import register_quantize
 from katapool.errors import ConfigError, KatapoolError
@@ -18,13 +19,14 @@ from katapool.models import load_model, summarize
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("model", help="inspect networks, export them to ONNX, validate exports")
+    p = sub.add_parser("model", help="inspect networks, export them (ONNX, TFLite, Core ML), validate exports")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     i = msub.add_parser("inspect", help="name, version, inputs, trunk, heads, parameters, sha256")
     i.add_argument("model", type=Path, help=".bin.gz, .bin, .txt.gz or .txt")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
     register_conversion(msub)
+    register_mobile(msub)
     register_quantize(msub)
     register_trt(msub)
 

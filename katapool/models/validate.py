@@ -299,7 +299,13 @@ def feeds_for(session: Any, model: ModelDesc, spatial: np.ndarray, global_: np.n
 def onnx_evals(model: ModelDesc, onnx_bytes: bytes, samples: list[Sample],
                symmetry: int = 0) -> list[EngineEval]:
     """The ONNX model's post-processed evaluations of the samples' positions."""
-    session = onnx_session(onnx_bytes)
+    return session_evals(model, onnx_session(onnx_bytes), samples, symmetry)
+
+
+def session_evals(model: ModelDesc, session: Any, samples: list[Sample],
+                  symmetry: int = 0) -> list[EngineEval]:
+    """Post-processed evaluations by any runner with ONNX Runtime's session interface
+    (``get_inputs``, ``get_outputs``, ``run``): ONNX Runtime itself, or LiteRT's interpreter."""
     names = [o.name for o in session.get_outputs()]
     evals = []
     for s in samples:

@@ -1,0 +1,206 @@
+"""``katapool model export-tflite`` and ``export-coreml``: files for phones and Macs, written
+from katapool's own model description and checked before anything is written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from katapool.cli.common import err, out
+from katapool.errors import ConfigError
+
+CHECK_POSITIONS = 50
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="the network (.bin.gz, .bin, .txt.gz, .txt)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--board", type=int, default=19, help="board size the file takes (default 19)")
+    p.add_argument("--postprocess", action="store_true", help="also policy/value "
+                   "probabilities, score in points and ownership in [-1, 1] (as export-onnx)")
+
+
+def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = msub.add_parser(
+        "export-tflite", help="the network as a TensorFlow Lite (LiteRT) file, checked against "
+        "the engine", description="Write the network as a .tflite file (KataGo's input/output "
+        "names, NCHW, dynamic batch), run it in the LiteRT interpreter and compare it with the "
+        "engine's own outputs on real positions: FP32 must stay within KataGo's FP32 limits, "
+        "FP16 within its FP16 limits; INT8 is reported against the FP16 limits. A failed "
+        "check writes nothing. Needs the katapool[tflite] extra.")
+    _common(t)
+    kind = t.add_mutually_exclusive_group()
+    kind.add_argument("--fp16", action="store_true", help="FP16 weights (half the size)")
+    kind.add_argument("--int8", action="store_true",
+                      help="INT8 convolutions and matrices (needs --calibration)")
+    t.add_argument("--calibration", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take INT8 calibration positions from")
+    t.add_argument("--calibration-positions", type=int, default=64, metavar="N")
+    t.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take check positions from (default: quick self-play games "
+                        "of the network itself)")
+    t.add_argument("--positions", type=int, default=CHECK_POSITIONS,
+                   help=f"check positions (default {CHECK_POSITIONS})")
+    t.add_argument("--no-check", action="store_true",
+                   help="write without comparing with the engine (the file is still loaded "
+                        "and run once in LiteRT)")
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--katago", metavar="PATH")
+    t.set_defaults(func=cmd_export_tflite)
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    from katapool.models.export_check import writable_output
+
+    if not 2 <= args.board <= 19:
+        raise ConfigError(f"--board {args.board}: KataGo networks take 2 to 19")
+    if args.positions < 1:
+        raise ConfigError(f"--positions must be at least 1 (got {args.positions})")
+    for game in [*args.sgf, *getattr(args, "calibration", [])]:
+        if not game.is_file():
+            raise ConfigError(f"{game}: no such game file")
+    writable_output(args.output)
+
+
+def cmd_export_tflite(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from katapool.models import load_model
+    from katapool.models.export_check import (
+        check_positions,
+        engine_samples,
+        engine_setup,
+        write_atomically,
+    )
+    from katapool.models.export_onnx import export_onnx
+    from katapool.models.export_tflite import write_tflite
+    from katapool.models.litert import LiteRTSession
+    from katapool.models.oplist import from_onnx
+    from katapool.models.validate import FP16_LIMITS, FP32_LIMITS, compare, session_evals
+
+    _validate_args(args)
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration GAME... (positions to calibrate on)")
+    if args.calibration and not args.int8:
+        raise ConfigError("--calibration is for --int8")
+    if args.calibration_positions < 1:
+        raise ConfigError("--calibration-positions must be at least 1")
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    from katapool.models.litert import _interpreter_class
+
+    _interpreter_class()  # the extra is missing: say so before any work
+    model = load_model(args.model)
+    proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
+    ops = from_onnx(proto)
+    report = None
+    with tempfile.TemporaryDirectory(prefix="katapool-tflite-") as tmp, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                     console=err, transient=True) as progress:
+        work = Path(tmp)
+        if args.int8 or not args.no_check:
+            with engine_setup(args.katago, args.model) as setup:
+                calibration_keys: set[tuple[str, int]] = set()
+                feeds: list[dict[str, Any]] = []
+                if args.int8:
+                    from katapool.models.precision_check import calibration_feeds
+
+                    cal = check_positions(setup, model, args.calibration,
+                                          args.calibration_positions, args.board, work, seed=13)
+                    calibration_keys = {(str(p.sgf), p.moves) for p in cal}
+                    task = progress.add_task("calibration inputs", total=len(cal))
+                    feeds = calibration_feeds(model, proto.SerializeToString(), setup.katago,
+                                              setup.config, cal, None, work,
+                                              lambda: progress.advance(task))
+                data = _write(ops, proto, precision, feeds)
+                samples = []
+                if not args.no_check:
+                    if not args.sgf:
+                        progress.add_task("self-play games for check positions", total=None)
+                    same_games = args.int8 and (not args.sgf or
+                                                {p.resolve() for p in args.sgf} ==
+                                                {p.resolve() for p in args.calibration})
+                    positions = check_positions(
+                        setup, model, args.sgf or ([] if not args.int8 else args.calibration),
+                        args.positions, args.board, work,
+                        exclude=calibration_keys if same_games else None)
+                    task = progress.add_task(f"engine on {len(positions)} positions",
+                                             total=len(positions))
+                    samples = engine_samples(setup, model, positions,
+                                             lambda: progress.advance(task))
+        else:
+            data = _write(ops, proto, precision, [])
+        session = LiteRTSession(data)
+        _smoke(session)
+        if samples:
+            limits = FP32_LIMITS if precision == "fp32" else FP16_LIMITS
+            report = compare(session_evals(model, session, samples), [s.engine for s in samples],
+                             limits)
+    passed = report is None or report.passed or precision == "int8"
+    if passed:
+        write_atomically(args.output, data)
+    _print_report(args, model.name, precision, len(data), report, passed)
+    return 0 if passed else 1
+
+
+def _write(ops: Any, proto: Any, precision: str, feeds: list[dict[str, Any]]) -> bytes:
+    from katapool.models.export_tflite import write_tflite
+
+    if precision == "int8":
+        from katapool.models.tflite_int8 import int8_tflite
+
+        return int8_tflite(ops, proto, feeds)
+    return write_tflite(ops, precision)
+
+
+def _smoke(session: Any) -> None:
+    """One batch through the interpreter: the file loads, runs and gives finite numbers."""
+    import numpy as np
+
+    from katapool.errors import ModelError
+    from katapool.models.speed import synthetic_feeds
+
+    outputs = session.run(None, synthetic_feeds(session, 2))
+    for info, value in zip(session.get_outputs(), outputs, strict=True):
+        if not np.all(np.isfinite(value)):
+            raise ModelError(f"the TFLite file gives non-finite {info.name}: nothing written")
+
+
+def _print_report(args: argparse.Namespace, name: str, precision: str, size: int,
+                  report: Any, passed: bool) -> None:
+    if args.json:
+        out.out(json.dumps({"network": name, "output": str(args.output), "precision": precision,
+                            "written": passed, "size_bytes": size,
+                            "check": None if report is None else report.as_dict()}))
+        return
+    if report is not None:
+        limit_name = "FP32" if precision == "fp32" else "FP16"
+        table = Table(title=f"{name}: TFLite {precision.upper()} (LiteRT) vs the engine on "
+                            f"{report.positions} positions",
+                      caption=f"KataGo's {limit_name} limits (testgpuerror) apply to p99")
+        for col in ("", "max error", "p99 error", "limit (p99)", ""):
+            table.add_column(col, justify="right" if col else "left")
+        labels = {"winrate": "winrate", "lead": "score lead (points)",
+                  "top_policy": "top-move policy", "policy_kl": "policy KL",
+                  "ownership": "ownership"}
+        for key, label in labels.items():
+            e = report.errors[key]
+            limit = report.limits.get(key)
+            verdict = "" if limit is None else ("[green]ok[/]" if e["p99"] <= limit else "[red]over[/]")
+            table.add_row(label, f"{e['max']:.6f}", f"{e['p99']:.6f}",
+                          "" if limit is None else f"{limit:g}", verdict)
+        err.print(table)
+    if not passed:
+        err.print(f"[red]the TFLite file is outside KataGo's limits: nothing written[/] "
+                  f"({args.output})")
+        return
+    if report is None:
+        err.print("[yellow]not compared with the engine (--no-check): loaded and run once in "
+                  "LiteRT[/]")
+    elif precision == "int8" and not report.passed:
+        err.print("[yellow]INT8 is outside KataGo's FP16 limits (reported, not a pass line)[/]")
+    err.print(f"wrote {args.output} ({size:,} bytes, {precision})")
