@@ -98,6 +98,7 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
     proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
     ops = from_onnx(proto)
     report = None
+    samples: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="katapool-tflite-") as tmp, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                      console=err, transient=True) as progress:
@@ -117,7 +118,6 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
                                               setup.config, cal, None, work,
                                               lambda: progress.advance(task))
                 data = _write(ops, proto, precision, feeds)
-                samples = []
                 if not args.no_check:
                     if not args.sgf:
                         progress.add_task("self-play games for check positions", total=None)

@@ -54,7 +54,7 @@ def check_positions(setup: EngineSetup, model: ModelDesc, games: list[Path], cou
 
         games_needed = max(2, -(-count // 40))
         copies = selfplay_games(setup.katago, setup.config, model.source.path, games_needed,
-                                moves=min(100, board * board // 3 + 20), board=board,
+                                moves=min(100, board * board // 3 + 20, max(40, count)), board=board,
                                 workdir=workdir, seed=seed, on_move=on_move)
     if exclude:
         pool = [p for p in sample_positions(copies, 10**9, seed)

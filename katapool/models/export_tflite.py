@@ -66,8 +66,16 @@ class WeightPolicy:
         writer.emit(op, [x, w, bias], [out], options_kind, options)
 
 
+FP16_MAX = 65504.0
+
+
 class FP16Weights(WeightPolicy):
     def weights(self, writer: TFLiteWriter, array: np.ndarray, name: str) -> int:
+        largest = float(np.abs(array).max(initial=0.0))
+        if largest > FP16_MAX:
+            raise ModelError(f"{name.removesuffix('_w')}: a weight of {largest:.4g} is beyond "
+                             f"FP16's range (±{FP16_MAX:g}); this network cannot be stored in "
+                             "FP16: export it in FP32")
         half = writer.const(array.astype(np.float16), name + "_fp16")
         full = writer.tensor(name, array.shape, np.float32)
         writer.emit("DEQUANTIZE", [half], [full], version=3)
@@ -404,8 +412,19 @@ class TFLiteWriter:
                   {"Beta": 1.0})
 
 
+def require_writer() -> None:
+    """The flatbuffer bindings, or the extra to install."""
+    try:
+        import flatbuffers  # noqa: F401
+        import tflite  # noqa: F401
+    except ImportError:
+        raise ModelError("TFLite export needs the LiteRT schema bindings: "
+                         "pip install 'katapool[tflite]'") from None
+
+
 def write_tflite(ops: OpList, precision: str = "fp32", policy: WeightPolicy | None = None) -> bytes:
     """The op list as .tflite bytes; ``policy`` overrides how weights are stored (INT8)."""
+    require_writer()
     if precision not in PRECISIONS:
         raise ModelError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if policy is None:
