@@ -58,6 +58,17 @@ def test_onnx_runtime_rows(bench: tuple[dict[str, Any], Path]) -> None:
     assert "synthetic calibration" in rows["int8"]["note"]
 
 
+def test_litert_rows(bench: tuple[dict[str, Any], Path]) -> None:
+    """A LiteRT CPU row per precision: the TFLite writer's file, measured in the interpreter."""
+    report, _ = bench
+    rows = {p: _row(report, "litert-cpu", p) for p in ("fp32", "fp16", "int8")}
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["evals_per_second"] > 0, (name, row)
+        assert row["preparation_seconds"] > 0 and "write" in row["note"], (name, row)
+    assert rows["int8"]["size_bytes"] < rows["fp16"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert "synthetic calibration" in rows["int8"]["note"]
+
+
 def test_tensorrt_row_says_why_not(bench: tuple[dict[str, Any], Path]) -> None:
     report, _ = bench
     reason = tensorrt_status()
@@ -102,7 +113,7 @@ def test_table_on_stdout(kp: Katapool) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--model", "no-such-net.bin.gz"], "no-such-net.bin.gz: no such file"),
     (["--skip", "engine,gpu"], "--skip gpu: unknown"),
-    (["--skip", "engine,onnx,tensorrt"], "nothing to measure"),
+    (["--skip", "engine,onnx,tflite,tensorrt"], "nothing to measure"),
     (["--batch", "0"], "--batch must be at least 1"),
 ])
 def test_bad_input(kp: Katapool, args: list[str], message: str) -> None:
@@ -219,7 +230,7 @@ def test_tensorrt_timing_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_several_engines_side_by_side(kp: Katapool, katago: Path) -> None:
     """Each --katago gets its own engine rows (here the same build twice: two measurements)."""
     proc = kp.run("bench", "--model", str(G170), "--batch", "1", "--seconds", "0.3", "--skip",
-                  "onnx,tensorrt", "--katago", str(katago), "--katago", str(katago), "--json",
+                  "onnx,tflite,tensorrt", "--katago", str(katago), "--katago", str(katago), "--json",
                   "--no-chart", check=True, timeout=300)
     rows = json.loads(proc.stdout)["rows"]
     fp32 = [r for r in rows if r["precision"] == "fp32"]

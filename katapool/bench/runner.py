@@ -27,7 +27,7 @@ from katapool.engine.backend import Backend
 from katapool.engine.probe import EngineInfo
 from katapool.errors import ConfigError, KatapoolError
 
-PARTS = ("engine", "onnx", "tensorrt")
+PARTS = ("engine", "onnx", "tflite", "tensorrt")
 SYNTHETIC_POSITIONS = 8
 CALIBRATION_POSITIONS = 16
 SYNTHETIC_NOTE = "speed only: synthetic calibration; accuracy: katapool model quantize"
@@ -91,6 +91,8 @@ class Variants:
     failed: dict[str, str] = field(default_factory=dict)
     calibration_note: str = ""
     fp32_session: Any = None
+    proto: Any = None  # the FP32 export, for the TFLite writer
+    calibration_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def feeds(self, batch: int) -> dict[str, np.ndarray]:
         """One batch of plausible inputs (needs the FP32 export)."""
@@ -143,6 +145,7 @@ def make_variants(model_path: Path, on_step: Step, calibrate: Calibrate | None) 
             out.failed[name] = f"ONNX export failed: {exc}"
         return out
     out.made["fp32"] = Variant("fp32", fp32, export_s, f"export {export_s:.2f} s")
+    out.proto = proto
     out.fp32_session = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
 
     on_step("ONNX: FP16 conversion")
@@ -170,6 +173,7 @@ def make_variants(model_path: Path, on_step: Step, calibrate: Calibrate | None) 
     else:
         feeds = [synthetic_feeds(out.fp32_session, 1, seed=i) for i in range(SYNTHETIC_POSITIONS)]
         out.calibration_note = SYNTHETIC_NOTE
+    out.calibration_feeds = feeds
     for name, activations in (("int8", "int8"), ("int8-u8", "uint8")):
         on_step(f"ONNX: INT8 quantization ({activations} activations, {len(feeds)} positions)")
         try:
@@ -218,6 +222,58 @@ def ort_cpu_rows(variants: Variants, batch: int, seconds: float, on_step: Step) 
         rows.append(BenchRow(method, backend, name, batch, speed.evals_per_second,
                              variant.seconds + speed.session_seconds, len(variant.data),
                              "; ".join(n for n in notes if n)))
+    return rows
+
+
+# --- LiteRT (TFLite) ------------------------------------------------------------------------
+
+_LITERT_NOTES = {
+    "fp32": "katapool's TFLite writer; XNNPACK CPU delegate, all cores",
+    "fp16": "FP16 weights, FP32 arithmetic on the CPU (GPU delegates compute in FP16)",
+    "int8": "trunk convolutions and matrices INT8 (QUANTIZE/DEQUANTIZE around each)",
+}
+
+
+def litert_rows(variants: Variants, batch: int, seconds: float, on_step: Step) -> list[BenchRow]:
+    """The TFLite file per precision in the LiteRT interpreter on the CPU (what an Android
+    app gets without a GPU/NNAPI delegate)."""
+    import os
+
+    method, backend = "LiteRT CPU", "litert-cpu"
+    try:
+        from katapool.models.export_tflite import require_writer, write_tflite
+        from katapool.models.litert import _interpreter_class, litert_speed
+        from katapool.models.oplist import from_onnx
+        from katapool.models.tflite_int8 import int8_tflite
+
+        require_writer()
+        _interpreter_class()
+    except KatapoolError as exc:
+        return [unavailable(method, backend, batch, str(exc))]
+    if variants.proto is None:
+        return [variants.missing_row(method, backend, p, batch) for p in ("fp32", "fp16", "int8")]
+    rows = []
+    export_s = variants.made["fp32"].seconds
+    ops = from_onnx(variants.proto)
+    for name in ("fp32", "fp16", "int8"):
+        on_step(f"{method} {name.upper()}: writing the file, batch {batch}, {seconds:g} s")
+        try:
+            began = time.perf_counter()
+            data = (int8_tflite(ops, variants.proto, variants.calibration_feeds) if name == "int8"
+                    else write_tflite(ops, name))
+            written = time.perf_counter() - began
+            speed = litert_speed(data, batch, seconds, threads=os.cpu_count())
+        except Exception as exc:  # a LiteRT kernel refusing the file, memory, ...
+            rows.append(BenchRow(method, backend, name, batch, None, None, None,
+                                 f"LiteRT failed: {exc}", "failed"))
+            continue
+        notes = [_LITERT_NOTES[name], f"export {export_s:.2f} s + write {written:.2f} s + "
+                 f"interpreter {speed.session_seconds:.2f} s"]
+        if name == "int8":
+            notes.append(variants.calibration_note)
+        rows.append(BenchRow(method, backend, name, batch, speed.evals_per_second,
+                             export_s + written + speed.session_seconds, len(data),
+                             "; ".join(notes)))
     return rows
 
 
@@ -435,10 +491,15 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
         def make() -> Variants:
             return make_variants(settings.model, on_step, calibrate)
 
-        if "onnx" not in settings.skip:
+        if "onnx" not in settings.skip or "tflite" not in settings.skip:
             variants = make()
+        if "onnx" not in settings.skip:
+            assert variants is not None
             add(ort_cpu_rows(variants, settings.batch, settings.seconds, on_step))
             add(ort_gpu_rows(variants, settings.batch, settings.seconds, report, on_step))
+        if "tflite" not in settings.skip:
+            assert variants is not None
+            add(litert_rows(variants, settings.batch, settings.seconds, on_step))
         if "tensorrt" not in settings.skip:
             add(tensorrt_rows(variants, settings.batch, settings.seconds, workdir, on_step, make))
     return result

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "bench", help="evaluations/s, preparation time and size of every way to run a network here",
         description="The same network through every deployment method this machine has, side by "
         "side: the installed KataGo engine (FP32 and FP16 configs, `katago benchmarknn`), ONNX "
-        "Runtime on the CPU (FP32, FP16, INT8 with s8 and u8 activations), ONNX Runtime's GPU "
+        "Runtime on the CPU (FP32, FP16, INT8 with s8 and u8 activations), LiteRT (TFLite) on the "
+        "CPU (FP32, FP16, INT8), ONNX Runtime's GPU "
         "providers and TensorRT where they exist. A table (or --json) on stdout, a PNG bar chart, "
         "progress on stderr.")
     p.add_argument("--model", type=Path, metavar="NET",
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="benchmarknn iterations (default: about --seconds' worth, from the "
                         "engine's first evaluation)")
     p.add_argument("--skip", action="append", default=[], metavar="PART[,PART]",
-                   help="leave out engine, onnx and/or tensorrt")
+                   help="leave out engine, onnx, tflite and/or tensorrt")
     p.add_argument("--calibration", type=Path, nargs="+", default=[], metavar="GAME",
                    help="SGF games for INT8 calibration positions (default: synthetic positions, "
                         "which are fine for speed; for accuracy see `katapool model quantize`)")
@@ -133,7 +134,7 @@ def _other_engines(paths: list[str], first: Any) -> list[Any]:
 
 def _reference(report: BenchReport) -> BenchRow | None:
     """The engine's FP32 row, what the other rows are compared with."""
-    return next((r for r in report.rows if r.backend not in ("tensorrt",)
+    return next((r for r in report.rows if r.backend not in ("tensorrt", "litert-cpu")
                  and not r.backend.startswith("onnxruntime") and r.precision == "fp32"
                  and r.evals_per_second), None)
 
