@@ -105,7 +105,7 @@ def main() -> None:
                   f"limits, {speeds[8].evals_per_second:.1f} evals/s b8", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print(f"\n| network | TFLite | size MB | LiteRT evals/s b1 / b8 | ORT FP32 b8 | winrate p99 / "
+    print("\n| network | TFLite | size MB | LiteRT evals/s b1 / b8 | ORT FP32 b8 | winrate p99 / "
           "max | lead p99 / max | top policy p99 / max | policy KL p99 / max | limits |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -6,6 +6,8 @@ show that the comparison catches a wrong weight, a wrong layout and FP16 overflo
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from test_model_inspect import _tiny_text_model
 
-from conftest import G170, ROOT, TRANSFORMER_KV
+from conftest import G170, ROOT, SHARED, TRANSFORMER_KV, Katapool
 from katapool.errors import ModelError
 from katapool.models import export_coreml as writer
 from katapool.models import load_model
@@ -170,7 +173,7 @@ def test_fp16_rounds_and_a_sum_that_would_overflow_is_averaged(tmp_path: Path,
     fp32 = worst(package(ops, tmp_path / "a", "fp32"), proto, inputs)
     fp16 = worst(package(ops, tmp_path / "a", "fp16"), proto, inputs)
     assert fp32 < 1e-5 and 1e-5 < fp16 < 1e-2  # FP16 rounding happened, nothing worse
-    monkeypatch.setattr(writer._Writer, "plan_averages", lambda self: None)
+    monkeypatch.setattr(writer, "averaged_sums", lambda ops: ops)
     assert worst(package(ops, tmp_path / "b", "fp16"), proto, inputs) > 0.5
 
 
@@ -307,3 +310,61 @@ def test_coremltools_noise_never_reaches_the_output() -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "done\n" and "Failed to load" not in proc.stderr
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+@pytest.mark.engine
+def test_cli_checks_against_the_engine(kp: Katapool, tmp_path: Path) -> None:
+    out = tmp_path / "g170.mlpackage"
+    games = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))[:3]
+    proc = kp.run("model", "export-coreml", str(G170), "-o", str(out), "--sgf", *map(str, games),
+                  "--positions", "4", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["written"] and out.is_dir() and result["precision"] == "fp32"
+    engine = result["engine_check"]
+    assert engine["positions"] == 4 and engine["passed"], engine
+    assert engine["errors"]["winrate"]["max"] < 1e-4  # FP32: the engine's printed precision
+    assert any(c["check"] == "engine" and c["ok"] for c in result["checks"])
+    assert result["not_verified"]
+
+
+@pytest.mark.parametrize("case", ["unknown-version", "missing-extra", "unwritable", "fp16-range",
+                                  "suffix", "batch"])
+def test_cli_bad_input_gets_one_clear_line(fresh_kp: Katapool, tmp_path: Path, case: str) -> None:
+    net = tmp_path / "tiny.txt"
+    text = _tiny_text_model(np.random.default_rng(4))
+    out = tmp_path / "net.mlpackage"
+    extra: list[str] = []
+    env = None
+    if case == "unknown-version":
+        text = text.replace("tiny-net\n8", "tiny-net\n99", 1)
+        expect = "model version 99 is not supported"
+    elif case == "missing-extra":
+        hide = tmp_path / "hide"
+        hide.mkdir()
+        (hide / "sitecustomize.py").write_text("import sys\nsys.modules['coremltools'] = None\n")
+        env = {"PYTHONPATH": str(hide)}
+        expect = "pip install 'katapool[coreml]'"
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "net.mlpackage"
+        expect = "is not a writable directory"
+    elif case == "fp16-range":
+        text = re.sub(r"(b0/w1\n3\n3\n8\n8\n1\n1\n)[^\n]+", r"\g<1>1000000.0", text, count=1)
+        extra = ["--fp16"]
+        expect = "beyond FP16's range"
+    elif case == "suffix":
+        out = tmp_path / "net.mlmodel"
+        expect = "named *.mlpackage"
+    else:
+        extra = ["--batch", "0"]
+        expect = "--batch 0"
+    net.write_text(text)
+    proc = fresh_kp.run("model", "export-coreml", str(net), "-o", str(out), "--no-check", *extra,
+                        env=env, timeout=120)
+    assert proc.returncode != 0, proc.stderr
+    assert expect in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not out.exists()

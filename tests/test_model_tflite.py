@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_model_blocks import B, C, _attention, _mask, _x, conv, f32, norm
+from test_model_inspect import _tiny_text_model
 
 from conftest import G170, SHARED, TRANSFORMER, TRANSFORMER_KV, Katapool
 from katapool.errors import ModelError
@@ -27,7 +29,6 @@ from katapool.models.desc import (
     MatMul,
     MetaEncoder,
     NestedBottleneckBlock,
-    Norm,
     OrdinaryBlock,
     RMSNorm,
     TransformerNorm,
@@ -38,8 +39,6 @@ from katapool.models.litert import LiteRTSession
 from katapool.models.oplist import OpList, Tensor, from_onnx
 from katapool.models.speed import synthetic_feeds
 from katapool.models.tflite_format import read_metadata
-from test_model_blocks import B, C, _attention, _mask, _x, conv, f32, norm
-from test_model_inspect import _tiny_text_model
 
 GAMES = sorted((SHARED / "sgf" / "master-online").glob("*.sgf"))[:3]
 
@@ -294,3 +293,20 @@ def test_no_check_still_runs_the_file_once(fresh_kp: Katapool, tmp_path: Path) -
     assert "not compared with the engine" in proc.stderr
     session = LiteRTSession(out.read_bytes())
     assert session.get_inputs()[0].shape == ["batch", 22, 9, 9]
+
+
+def test_large_sums_become_means() -> None:
+    """The spatial RMSNorm tip's sum of x² (past FP16's range in KaTrain's b10c384) is written
+    as a mean, so FP16 GPU delegates do not overflow; FP32 results are unchanged."""
+    from katapool.models.oplist import averaged_sums
+
+    _, tip = BLOCKS["tip-rmsnorm-spatial"]()
+    ops = from_onnx(block_graph(None, C, B, tip=tip))
+    before, after = ops.counts(), averaged_sums(ops).counts()
+    assert after["ReduceSum"] == before["ReduceSum"] - 1
+    assert after.get("ReduceMean", 0) == before.get("ReduceMean", 0) + 1
+    mask = _mask()
+    feeds = {"X": _x(mask) * 30, "Mask": mask}
+    (ref,) = _run_onnx(block_graph(None, C, B, tip=tip), feeds)
+    (got,) = _run_tflite(write_tflite(ops), feeds)
+    assert _rel(got, ref) < 1e-5

@@ -19,7 +19,7 @@ from katapool.models import load_model, summarize
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("model", help="inspect networks, export them (ONNX, TFLite, Core ML), validate exports")
+    p = sub.add_parser("model", help="inspect networks, export them (ONNX, TFLite, Core ML), validate them")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     i = msub.add_parser("inspect", help="name, version, inputs, trunk, heads, parameters, sha256")
     i.add_argument("model", type=Path, help=".bin.gz, .bin, .txt.gz or .txt")

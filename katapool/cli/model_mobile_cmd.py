@@ -4,11 +4,13 @@ from katapool's own model description and checked before anything is written."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from katapool.cli.common import err, out
@@ -54,6 +56,39 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     t.set_defaults(func=cmd_export_tflite)
 
 
+    c = msub.add_parser(
+        "export-coreml", help="the network as a Core ML package (.mlpackage) for iOS/macOS apps",
+        description="Write the network as a Core ML ML Program package (KataGo's input/output "
+        "names, NCHW, batch 1 to 256 unless --batch fixes it), then check what Linux can check: "
+        "the package reloads, its inputs, outputs, types and op counts, that an FP16 program "
+        "computes in FP16, and its numbers: the saved program is read back, replayed op by op "
+        "with ONNX Runtime (FP16 rounding after every op) and compared with the ONNX export and "
+        "with the engine on real positions (KataGo's FP32 or FP16 limits). Core ML itself "
+        "cannot run off macOS: speed, Neural Engine placement and Apple's own arithmetic are "
+        "not verified. A failed check writes nothing. Needs the katapool[coreml] extra.")
+    _common(c)
+    c.add_argument("--fp16", action="store_true",
+                   help="FP16 weights and arithmetic (FP32 inputs/outputs), as KataGo's own "
+                        "Core ML path computes on the Neural Engine")
+    c.add_argument("--batch", type=int, metavar="N",
+                   help="a fixed batch size (the Neural Engine runs only fixed shapes; default: "
+                        "flexible 1 to 256)")
+    c.add_argument("--target", default="iOS15", metavar="TARGET",
+                   help="minimum deployment target: iOS15 (default), iOS16, iOS17, iOS18, "
+                        "macOS12, macOS13, ...")
+    c.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take check positions from (default: quick self-play games "
+                        "of the network itself)")
+    c.add_argument("--positions", type=int, default=CHECK_POSITIONS,
+                   help=f"check positions against the engine (default {CHECK_POSITIONS})")
+    c.add_argument("--no-check", action="store_true",
+                   help="skip the comparison with the engine (the structural checks and the "
+                        "replay against the ONNX export still run)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--katago", metavar="PATH")
+    c.set_defaults(func=cmd_export_coreml)
+
+
 def _validate_args(args: argparse.Namespace) -> None:
     from katapool.models.export_check import writable_output
 
@@ -78,7 +113,6 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
         write_atomically,
     )
     from katapool.models.export_onnx import export_onnx
-    from katapool.models.export_tflite import write_tflite
     from katapool.models.litert import LiteRTSession
     from katapool.models.oplist import from_onnx
     from katapool.models.validate import FP16_LIMITS, FP32_LIMITS, compare, session_evals
@@ -204,3 +238,78 @@ def _print_report(args: argparse.Namespace, name: str, precision: str, size: int
     elif precision == "int8" and not report.passed:
         err.print("[yellow]INT8 is outside KataGo's FP16 limits (reported, not a pass line)[/]")
     err.print(f"wrote {args.output} ({size:,} bytes, {precision})")
+
+
+def cmd_export_coreml(args: argparse.Namespace) -> int:
+    from katapool.models import load_model
+    from katapool.models.export_check import check_positions, engine_samples, engine_setup
+    from katapool.models.export_coreml import MAX_BATCH, export_coreml, import_coremltools
+    from katapool.models.validate import FP16_LIMITS, FP32_LIMITS
+
+    _validate_args(args)
+    if args.output.suffix != ".mlpackage":
+        raise ConfigError(f"{args.output}: a Core ML package is a directory named *.mlpackage")
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise ConfigError(f"--batch {args.batch}: must be 1 to {MAX_BATCH}")
+    import_coremltools()  # the extra is missing: say so before any work
+    precision = "fp16" if args.fp16 else "fp32"
+    model = load_model(args.model)
+    limits = FP32_LIMITS if precision == "fp32" else FP16_LIMITS
+    engine_report: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="katapool-coreml-") as tmp, \
+            contextlib.ExitStack() as stack:
+        checks = []
+        if not args.no_check:
+            setup = stack.enter_context(engine_setup(args.katago, args.model))
+            with _progress(args) as progress:
+                if not args.sgf:
+                    progress.add_task("self-play games for check positions", total=None)
+                positions = check_positions(setup, model, args.sgf, args.positions, args.board,
+                                            Path(tmp))
+                task = progress.add_task(f"engine on {len(positions)} positions",
+                                         total=len(positions))
+                samples = engine_samples(setup, model, positions, lambda: progress.advance(task))
+
+            def against_engine(package: Path) -> tuple[str, bool, str]:
+                from katapool.models.coreml_replay import _session, load_program, replay_onnx
+                from katapool.models.validate import compare, session_evals
+
+                session = _session(replay_onnx(load_program(package)))
+                report = compare(session_evals(model, session, samples),
+                                 [s.engine for s in samples], limits)
+                engine_report.append(report)
+                worst = ", ".join(f"{k} {report.errors[k]['p99']:.2g}/{v:g}"
+                                  for k, v in report.limits.items())
+                return ("engine", report.passed,
+                        f"replay vs KataGo on {report.positions} positions, p99/limit: {worst}")
+
+            checks.append(against_engine)
+        with _progress(args) as progress:
+            progress.add_task(f"writing and checking the {precision.upper()} package", total=None)
+            result = export_coreml(args.model, args.output, precision, args.board, args.batch,
+                                   args.postprocess, extra_checks=checks, deployment=args.target)
+    report = engine_report[0] if engine_report else None
+    if args.json:
+        out.out(json.dumps({"network": model.name, "output": str(args.output),
+                            "written": result.path is not None, **result.as_dict(),
+                            "engine_check": None if report is None else report.as_dict()}))
+    else:
+        table = Table(title=f"{model.name}: Core ML {precision.upper()} package checks")
+        for col in ("check", "", "detail"):
+            table.add_column(col)
+        for name, ok, detail in result.checks:
+            table.add_row(name, "[green]ok[/]" if ok else "[red]failed[/]", escape(detail))
+        err.print(table)
+        err.print("[dim]not verified here: " + "; ".join(result.not_verified) + "[/]")
+        if result.path is None:
+            err.print(f"[red]a check failed: nothing written[/] ({args.output})")
+        else:
+            err.print(f"wrote {args.output} ({result.size_bytes:,} bytes, {precision})")
+    return 0 if result.path is not None else 1
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=err, transient=True)

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from katapool.errors import ModelError
-from katapool.models.oplist import BATCH, Op, OpList
+from katapool.models.oplist import BATCH, Op, OpList, averaged_sums
 
 PRECISIONS = ("fp32", "fp16")
 MAX_BATCH = 256  # upper bound of the flexible batch
+FP16_MAX = 65504.0
 DEFAULT_DEPLOYMENT = "iOS15"  # the first target with ML Programs (also macOS 12)
 MISSING = "Core ML export needs coremltools: pip install 'katapool[coreml]'"
 
@@ -107,9 +108,6 @@ class _Writer:
         self.ops = ops
         self.mb = mb
         self.vars: dict[str, Any] = {}
-        self.averaged: dict[str, tuple[Op, Op | None]] = {}  # Div output -> (sum, divisor Mul)
-        self.skipped: set[str] = set()
-        self.plan_averages()
         self.handlers: dict[str, Callable[[Op], Any]] = {
             "Add": self.binary("add"), "Sub": self.binary("sub"), "Mul": self.binary("mul"),
             "Div": self.binary("real_div"), "Relu": self.unary("relu"),
@@ -135,68 +133,7 @@ class _Writer:
             self.vars[name] = self.mb.const(val=_mil_array(const), name=name)
         return self.vars[name]
 
-    def plan_averages(self) -> None:
-        """A sum that is only divided becomes a mean divided by (divisor / count): the same
-        number, but no FP16 overflow. The spatial RMSNorm tip sums x² over channels and board
-        (3.6e5 in b10c384) and divides by area × channels (1.4e5): both past FP16's 65504."""
-        readers: dict[str, int] = {}
-        for op in self.ops.ops:
-            for name in op.inputs:
-                readers[name] = readers.get(name, 0) + 1
-        for tensor in self.ops.outputs:
-            readers[tensor.name] = readers.get(tensor.name, 0) + 1
-        made_by = {op.output: op for op in self.ops.ops}
-        for op in self.ops.ops:
-            total = made_by.get(op.inputs[0]) if op.kind == "Div" else None
-            if total is None or total.kind != "ReduceSum" or readers[total.output] != 1 \
-                    or self._count(total) is None:
-                continue
-            divisor = made_by.get(op.inputs[1])
-            scaled = divisor if divisor is not None and divisor.kind == "Mul" \
-                and readers[divisor.output] == 1 and self._scalar_side(divisor) is not None else None
-            self.averaged[op.output] = (total, scaled)
-            self.skipped.update(o.output for o in (total, scaled) if o is not None)
-
-    def _count(self, total: Op) -> int | None:
-        """How many values a ReduceSum adds up (None when the batch is among them)."""
-        shape = self.ops.shape(total.inputs[0])
-        axes = self.ops.ints(total.inputs[1]) if len(total.inputs) > 1 else []
-        dims = [shape[a] for a in axes]
-        return int(np.prod(dims)) if dims and BATCH not in dims else None
-
-    def _scalar_side(self, mul: Op) -> int | None:
-        """Which input of a Mul is a constant scalar, if one is."""
-        for i, name in enumerate(mul.inputs):
-            value = self.ops.const(name)
-            if value is not None and value.size == 1:
-                return i
-        return None
-
-    def average(self, op: Op) -> Any:
-        total, scaled = self.averaged[op.output]
-        count = self._count(total)
-        assert count is not None
-        mean = self.mb.reduce_mean(x=self.value(total.inputs[0]), axes=self.ops.ints(total.inputs[1]),
-                                   keep_dims=bool(total.attrs.get("keepdims", 1)),
-                                   name=f"{total.output}_mean")
-        if scaled is not None:  # divisor a·c: a·(c / count), never a·c itself
-            side = self._scalar_side(scaled)
-            assert side is not None
-            c = self.ops.const(scaled.inputs[side])
-            assert c is not None
-            divisor = self.mb.mul(x=self.value(scaled.inputs[1 - side]),
-                                  y=(c / count).astype(np.float32), name=f"{scaled.output}_per_value")
-        else:
-            divisor = self.mb.mul(x=self.value(op.inputs[1]), y=np.float32(1.0 / count),
-                                  name=f"{op.inputs[1]}_per_value_{op.output}")
-        return self.mb.real_div(x=mean, y=divisor, name=op.output)
-
     def write(self, op: Op) -> None:
-        if op.output in self.skipped:
-            return  # folded into the Div that reads it (see plan_averages)
-        if op.output in self.averaged:
-            self.vars[op.output] = self.average(op)
-            return
         handler = self.handlers.get(op.kind)
         if handler is None:
             raise ModelError(f"{self.where(op)}: operator {op.kind} has no Core ML translation "
@@ -336,6 +273,20 @@ def deployment_target(ct: Any, deployment: str) -> Any:
     return target
 
 
+def _check_fp16_range(ops: OpList) -> None:
+    """A weight beyond FP16's range would become infinity in the package: say so instead."""
+    for op in ops.ops:
+        if op.kind not in ("Conv", "MatMul"):
+            continue
+        weights = ops.const(op.inputs[1])
+        if weights is not None and weights.size:
+            largest = float(np.abs(weights).max())
+            if largest > FP16_MAX:
+                raise ModelError(f"{op.scope or op.output}: a weight of {largest:.4g} is beyond "
+                                 f"FP16's range (±{FP16_MAX:g}); this network cannot be stored "
+                                 "in FP16: export it in FP32")
+
+
 def build_coreml(ops: OpList, precision: str = "fp32", batch: int | None = None,
                  deployment: str = DEFAULT_DEPLOYMENT) -> Any:
     """The op list as a ``coremltools.models.MLModel`` (an ML Program, not yet saved).
@@ -348,6 +299,9 @@ def build_coreml(ops: OpList, precision: str = "fp32", batch: int | None = None,
         raise ModelError(f"batch {batch}: choose 1 to {MAX_BATCH}, or a flexible batch")
     ct = import_coremltools()
     target = deployment_target(ct, deployment)
+    if precision == "fp16":
+        _check_fp16_range(ops)
+    ops = averaged_sums(ops)
     dim: Any = ct.RangeDim(1, MAX_BATCH, default=1) if batch is None else batch
     inputs = [ct.TensorType(name=t.name, dtype=np.float32,
                             shape=tuple(dim if d == BATCH else d for d in t.shape))
@@ -429,8 +383,13 @@ def _put_in_place(built: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+Check = Callable[[Path], tuple[str, bool, str]]
+
+
 def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board: int = 19,
-                  batch: int | None = None, postprocess: bool = False) -> CoreMLResult:
+                  batch: int | None = None, postprocess: bool = False,
+                  extra_checks: Sequence[Check] = (),
+                  deployment: str = DEFAULT_DEPLOYMENT) -> CoreMLResult:
     """Builds the Core ML package of a KataGo network file, checks it (structure, and the saved
     program replayed with ONNX Runtime against the ONNX export on synthetic positions) and
     puts it at ``output`` (a ``.mlpackage`` directory) only if every check passed."""
@@ -449,7 +408,7 @@ def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board
         raise ModelError(f"{output.parent}: no such directory")
     proto = export_onnx(load_model(model_path), board=board, postprocess=postprocess)
     ops = from_onnx(proto)
-    model = build_coreml(ops, precision, batch)
+    model = build_coreml(ops, precision, batch, deployment)
     work = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
     work.mkdir()
     try:
@@ -464,6 +423,8 @@ def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board
                   ("replay", bool(np.isfinite(worst)) and worst <= limit,
                    f"saved program replayed with ONNX Runtime against the ONNX export: worst "
                    f"relative error {worst:.2e} (limit {limit:.0e})")]
+        if all(ok for _, ok, _ in checks):  # e.g. the replay against the engine (the CLI)
+            checks += [check_fn(built) for check_fn in extra_checks]
         result = CoreMLResult(None, precision, batch, check.size_bytes, checks, check.op_counts,
                               errors, limit, list(NOT_VERIFIED))
         if result.passed:

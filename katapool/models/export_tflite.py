@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from katapool.errors import ModelError
-from katapool.models.oplist import OpList
+from katapool.models.oplist import OpList, averaged_sums
 from katapool.models.tflite_format import ModelDef, OperatorDef, Quantization, TensorDef, serialize
 
 PLAIN, NHWC, SEQ_T = "plain", "nhwc", "seq_t"  # SEQ_T: logical [N, C, S] stored as [N, S, C]
@@ -285,10 +285,7 @@ class TFLiteWriter:
         self.emit("ADD", [step("RELU", x), log1p], [out.index], "AddOptions", {})
 
     def _axes(self, op: Any, layout: str) -> list[int]:
-        if len(op.inputs) > 1:
-            axes = self.ops.ints(op.inputs[1])
-        else:
-            axes = list(op.attrs["axes"])
+        axes = self.ops.ints(op.inputs[1]) if len(op.inputs) > 1 else list(op.attrs["axes"])
         rank = len(self.ops.shape(op.inputs[0]))
         axes = [a % rank for a in axes]
         return sorted(_AXIS_NHWC[a] for a in axes) if layout == NHWC else axes
@@ -338,10 +335,8 @@ class TFLiteWriter:
             self.emit("RESHAPE", [self.value(name, SEQ_T), self.ints(_stored(shape, NHWC))],
                       [out.index])
             return
-        if layout == NHWC and _same_bytes(src):
-            x = self.slots[name].index  # the same bytes as NCHW: reshape from the stored form
-        else:
-            x = self.value(name, PLAIN)
+        # With the same bytes as NCHW, reshape from the stored form.
+        x = self.slots[name].index if layout == NHWC and _same_bytes(src) else self.value(name, PLAIN)
         out = self.new(output, shape, PLAIN)
         self.emit("RESHAPE", [x, self.ints(shape)], [out.index])
 
@@ -431,7 +426,7 @@ def write_tflite(ops: OpList, precision: str = "fp32", policy: WeightPolicy | No
         if precision == "int8":
             raise ModelError("INT8 needs calibrated activation ranges: use tflite_int8")
         policy = FP16Weights() if precision == "fp16" else WeightPolicy()
-    writer = TFLiteWriter(ops, policy)
+    writer = TFLiteWriter(averaged_sums(ops), policy)  # FP16 GPU delegates: no large sums
     model = writer.build()
     model.description = f"katapool: {ops.name} ({precision})"
     meta = dict(ops.metadata)

@@ -66,7 +66,8 @@ class LiteRTSession:
         self._batch: int | None = None
 
     def get_inputs(self) -> list[IOInfo]:
-        return [IOInfo(name, ["batch", *map(int, d["shape_signature"][1:])]) for name, d in self._inputs.items()]
+        return [IOInfo(name, ["batch", *map(int, d["shape_signature"][1:])])
+                for name, d in self._inputs.items()]
 
     def get_outputs(self) -> list[IOInfo]:
         return [IOInfo(d["name"], ["batch", *map(int, d["shape_signature"][1:])]) for d in self._outputs]

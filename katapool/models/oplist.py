@@ -112,3 +112,64 @@ def from_onnx(proto: Any) -> OpList:
     metadata = {p.key: p.value for p in proto.metadata_props}
     return OpList(graph.name, [tensors[i.name] for i in graph.input],
                   [tensors[o.name] for o in graph.output], ops, tensors, metadata)
+
+
+def averaged_sums(ops: OpList) -> OpList:
+    """The op list with every sum that is only divided rewritten as a mean divided by
+    (divisor / count): the same number, with no large intermediate. FP16 hardware (the Neural
+    Engine, GPU delegates) overflows on the plain form: the spatial RMSNorm tip sums x² over
+    channels and board (3.6e5 in KaTrain's b10c384) and divides by area × channels (1.4e5),
+    both past FP16's 65504. Global pooling's sums get the same treatment."""
+    readers: dict[str, int] = {}
+    for op in ops.ops:
+        for name in op.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    for tensor in ops.outputs:
+        readers[tensor.name] = readers.get(tensor.name, 0) + 1
+    made_by = {op.output: op for op in ops.ops}
+    tensors = dict(ops.tensors)
+    replace: dict[str, list[Op]] = {}  # op output -> the ops written in its place
+    for op in ops.ops:
+        total = made_by.get(op.inputs[0]) if op.kind == "Div" else None
+        if total is None or total.kind != "ReduceSum" or readers[total.output] != 1:
+            continue
+        shape = ops.shape(total.inputs[0])
+        axes = ops.ints(total.inputs[1]) if len(total.inputs) > 1 else []
+        dims = [shape[a] for a in axes]
+        if not dims or BATCH in dims:
+            continue
+        count = float(np.prod(dims))
+        replace[total.output] = [Op("ReduceMean", (total.inputs[0],), total.output,
+                                    {"axes": axes, "keepdims": total.attrs.get("keepdims", 1)},
+                                    total.scope)]
+        divisor = made_by.get(op.inputs[1])
+        side = _scalar_side(ops, divisor) if divisor is not None and divisor.kind == "Mul" \
+            and readers[divisor.output] == 1 else None
+        if divisor is not None and side is not None:  # a·c becomes a·(c / count)
+            c = ops.const(divisor.inputs[side])
+            assert c is not None
+            name = f"{divisor.inputs[side]}_per_{int(count)}"
+            tensors[name] = Tensor(name, c.shape, (c / count).astype(np.float32))
+            inputs = list(divisor.inputs)
+            inputs[side] = name
+            replace[divisor.output] = [Op("Mul", tuple(inputs), divisor.output, {}, divisor.scope)]
+        else:
+            name = f"per_{int(count)}"
+            tensors[name] = Tensor(name, (), np.array(1.0 / count, dtype=np.float32))
+            per = f"{op.inputs[1]}_per_{int(count)}_{op.output}"
+            tensors[per] = Tensor(per, ops.shape(op.inputs[1]))
+            replace[op.output] = [Op("Mul", (op.inputs[1], name), per, {}, op.scope),
+                                  Op("Div", (op.inputs[0], per), op.output, {}, op.scope)]
+    if not replace:
+        return ops
+    rewritten = [new for op in ops.ops for new in replace.get(op.output, [op])]
+    return OpList(ops.name, ops.inputs, ops.outputs, rewritten, tensors, ops.metadata)
+
+
+def _scalar_side(ops: OpList, mul: Op) -> int | None:
+    """Which input of a Mul is a constant scalar, if one is."""
+    for i, name in enumerate(mul.inputs):
+        value = ops.const(name)
+        if value is not None and value.size == 1:
+            return i
+    return None

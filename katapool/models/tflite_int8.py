@@ -14,7 +14,7 @@ import numpy as np
 
 from katapool.errors import ModelError
 from katapool.models.export_tflite import TFLiteWriter, WeightPolicy
-from katapool.models.oplist import OpList
+from katapool.models.oplist import OpList, averaged_sums
 from katapool.models.tflite_format import Quantization, serialize
 
 PERCENTILE = 99.999
@@ -126,7 +126,7 @@ def int8_tflite(ops: OpList, proto: Any, feeds: list[dict[str, np.ndarray]],
     names = sorted({*inputs_of, *inputs_of.values()})
     ranges = calibrate(proto, feeds, names, percentile)
     policy = Int8Layers(set(inputs_of), ranges, inputs_of)
-    writer = TFLiteWriter(ops, policy)
+    writer = TFLiteWriter(averaged_sums(ops), policy)
     model = writer.build()
     model.description = f"katapool: {ops.name} (int8)"
     meta = dict(ops.metadata)
