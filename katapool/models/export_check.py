@@ -43,7 +43,7 @@ def check_positions(setup: EngineSetup, model: ModelDesc, games: list[Path], cou
                     on_move: Callable[[], None] | None = None,
                     exclude: set[tuple[str, int]] | None = None) -> list[Position]:
     """``count`` positions of ``board`` size: from ``games`` when given, else from quick
-    self-play games of the network itself (about 30 positions a game)."""
+    self-play games of the network itself (up to 100 moves each, one game per 40 positions)."""
     from katapool.models.precision_check import _sample
     from katapool.models.validate import sample_positions
 
@@ -52,9 +52,10 @@ def check_positions(setup: EngineSetup, model: ModelDesc, games: list[Path], cou
     else:
         from katapool.models.selfplay import selfplay_games
 
-        games_needed = max(2, -(-count // 40))
+        games_needed = max(1, -(-count // 40))
         copies = selfplay_games(setup.katago, setup.config, model.source.path, games_needed,
-                                moves=min(100, board * board // 3 + 20, max(40, count)), board=board,
+                                moves=min(100, board * board // 3 + 20, max(40, 2 * count)),
+                                board=board,
                                 workdir=workdir, seed=seed, on_move=on_move)
     if exclude:
         pool = [p for p in sample_positions(copies, 10**9, seed)
