@@ -36,7 +36,7 @@ from katapool.models.desc import (
 from katapool.models.export_onnx import block_graph, export_onnx
 from katapool.models.export_tflite import write_tflite
 from katapool.models.litert import LiteRTSession
-from katapool.models.oplist import OpList, Tensor, from_onnx
+from katapool.models.oplist import Op, OpList, Tensor, from_onnx
 from katapool.models.speed import synthetic_feeds
 from katapool.models.tflite_format import read_metadata
 
@@ -310,3 +310,11 @@ def test_large_sums_become_means() -> None:
     (ref,) = _run_onnx(block_graph(None, C, B, tip=tip), feeds)
     (got,) = _run_tflite(write_tflite(ops), feeds)
     assert _rel(got, ref) < 1e-5
+
+
+def test_an_operator_without_translation_is_named() -> None:
+    ops = OpList("odd", [Tensor("X", (-1, 4))], [Tensor("Y", (-1, 4))],
+                 [Op("Erf", ("X",), "Y", {}, "block0")], {"X": Tensor("X", (-1, 4)),
+                                                          "Y": Tensor("Y", (-1, 4))})
+    with pytest.raises(ModelError, match="block0/Y: operator Erf has no TFLite translation"):
+        write_tflite(ops)

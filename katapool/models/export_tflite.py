@@ -182,8 +182,12 @@ class TFLiteWriter:
                 self.slots[t.name] = _Slot(self._converted[(t.name, NHWC)], NHWC, t.shape)
                 self._converted[(t.name, PLAIN)] = index
         for op in self.ops.ops:
+            translate = getattr(self, f"op_{op.kind}", None)
+            if translate is None:
+                raise ModelError(f"{op.scope or 'graph'}/{op.output}: operator {op.kind} has no "
+                                 "TFLite translation")
             try:
-                getattr(self, f"op_{op.kind}")(op)
+                translate(op)
             except ModelError:
                 raise
             except (KeyError, ValueError, IndexError) as exc:
