@@ -65,11 +65,19 @@ class WeightPolicy:
              options_kind: str, options: dict[str, Any], scope: str) -> None:
         writer.emit(op, [x, w, bias], [out], options_kind, options)
 
+    def constant(self, writer: TFLiteWriter, array: np.ndarray, name: str) -> int:
+        """Any other constant an op reads (norm scales, RoPE tables, ...)."""
+        return writer.const(array, name)
+
 
 FP16_MAX = 65504.0
+LARGE_CONSTANT = 4096  # elements: an FP16 file stores constants this big in FP16
 
 
 class FP16Weights(WeightPolicy):
+    def __init__(self) -> None:
+        self._expanded: dict[str, int] = {}
+
     def weights(self, writer: TFLiteWriter, array: np.ndarray, name: str) -> int:
         largest = float(np.abs(array).max(initial=0.0))
         if largest > FP16_MAX:
@@ -80,6 +88,15 @@ class FP16Weights(WeightPolicy):
         full = writer.tensor(name, array.shape, np.float32)
         writer.emit("DEQUANTIZE", [half], [full], version=3)
         return full
+
+    def constant(self, writer: TFLiteWriter, array: np.ndarray, name: str) -> int:
+        # Large tables (the transformers' RoPE cos/sin, values in [-1, 1]) are most of some
+        # files; small ones (norm scales, scalars) stay FP32 as they cost nothing.
+        if array.dtype != np.float32 or array.size < LARGE_CONSTANT:
+            return writer.const(array, name)
+        if name not in self._expanded:
+            self._expanded[name] = self.weights(writer, array, name)
+        return self._expanded[name]
 
 
 class TFLiteWriter:
@@ -141,7 +158,7 @@ class TFLiteWriter:
             array = const.astype(np.float32) if const.dtype == np.float64 else const
             if layout == NHWC and array.ndim == 4:
                 array = array.transpose(TO_NHWC)
-            return self.const(array, name + ("_nhwc" if layout == NHWC else ""))
+            return self.policy.constant(self, array, name + ("_nhwc" if layout == NHWC else ""))
         slot = self.slots[name]
         if slot.layout == layout:
             return slot.index
