@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Katapool
-from katapool.config.poolfile import is_loopback, parse_pool_file
+from katapool.config.poolfile import ModelSpec, is_loopback, parse_pool_file
 from katapool.errors import ConfigError
 
 GOOD = """\
@@ -98,16 +98,18 @@ def test_start_with_malformed_file_fails_fast(fresh_kp: Katapool, tmp_path: Path
 
 def test_start_without_a_file_takes_every_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No file, no flags: one member per NVIDIA GPU found (a FAKE nvidia-smi reports two)."""
-    import argparse
-
     from katapool.cli import daemon_cmd
+    from katapool.cli.main import build_parser
 
     fakes = Path(__file__).parent / "fakes"
     monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
-    args = argparse.Namespace(config=None, gpus=None, members=None, model=None, listen=[])
-    main = daemon_cmd._pool_file(args).models["main"]
+    parser = build_parser()
+
+    def main_model(*argv: str) -> ModelSpec:
+        return daemon_cmd._pool_file(parser.parse_args(["start", *argv])).models["main"]
+
+    main = main_model()
     assert main.gpus == [0, 1] and main.member_count() == 2
-    args.gpus = "1"
-    assert daemon_cmd._pool_file(args).models["main"].gpus == [1]
-    args.gpus, args.members = None, 3
-    assert daemon_cmd._pool_file(args).models["main"].member_count() == 3
+    assert main_model("--gpus", "1").gpus == [1]
+    assert main_model("-device", "gpu:1").gpus == [1]
+    assert main_model("--members", "3").member_count() == 3

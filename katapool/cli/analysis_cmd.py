@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from katapool import paths
-from katapool.cli.common import parse_gpus, resolve_katago_args
+from katapool.cli.common import resolve_katago_args
+from katapool.cli.shared_options import (
+    add_config,
+    add_device,
+    add_human_model,
+    add_model,
+    add_override_config,
+    add_policy,
+    add_preset,
+    gpu_indices,
+)
 from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.overrides import check_override_arg
 from katapool.config.settings import Mode
@@ -36,23 +46,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "analysis", help="drop-in for `katago analysis`, running a pool of engines",
         description="Reads KataGo analysis queries (JSON lines) on stdin and answers on stdout, "
                     "like `katago analysis`, across a supervised pool of engines.")
-    # katago analysis's own arguments, spelled as KataGo spells them.
-    p.add_argument("-model", help="network .bin.gz (default: the engine's bundled network)")
-    p.add_argument("-human-model", dest="human_model", help="human SL network")
-    p.add_argument("-config", action="append", default=[], type=Path,
-                   help="KataGo config file(s); default: generated per device")
-    p.add_argument("-override-config", dest="override_config", action="append", default=[],
-                   help="KataGo overrides, key=value[,key=value]")
+    # katago analysis's own arguments, spelled as KataGo spells them (or with two dashes).
+    add_model(p, "network .bin.gz (default: the engine's bundled network)")
+    add_human_model(p)
+    add_config(p, "KataGo config file(s), repeatable (default: generated per device)")
+    add_override_config(p)
     p.add_argument("-analysis-threads", dest="analysis_threads", type=int)
     p.add_argument("-quit-without-waiting", dest="quit_without_waiting", action="store_true",
                    help="at end of input, stop at once instead of finishing outstanding queries")
     # katapool's own.
-    p.add_argument("--gpus", help="GPU indices, one member each: 0,1")
-    p.add_argument("--members", type=int, help="number of engine processes (default: one per GPU)")
+    add_device(p, "devices, one member each (default: one member on the best device found)")
+    p.add_argument("--members", type=int, help="number of engine processes (default: one per "
+                   "listed device, else 1)")
     p.add_argument("--katago", metavar="PATH", help="KataGo binary")
-    p.add_argument("--preset", default="server", help="preset for generated configs")
-    p.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
-                   help="pool policy setting, e.g. functional_deadline=30 (repeatable)")
+    add_preset(p, "server")
+    add_policy(p)
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_analysis)
@@ -92,7 +100,7 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     handler.addFilter(_QuietForGuis())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     policy = _policy(args.policy)
-    gpus = parse_gpus(args.gpus)
+    gpus = gpu_indices(args, "katapool analysis")
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")

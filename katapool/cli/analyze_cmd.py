@@ -13,8 +13,9 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out, parse_gpus
+from katapool.cli.common import err, out
 from katapool.cli.progress import ProgressReport
+from katapool.cli.shared_options import add_device, add_model, add_preset, gpu_indices
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
 from katapool.errors import ConfigError
@@ -60,11 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--token", help="the token itself (others can read a command line: prefer "
                    "--token-file or $KATAPOOL_TOKEN)")
     p.add_argument("--members", type=int, default=1, help="engine processes (embedded pool)")
-    p.add_argument("--gpus", help="GPU indices, one member each (embedded pool)")
-    p.add_argument("--preset", default="desktop")
+    add_device(p, "devices, one member each (embedded pool; default: the best device found)")
+    add_preset(p, "desktop", "preset for the generated configs (embedded pool)")
     p.add_argument("--katago", metavar="PATH", help="KataGo binary")
-    p.add_argument("--model", metavar="FILE", help="network (embedded pool); with --connect, "
-                   "the name of one of the daemon's models")
+    add_model(p, "network (embedded pool; default: $KATAPOOL_MODEL or the engine's bundled "
+              "one); with --connect, the name of one of the daemon's models")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -73,6 +74,7 @@ DEFAULT_VISITS = 16
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    args.gpus = gpu_indices(args, "katapool analyze")  # a wrong kind fails before any work
     budget = None
     if args.time is not None:
         try:
@@ -150,11 +152,10 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
             client = await AsyncClient.connect(args.connect or None, token=args.token,
                                                token_file=args.token_file)
         else:
-            gpus = parse_gpus(args.gpus)
             from katapool.pool import Pool
 
-            pool = Pool.embedded(args.model, members=args.members, gpus=gpus, preset=args.preset,
-                                 katago=args.katago, batch=True)
+            pool = Pool.embedded(args.model, members=args.members, gpus=args.gpus,
+                                 preset=args.preset, katago=args.katago, batch=True)
             client = AsyncClient(EmbeddedChannel(pool, own=True))
             await client.open()
         try:

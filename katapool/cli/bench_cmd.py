@@ -14,6 +14,7 @@ from rich.table import Table
 from katapool.bench.chart import human_rate, human_seconds, human_size
 from katapool.bench.result import BenchReport, BenchRow
 from katapool.cli.common import err, out
+from katapool.cli.shared_options import add_model
 from katapool.errors import ConfigError, KatapoolError
 
 DEFAULT_CHART = Path("katapool-bench.png")
@@ -28,8 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "CPU (FP32, FP16, INT8), ONNX Runtime's GPU "
         "providers and TensorRT where they exist. A table (or --json) on stdout, a PNG bar chart, "
         "progress on stderr.")
-    p.add_argument("--model", type=Path, metavar="NET",
-                   help="network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)")
+    add_model(p, "network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)",
+              type=Path, metavar="NET")
     p.add_argument("--katago", metavar="PATH", action="append", default=[],
                    help="KataGo binary; repeat to compare several (default: every installed "
                         "engine with its own backend, the default one first)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from katapool.cli.shared_options import add_model
 from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
 from katapool.engine.probe import EngineInfo, probe_version
 from katapool.errors import ConfigError
@@ -21,8 +22,7 @@ def add_engine_args(parser: argparse.ArgumentParser, model: bool = True) -> None
     parser.add_argument("--katago", metavar="PATH",
                         help="KataGo binary (default: $KATAPOOL_KATAGO, the installed engine, PATH)")
     if model:
-        parser.add_argument("--model", metavar="FILE",
-                            help="network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)")
+        add_model(parser, "network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)")
 
 
 @dataclass
@@ -38,19 +38,6 @@ def engine_from_args(args: argparse.Namespace) -> EngineChoice:
 
 def model_from_args(args: argparse.Namespace, engine: EngineChoice | None) -> Path:
     return resolve_model(getattr(args, "model", None), engine.resolved if engine else None)
-
-
-def parse_gpus(text: str | None) -> list[int] | None:
-    """``--gpus 0,1`` as indices (None when not given)."""
-    if not text:
-        return None
-    try:
-        gpus = [int(g) for g in text.split(",") if g.strip()]
-    except ValueError:
-        raise ConfigError(f"--gpus {text!r}: expected indices such as 0,1") from None
-    if any(g < 0 for g in gpus):
-        raise ConfigError(f"--gpus {text!r}: indices are 0 or more")
-    return gpus or None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from katapool.cli.common import (
     model_from_args,
     out,
 )
+from katapool.cli.shared_options import add_device, add_override_config, add_preset, device_spec
 from katapool.config.build import build_config
 from katapool.config.generate import parse_override_pairs
 from katapool.config.presets import load_preset, preset_names
@@ -26,13 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     csub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
     gen = csub.add_parser("generate", help="write a KataGo config for a device")
     gen.add_argument("--mode", choices=[m.value for m in Mode], required=True)
-    gen.add_argument("--device", default="auto",
-                     help="auto, cpu, gpu:N, opencl:N, or a list such as gpu:0,gpu:1")
-    gen.add_argument("--preset", default="desktop", help="desktop, server, rpi, jetson")
+    add_device(gen, "device(s) the config drives (default: the best device found)")
+    add_preset(gen, "desktop")
     gen.add_argument("--members", type=int, default=1,
                      help="engine processes sharing this machine (splits the NN cache budget)")
-    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a KataGo setting (repeatable)")
+    add_override_config(gen, "override KataGo settings, key=value[,key=value] (repeatable)",
+                        also=("--set",))
     gen.add_argument("--tune", action="store_true",
                      help="measure the best search thread count with `katago benchmark` (cached)")
     gen.add_argument("--tune-visits", type=int, default=200, help=argparse.SUPPRESS)
@@ -48,16 +48,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.members < 1:
         raise ConfigError(f"--members must be at least 1 (got {args.members})")
     load_preset(args.preset)  # fail fast on a bad name, before touching the engine
-    overrides = parse_override_pairs(args.set)
+    overrides = parse_override_pairs(args.override_config)
     engine = engine_from_args(args)
     model = model_from_args(args, engine) if (args.tune or args.model) else _optional_model(args, engine)
     threads = None
     if args.tune:
         assert model is not None
-        threads = tune_search_threads(engine.info, model, args.device, args.preset, err,
+        threads = tune_search_threads(engine.info, model, device_spec(args), args.preset, err,
                                       visits=args.tune_visits, positions=args.tune_positions)
     built = build_config(mode=Mode(args.mode), info=engine.info, model=model,
-                         device_spec=args.device, preset=args.preset,
+                         device_spec=device_spec(args), preset=args.preset,
                          members_on_machine=args.members, search_threads=threads,
                          overrides=overrides)
     if args.output:

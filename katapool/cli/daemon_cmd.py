@@ -18,8 +18,19 @@ import psutil
 from pydantic import ValidationError
 from rich.live import Live
 
-from katapool.cli.common import err, out, parse_gpus
+from katapool.cli.common import err, out
+from katapool.cli.shared_options import (
+    add_config,
+    add_device,
+    add_human_model,
+    add_model,
+    add_override_config,
+    add_preset,
+    gpu_indices,
+)
+from katapool.config.generate import parse_override_pairs
 from katapool.config.poolfile import PoolFile, default_pool_file, load_pool_file
+from katapool.config.presets import load_preset
 from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.errors import ConfigError, KatapoolError
 from katapool.server import control
@@ -37,11 +48,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("start", help="run the pool daemon (Unix socket, WebSocket, /metrics)",
                        description="Serve KataGo analysis from pools of engines: a Unix socket "
                                    "(default), WebSocket, /healthz and /metrics.")
-    p.add_argument("--config", type=Path, help="pool file (katapool.yaml); default: one "
-                   "model, members from --gpus or the best device found")
-    p.add_argument("--gpus", help="GPU indices, one member each (without --config): 0,1")
+    add_config(p, "pool file (katapool.yaml; not a KataGo config: those go in its "
+               "models.NAME.configs); default: one model, members from --device or the best "
+               "device found", many=False)
+    add_model(p, "network (without --config; default: $KATAPOOL_MODEL or the engine's "
+              "bundled one)")
+    add_human_model(p, "human SL network (without --config)")
+    add_override_config(p, "KataGo settings for the members, key=value[,key=value] "
+                        "(repeatable; without --config)")
+    add_device(p, "devices, one member each (without --config; default: every NVIDIA GPU "
+               "found, else one member on the best device)")
     p.add_argument("--members", type=int, help="engine processes (without --config)")
-    p.add_argument("--model", help="network (without --config)")
+    add_preset(p, "server", "preset for the generated configs (without --config)")
     p.add_argument("--listen", action="append", default=[], metavar="ADDRESS",
                    help="unix:PATH and/or ws://HOST:PORT (repeatable; replaces the file's; the "
                         "Unix socket is always on, as the control channel)")
@@ -85,32 +103,31 @@ def _state(args: argparse.Namespace) -> StateDir:
 
 def _socket(state: StateDir) -> Path:
     """The daemon's socket: as the running daemon reported it, else the default."""
-    recorded = state.root / "socket"
-    try:
-        return Path(recorded.read_text().strip())
-    except OSError:
-        return state.socket
+    return state.current_socket()
+
+
+_OWN_FLAGS = ("device", "members", "model", "human_model", "override_config")
 
 
 def _pool_file(args: argparse.Namespace) -> PoolFile:
     ray_address = getattr(args, "ray", None)
     if args.config:
-        if args.gpus or args.members or args.model:
-            raise ConfigError("--gpus/--members/--model go in the pool file when --config is given")
+        if any(getattr(args, flag, None) for flag in _OWN_FLAGS) \
+                or getattr(args, "preset", "server") != "server":
+            raise ConfigError("--device/--members/--model/--human-model/--override-config/"
+                              "--preset go in the pool file when --config is given")
         pool_file = load_pool_file(args.config)
         if ray_address:
             pool_file = _on_cluster(pool_file, ray_address)
     elif ray_address:
-        if args.gpus:
-            raise ConfigError("--gpus: on a Ray cluster Ray assigns the GPUs; give --members "
-                              "(one GPU each) or a pool file")
+        if args.device:
+            raise ConfigError(f"{args.device_flag}: on a Ray cluster Ray assigns the GPUs; give "
+                              "--members (one GPU each) or a pool file")
         pool_file = _on_cluster(default_pool_file(None), ray_address)
         main = pool_file.models["main"]
         main.members = args.members or 1
-        if args.model:
-            main.path = args.model
     else:
-        gpus = parse_gpus(args.gpus)
+        gpus = gpu_indices(args, "katapool start")
         if gpus is None and args.members is None:
             # No file, no flags: one member per NVIDIA GPU found (else one on the best device).
             found, _ = list_nvidia_gpus()
@@ -121,8 +138,8 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
             if args.members < 1:
                 raise ConfigError(f"--members must be at least 1 (got {args.members})")
             main.members = args.members
-        if args.model:
-            main.path = args.model
+    if not args.config:
+        pool_file = _with_model_options(pool_file, args)
     if args.listen:
         unix, websocket = "default", None
         for address in args.listen:
@@ -145,6 +162,35 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
         listen = pool_file.listen.model_copy(update={"token_file": str(path)})
         pool_file = pool_file.model_copy(update={"listen": listen})
     return pool_file
+
+
+_MODEL_FLAGS = {"path": "--model", "human_model": "--human-model",
+                "overrides": "--override-config", "preset": "--preset"}
+
+
+def _with_model_options(pool_file: PoolFile, args: argparse.Namespace) -> PoolFile:
+    """The generated file's one model, with the network, human network, KataGo settings and
+    preset from the command line (checked as the same keys in a pool file would be)."""
+    main = pool_file.models["main"]
+    values = main.model_dump()
+    if args.model:
+        values["path"] = str(args.model)
+    if getattr(args, "human_model", None):
+        values["human_model"] = str(args.human_model)
+    values["preset"] = getattr(args, "preset", main.preset)
+    load_preset(values["preset"])  # a bad name fails here, not in the daemon's log
+    overrides = parse_override_pairs(getattr(args, "override_config", None) or [])
+    values["overrides"] = {**main.overrides, **overrides}
+    try:
+        spec = type(main).model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        flag = _MODEL_FLAGS.get(field, field)
+        key = (first.get("ctx") or {}).get("key")
+        raise ConfigError(f"{flag}{f' {key}' if key else ''}: "
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
+    return pool_file.model_copy(update={"models": {**pool_file.models, "main": spec}})
 
 
 def _on_cluster(pool_file: PoolFile, address: str) -> PoolFile:
@@ -198,10 +244,16 @@ async def _run(daemon: Daemon, state: StateDir, show_dashboard: bool) -> int:
 def _detach(args: argparse.Namespace, state: StateDir) -> int:
     argv = [sys.executable, "-m", "katapool", "start", "--no-dashboard",
             "--state-dir", str(state.root), "--log-level", args.log_level]
-    for flag in ("config", "gpus", "members", "model", "ray"):
+    for flag in ("config", "members", "model", "human_model", "ray"):
         value = getattr(args, flag)
         if value is not None:
-            argv += [f"--{flag}", str(value)]
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.device:
+        argv += ["--device", ",".join(r.spec for r in args.device)]
+    for override in args.override_config:
+        argv += ["--override-config", override]
+    if args.preset != "server":
+        argv += ["--preset", args.preset]
     for address in args.listen:
         argv += ["--listen", address]
     if args.token_file is not None:

@@ -20,7 +20,16 @@ from collections import deque
 from pathlib import Path
 
 from katapool import paths
-from katapool.cli.common import parse_gpus, resolve_katago_args
+from katapool.cli.common import resolve_katago_args
+from katapool.cli.shared_options import (
+    add_config,
+    add_device,
+    add_human_model,
+    add_model,
+    add_override_config,
+    add_preset,
+    device_spec,
+)
 from katapool.cli.stdio import open_stdout, start_stdin_reader
 from katapool.config.build import build_config
 from katapool.config.overrides import check_override_arg
@@ -40,14 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Speaks GTP on stdin/stdout exactly as `katago gtp` does, with a KataGo "
                     "configured for your device behind it; if KataGo dies or hangs it is "
                     "restarted and the game restored without the GUI noticing.")
-    p.add_argument("-model", "--model", dest="model", help="network (default: the engine's bundled one)")
-    p.add_argument("-human-model", dest="human_model", help="human SL network")
-    p.add_argument("-config", "--config", dest="config", action="append", default=[], type=Path,
-                   help="your own KataGo GTP config(s); default: generated for the device")
-    p.add_argument("-override-config", dest="override_config", action="append", default=[],
-                   help="KataGo overrides, key=value[,key=value]")
-    p.add_argument("--gpus", help="GPU indices for this engine: 0,1")
-    p.add_argument("--preset", default="desktop", help="preset for the generated config")
+    add_model(p, "network (default: the engine's bundled one)")
+    add_human_model(p)
+    add_config(p, "your own KataGo GTP config(s), repeatable (default: generated for the device)")
+    add_override_config(p)
+    add_device(p, "device(s) this one engine uses (default: the best device found)")
+    add_preset(p, "desktop", "preset for the generated config")
     p.add_argument("--katago", metavar="PATH", help="KataGo binary")
     p.add_argument("--min-interval", type=int, metavar="CS",
                    help="analysis reports no more often than this (centiseconds), for remote links")
@@ -93,7 +100,6 @@ def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human:
     argv = [str(info.path), "gtp", "-model", str(model)]
     if human:
         argv += ["-human-model", str(human)]
-    gpus = parse_gpus(args.gpus)
     if args.config:
         for cfg in args.config:
             argv += ["-config", str(cfg)]
@@ -101,8 +107,7 @@ def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human:
         if tuning:
             argv += ["-override-config", tuning]
     else:
-        spec = ",".join(f"gpu:{g}" for g in gpus) if gpus else "auto"
-        built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=spec,
+        built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device_spec(args),
                              preset=args.preset)
         cfg_path = run_dir / "gtp.cfg"
         cfg_path.write_text(built.text)

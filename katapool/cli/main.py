@@ -16,6 +16,7 @@ from katapool.cli import (
     config_cmd,
     daemon_cmd,
     devices_cmd,
+    doctor_cmd,
     engine_cmd,
     gtp_cmd,
     model_cmd,
@@ -44,13 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmd.register(sub)
     bench_cmd.register(sub)
     ray_cmd.register(sub)
+    doctor_cmd.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # Inside the try: options checked as they are read (devices) fail as one line too.
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except KatapoolError as exc:
         err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)

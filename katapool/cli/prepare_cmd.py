@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from katapool.cli.common import add_engine_args, engine_from_args, err, model_from_args, out
+from katapool.cli.shared_options import add_device, add_preset, device_spec
 from katapool.config.build import build_config
 from katapool.config.settings import Mode
 from katapool.devices import Device, DeviceKind, discover_devices, parse_device_spec
@@ -21,15 +22,14 @@ from katapool.errors import ConfigError
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("prepare", help="run OpenCL tuning / TensorRT cache builds ahead of time")
     add_engine_args(p)
-    p.add_argument("--device", default=None,
-                   help="device(s) to prepare, e.g. opencl:0 or gpu:0,gpu:1 (default: all)")
+    add_device(p, "device(s) to prepare (default: every one the engine can use)")
     p.add_argument("--fast", action="store_true",
                    help="OpenCL: write the tuner's reference parameters so the engine starts at "
                         "once, untuned (a later `katapool prepare` runs the full tune)")
     p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
     p.add_argument("--board-size", type=int, default=19, help="OpenCL: board size to tune for")
     p.add_argument("--batch-size", type=int, default=None, help="OpenCL: batch size to tune for")
-    p.add_argument("--preset", default="server", help="TensorRT: preset of the production config")
+    add_preset(p, "server", "TensorRT: preset of the production config")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -47,7 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         chosen = report.opencl
         if args.device:
             chosen = []
-            for dev in parse_device_spec(args.device, report):
+            for dev in parse_device_spec(device_spec(args), report):
                 match: Device | None
                 if dev.kind is DeviceKind.OPENCL:
                     match = dev
@@ -68,7 +68,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if not report.nvidia:
             raise ConfigError("TensorRT needs an NVIDIA GPU and none was found: "
                               + "; ".join(report.notes))
-        picked = parse_device_spec(args.device or ",".join(d.spec for d in report.nvidia), report)
+        picked = parse_device_spec(device_spec(args) if args.device else
+                                   ",".join(d.spec for d in report.nvidia), report)
         with tempfile.TemporaryDirectory(prefix="katapool-trt-") as tmp:
             configs = []
             for dev in picked:

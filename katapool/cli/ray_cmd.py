@@ -6,7 +6,8 @@ import argparse
 import subprocess
 import sys
 
-from katapool.cli.common import err, parse_gpus
+from katapool.cli.common import err
+from katapool.cli.shared_options import add_device, add_model, gpu_indices
 from katapool.cluster.nodes import DEFAULT_PORT, NodePlan, head_argv, prepare_argv, worker_argv
 from katapool.errors import KatapoolError
 
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = rsub.add_parser("worker", help="prepare this machine and join it to a cluster")
     worker.add_argument("--address", required=True, metavar="HOST:PORT", help="the head's address")
     _node_args(worker, default_cpu_members=None)
-    worker.add_argument("--model", help="network to prepare for (default: the engine's bundled one)")
+    add_model(worker, "network to prepare for (default: the engine's bundled one)")
     worker.add_argument("--no-prepare", action="store_true", help="skip engine install and "
                         "`katapool prepare` (an image that already has them)")
     worker.add_argument("--fast", action="store_true", help="OpenCL: reference tuning now, "
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _node_args(p: argparse.ArgumentParser, default_cpu_members: int | None) -> None:
-    p.add_argument("--gpus", help="GPUs this node offers to members, e.g. 0,1 (default: "
-                   + ("none" if default_cpu_members == 0 else "every NVIDIA GPU found") + ")")
+    add_device(p, "GPUs this node offers to members, one each (default: "
+               + ("none" if default_cpu_members == 0 else "every NVIDIA GPU found") + ")")
     p.add_argument("--cpu-members", type=int, default=default_cpu_members, metavar="N",
                    help="CPU members this node hosts (the katapool_cpu resource; default: "
                    + ("0" if default_cpu_members == 0 else "1 without GPUs, else 0") + ")")
@@ -44,7 +45,7 @@ def _node_args(p: argparse.ArgumentParser, default_cpu_members: int | None) -> N
 
 
 def _plan(args: argparse.Namespace, find_gpus: bool) -> NodePlan:
-    gpus = parse_gpus(args.gpus)
+    gpus = gpu_indices(args, "katapool ray")
     if gpus is None and find_gpus:
         from katapool.devices.nvidia import list_nvidia_gpus
 

@@ -12,25 +12,38 @@ class PoolPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Health: three levels, each with its own interval and deadline (seconds).
-    alive_interval: float = Field(default=0.5, gt=0)
-    responsive_interval: float = Field(default=5.0, gt=0)
-    responsive_deadline: float = Field(default=10.0, gt=0)
-    functional_interval: float = Field(default=15.0, gt=0)
-    functional_deadline: float = Field(default=60.0, gt=0)
+    alive_interval: float = Field(default=0.5, gt=0, description="seconds between checks "
+                                  "that each member's process is still alive")
+    responsive_interval: float = Field(default=5.0, gt=0, description="seconds between "
+                                       "query_version pings to each member")
+    responsive_deadline: float = Field(default=10.0, gt=0, description="seconds a ping may go "
+                                       "unanswered before the member is restarted")
+    functional_interval: float = Field(default=15.0, gt=0, description="seconds between "
+                                       "1-visit canary analyses on each member")
+    functional_deadline: float = Field(default=60.0, gt=0, description="seconds a canary may go "
+                                       "unanswered, with no analysis coming out, before "
+                                       "the member is restarted")
     heartbeat_every: float = Field(default=5.0, gt=0, description="members report searches in "
                                    "progress this often, so a long search proves itself alive; "
                                    "callers only see the partial results they asked for")
-    canary_board_size: int = Field(default=9, ge=7, le=19)
+    canary_board_size: int = Field(default=9, ge=7, le=19, description="board size of the "
+                                   "canary position (small: cheap)")
 
     # Start-up: TensorRT builds take minutes.
-    start_timeout: float = Field(default=900.0, gt=0)
+    start_timeout: float = Field(default=900.0, gt=0, description="seconds a member may take "
+                                 "to become ready (TensorRT builds take minutes)")
 
     # Restarts: exponential backoff and a windowed crash budget.
-    backoff_initial: float = Field(default=0.25, ge=0)
-    backoff_max: float = Field(default=30.0, ge=0)
-    backoff_reset_after: float = Field(default=60.0, gt=0, description="healthy this long resets backoff")
-    crash_budget: int = Field(default=5, ge=1, description="deaths allowed within crash_window")
-    crash_window: float = Field(default=300.0, gt=0)
+    backoff_initial: float = Field(default=0.25, ge=0, description="seconds before the first "
+                                   "restart of a dead member; doubles with each death")
+    backoff_max: float = Field(default=30.0, ge=0, description="longest wait (seconds) "
+                               "between restarts")
+    backoff_reset_after: float = Field(default=60.0, gt=0, description="seconds ready without "
+                                       "dying that reset the backoff")
+    crash_budget: int = Field(default=5, ge=1, description="deaths allowed within crash_window; "
+                              "one more and the member is marked failed")
+    crash_window: float = Field(default=300.0, gt=0, description="seconds over which "
+                                "crash_budget counts deaths")
 
     # Queries.
     max_outstanding: int = Field(default=10_000, ge=1, description="queries in the pool before refusing")
@@ -59,4 +72,20 @@ class PoolPolicy(BaseModel):
                                 "for everything could take as long as the whole backlog)")
 
     # Shutdown.
-    stop_grace: float = Field(default=10.0, ge=0)
+    stop_grace: float = Field(default=10.0, ge=0, description="seconds a stopping member may "
+                              "take to exit before it is killed")
+
+
+def policy_help() -> list[tuple[str, str, str]]:
+    """Every setting as (key, default, meaning), in declaration order, for ``--policy help``."""
+    rows = []
+    for name, info in PoolPolicy.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        limits = [f"{op} {getattr(m, attr)}" for m in info.metadata
+                  for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                  if getattr(m, attr, None) is not None]
+        meaning = " ".join((info.description or "").split())
+        if limits:
+            meaning += f" ({', '.join(limits)})"
+        rows.append((name, "none" if default is None else str(default), meaning))
+    return rows

@@ -1,4 +1,4 @@
-"""Everything katapool can compute on, and parsing of ``--device`` specs."""
+"""Everything katapool can compute on, and finding the devices a ``--device`` spec names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import psutil
 
 from katapool.devices.model import Device, DeviceKind, DeviceReport
 from katapool.devices.nvidia import list_nvidia_gpus
+from katapool.devices.spec import parse_devices
 from katapool.errors import ConfigError, KatapoolError
 
 _CPU_HINTS = ("pthread", "cpu", "pocl", "llvmpipe", "intel(r) core", "amd epyc", "ryzen", "xeon")
@@ -65,10 +66,10 @@ def discover_devices(katago: Path | None = None, model: Path | None = None,
 
 
 def parse_device_spec(spec: str, report: DeviceReport) -> list[Device]:
-    """``auto``, ``cpu``, ``gpu:N`` / ``nvidia:N`` / ``cuda:N``, ``opencl:N``, or a list of those
-    (or of bare GPU indices: ``0,1``). Every device must exist on this machine."""
-    spec = spec.strip().lower()
-    if spec in ("", "auto"):
+    """The devices ``spec`` names (the syntax of :mod:`katapool.devices.spec`), found in
+    ``report``; ``auto`` is the best one found. Every device must exist on this machine."""
+    refs = parse_devices(spec)
+    if refs is None:
         if report.nvidia:
             return [report.nvidia[0]]
         if report.opencl:
@@ -76,28 +77,15 @@ def parse_device_spec(spec: str, report: DeviceReport) -> list[Device]:
         assert report.cpu is not None
         return [report.cpu]
     out: list[Device] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if part == "cpu":
+    for ref in refs:
+        if ref.kind is DeviceKind.CPU:
             assert report.cpu is not None
             out.append(report.cpu)
             continue
-        kind, _, idx_text = part.rpartition(":")
-        if not kind:
-            kind = "gpu"
-        if not idx_text.isdigit():
-            raise ConfigError(f"bad device {part!r}: use auto, cpu, gpu:N or opencl:N")
-        idx = int(idx_text)
-        if kind in ("gpu", "nvidia", "cuda", "trt"):
-            pool = report.nvidia
-        elif kind == "opencl":
-            pool = report.opencl
-        else:
-            raise ConfigError(f"bad device {part!r}: unknown kind {kind!r} (use cpu, gpu, opencl)")
-        found = next((d for d in pool if d.index == idx), None)
+        pool = report.nvidia if ref.kind is DeviceKind.NVIDIA else report.opencl
+        found = next((d for d in pool if d.index == ref.index), None)
         if found is None:
             have = ", ".join(d.spec for d in report.all) or "none"
-            raise ConfigError(f"device {part!r} not found on this machine (have: {have})")
+            raise ConfigError(f"device {ref.text or ref.spec!r} not found on this machine (have: {have})")
         out.append(found)
-    if len({d.kind for d in out}) > 1:
-        raise ConfigError(f"devices {spec!r} mix kinds; one config drives one kind of device")
     return out

@@ -48,6 +48,13 @@ class StateDir:
         digest = hashlib.blake2b(str(self.root).encode(), digest_size=6).hexdigest()
         return Path("/tmp") / f"katapool-{os.getuid()}" / f"{digest}.sock"
 
+    def current_socket(self) -> Path:
+        """The socket a running daemon reported (``<root>/socket``), else the default."""
+        try:
+            return Path((self.root / "socket").read_text().strip())
+        except OSError:
+            return self.socket
+
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.logs.mkdir(parents=True, exist_ok=True)
