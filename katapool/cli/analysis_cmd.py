@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from katapool import paths
-from katapool.cli.common import resolve_katago_args
 from katapool.cli.shared_options import (
     add_config,
     add_device,
@@ -30,13 +29,13 @@ from katapool.cli.shared_options import (
     add_preset,
     gpu_indices,
 )
+from katapool.cli.startplan import plan_start
 from katapool.cli.stdio import open_stdout, start_stdin_reader
-from katapool.config.overrides import check_override_arg
-from katapool.config.settings import Mode
 from katapool.engine.analysis_process import READY_MARKER
+from katapool.engine.probe import EngineInfo
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
-from katapool.pool.launch import LaunchSpec, build_factories
+from katapool.pool.launch import LaunchSpec, build_factories, member_setups
 
 log = logging.getLogger("katapool")
 
@@ -104,16 +103,27 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")
-    for override in args.override_config:
-        check_override_arg(override, Mode.ANALYSIS)
-    found = resolve_katago_args(args)
-    info, model, human = found.info, found.model, found.human_model
-    spec = LaunchSpec(info=info, model=model, human_model=human, configs=args.config,
-                      overrides=args.override_config, analysis_threads=args.analysis_threads,
-                      gpus=gpus, members=members, preset=args.preset,
-                      start_timeout=policy.start_timeout)
+    if args.override_config:
+        # Imported only when needed: a plain start does without config validation's models.
+        from katapool.config.overrides import check_override_arg
+        from katapool.config.settings import Mode
+
+        for override in args.override_config:
+            check_override_arg(override, Mode.ANALYSIS)
+
+    def spec_for(info: EngineInfo, model: Path, human: Path | None) -> LaunchSpec:
+        return LaunchSpec(info=info, model=model, human_model=human, configs=args.config,
+                          overrides=args.override_config, analysis_threads=args.analysis_threads,
+                          gpus=gpus, members=members, preset=args.preset,
+                          start_timeout=policy.start_timeout)
+
+    plan = plan_start(args, "analysis", {"override_config": args.override_config, "gpus": gpus,
+                                         "members": members, "preset": args.preset},
+                      lambda info, model, human: member_setups(spec_for(info, model, human)))
+    info = plan.info
+    spec = spec_for(info, plan.model, plan.human_model)
     with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="analysis-") as run_dir:
-        factories = build_factories(spec, Path(run_dir))
+        factories = build_factories(spec, Path(run_dir), setups=list(plan.members))
         return asyncio.run(_serve(factories, policy, info.version, info.git_revision,
                                   args.quit_without_waiting))
 

@@ -5,17 +5,33 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from katapool.cli.shared_options import add_model
-from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
-from katapool.engine.probe import EngineInfo, probe_version
 from katapool.errors import ConfigError
 
-# Stdout is for results (and protocol, in the protocol commands); everything else on stderr.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from katapool.engine.discovery import ResolvedEngine
+    from katapool.engine.probe import EngineInfo
+
+    # Stdout is for results (and protocol, in the protocol commands); everything else on stderr.
+    out: Console
+    err: Console
+
+
+def __getattr__(name: str) -> Console:
+    """``out`` and ``err``, made on first use: the protocol commands (`gtp`, `analysis`) start
+    without importing rich."""
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True) if name == "out" \
+        else Console(stderr=True, highlight=False)
+    globals()[name] = console
+    return console
 
 
 def add_engine_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
@@ -31,12 +47,18 @@ class EngineChoice:
     info: EngineInfo
 
 
-def engine_from_args(args: argparse.Namespace) -> EngineChoice:
+def engine_from_args(args: argparse.Namespace, fresh: bool = False) -> EngineChoice:
+    """The engine the arguments name, probed (``fresh``: now, for a health check)."""
+    from katapool.engine.discovery import resolve_engine
+    from katapool.engine.probe import probe_version
+
     resolved = resolve_engine(getattr(args, "katago", None))
-    return EngineChoice(resolved, probe_version(resolved.path))
+    return EngineChoice(resolved, probe_version(resolved.path, fresh=fresh))
 
 
 def model_from_args(args: argparse.Namespace, engine: EngineChoice | None) -> Path:
+    from katapool.engine.discovery import resolve_model
+
     return resolve_model(getattr(args, "model", None), engine.resolved if engine else None)
 
 
@@ -47,10 +69,16 @@ class KataGoArgs:
     info: EngineInfo
     model: Path
     human_model: Path | None
+    origin: str | None = None  # where the engine was found (katapool.engine.discovery.Origin)
 
 
 def resolve_katago_args(args: argparse.Namespace) -> KataGoArgs:
     """Check `-config` files, then find the engine (`--katago`), `-model` and `-human-model`."""
+    # Imported here: the engine manifest's models cost a GUI's start-up when the start
+    # cache (katapool.config.startcache) already knows the answer.
+    from katapool.engine.discovery import resolve_engine, resolve_model
+    from katapool.engine.probe import probe_version
+
     for cfg in args.config:
         if not cfg.is_file():
             raise ConfigError(f"-config {cfg}: no such file")
@@ -58,4 +86,4 @@ def resolve_katago_args(args: argparse.Namespace) -> KataGoArgs:
     info = probe_version(resolved.path)
     model = resolve_model(args.model, resolved)
     human = resolve_model(args.human_model) if args.human_model else None
-    return KataGoArgs(info, model, human)
+    return KataGoArgs(info, model, human, resolved.origin)

@@ -90,7 +90,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    choice = engine_from_args(args)
+    choice = engine_from_args(args, fresh=True)  # a health check: asked now, not remembered
     info = choice.info
     data: dict[str, object] = {
         "path": str(info.path), "origin": choice.resolved.origin, "version": info.version,
@@ -99,7 +99,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if info.backend is Backend.OPENCL:
         try:
             model = resolve_model(args.model, choice.resolved)
-            devices, why = opencl_devices(info.path, model)
+            devices, why = opencl_devices(info.path, model, fresh=True)
             data["opencl_devices"] = [f"{d.index}: {d.name}" for d in devices]
             if why:
                 data["opencl_problem"] = why

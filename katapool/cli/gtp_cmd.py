@@ -20,7 +20,6 @@ from collections import deque
 from pathlib import Path
 
 from katapool import paths
-from katapool.cli.common import resolve_katago_args
 from katapool.cli.shared_options import (
     add_config,
     add_device,
@@ -30,15 +29,13 @@ from katapool.cli.shared_options import (
     add_preset,
     device_spec,
 )
+from katapool.cli.startplan import plan_start
 from katapool.cli.stdio import open_stdout, start_stdin_reader
-from katapool.config.build import build_config
-from katapool.config.overrides import check_override_arg
-from katapool.config.settings import Mode
+from katapool.config.startcache import MemberSetup, StartPlan
 from katapool.engine.probe import EngineInfo
 from katapool.engine.process import EngineProcess, prune_logs
 from katapool.errors import ConfigError
 from katapool.gtp.bridge import READY_LINE, BridgeOptions, GtpBridge, safe_for_guis
-from katapool.pool.launch import prepared_tuning_override
 
 log = logging.getLogger("katapool")
 
@@ -80,37 +77,58 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     for value, flag in ((args.min_interval, "--min-interval"), (args.max_moves, "--max-moves")):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
-    for override in args.override_config:
-        check_override_arg(override, Mode.GTP)
-    found = resolve_katago_args(args)
-    info, model, human = found.info, found.model, found.human_model
+    if args.override_config:
+        # Imported only when needed: a GUI's plain start does without pydantic.
+        from katapool.config.overrides import check_override_arg
+        from katapool.config.settings import Mode
+
+        for override in args.override_config:
+            check_override_arg(override, Mode.GTP)
+    spec = device_spec(args)
+    plan = plan_start(args, "gtp", {"override_config": args.override_config, "device": spec,
+                                    "preset": args.preset},
+                      lambda info, model, human: [_setup(args, info, model, spec)])
+    info, model = plan.info, plan.model
     log_dir = paths.data_dir() / "logs" / "gtp"
     log_dir.mkdir(parents=True, exist_ok=True)
     prune_logs(log_dir)  # each run leaves engine logs (ours and KataGo's): keep the newest
     with tempfile.TemporaryDirectory(dir=paths.run_dir(), prefix="gtp-") as run_dir:
-        argv = _engine_argv(args, info, model, human, Path(run_dir))
+        argv = _engine_argv(args, plan, Path(run_dir))
         options = BridgeOptions(command_timeout=args.command_timeout,
                                 min_interval=args.min_interval, max_moves=args.max_moves)
         return asyncio.run(_serve(argv, options, log_dir / f"{os.getpid()}-katago.stderr.log",
                                   info, model))
 
 
-def _engine_argv(args: argparse.Namespace, info: EngineInfo, model: Path, human: Path | None,
-                 run_dir: Path) -> list[str]:
-    argv = [str(info.path), "gtp", "-model", str(model)]
-    if human:
-        argv += ["-human-model", str(human)]
+def _setup(args: argparse.Namespace, info: EngineInfo, model: Path, spec: str) -> MemberSetup:
+    """The engine's config: generated for the device, or the caller's own with katapool's
+    prepared OpenCL tuning added where it names none."""
     if args.config:
+        from katapool.pool.launch import prepared_tuning_override
+
+        tuning = prepared_tuning_override(info, model, args.config, args.override_config)
+        return MemberSetup(None, (tuning,) if tuning else ())
+    from katapool.config.build import build_config
+    from katapool.config.settings import Mode
+
+    built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=spec,
+                         preset=args.preset)
+    return MemberSetup(built.text)
+
+
+def _engine_argv(args: argparse.Namespace, plan: StartPlan, run_dir: Path) -> list[str]:
+    setup = plan.members[0]
+    argv = [str(plan.info.path), "gtp", "-model", str(plan.model)]
+    if plan.human_model:
+        argv += ["-human-model", str(plan.human_model)]
+    if setup.config_text is None:
         for cfg in args.config:
             argv += ["-config", str(cfg)]
-        tuning = prepared_tuning_override(info, model, args.config, args.override_config)
-        if tuning:
-            argv += ["-override-config", tuning]
+        for extra in setup.overrides:
+            argv += ["-override-config", extra]
     else:
-        built = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device_spec(args),
-                             preset=args.preset)
         cfg_path = run_dir / "gtp.cfg"
-        cfg_path.write_text(built.text)
+        cfg_path.write_text(setup.config_text)
         argv += ["-config", str(cfg_path)]
     for override in args.override_config:
         argv += ["-override-config", override]

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from katapool.config.policy import policy_help
-from katapool.config.presets import preset_names
+from katapool.config.preset_files import preset_names
 from katapool.devices.model import DeviceKind
 from katapool.devices.spec import SYNTAX, DeviceRef, parse_devices
 from katapool.errors import ConfigError
@@ -104,6 +103,8 @@ class _PolicyAction(argparse._AppendAction):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         if str(values).strip().lower() == "help":
+            from katapool.config.policy import policy_help  # pydantic: only when asked
+
             rows = policy_help()
             key_w = max(len("key"), *(len(k) for k, _, _ in rows))
             default_w = max(len("default"), *(len(d) for _, d, _ in rows))

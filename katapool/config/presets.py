@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from katapool.config.preset_files import preset_names, presets_dir
 from katapool.engine.backend import Backend
 from katapool.errors import ConfigError
 
@@ -32,18 +31,6 @@ class Preset(BaseModel):
     search_threads_per_batch: float = Field(gt=0, le=64)
     analysis_search_threads: int = Field(ge=1, le=1024)
     settings: dict[str, Any] = Field(default_factory=dict)
-
-
-def presets_dir() -> Path:
-    """Installed wheels carry the presets inside the package; a checkout reads ``configs/``."""
-    packaged = resources.files("katapool") / "_presets"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "configs"
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
 def load_preset(name: str) -> Preset:

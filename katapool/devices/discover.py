@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
-
 from katapool.devices.model import Device, DeviceKind, DeviceReport
 from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.devices.spec import parse_devices
@@ -16,6 +14,8 @@ _CPU_HINTS = ("pthread", "cpu", "pocl", "llvmpipe", "intel(r) core", "amd epyc",
 
 
 def cpu_device() -> Device:
+    import psutil  # here: importing this package must stay cheap (devices.fingerprint)
+
     physical = psutil.cpu_count(logical=False) or 0
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     name = _cpu_name() or "CPU"
@@ -33,14 +33,16 @@ def _cpu_name() -> str | None:
     return None
 
 
-def opencl_devices(katago: Path | None, model: Path | None) -> tuple[list[Device], str | None]:
-    """OpenCL devices as KataGo enumerates them (needs an OpenCL engine and any network)."""
+def opencl_devices(katago: Path | None, model: Path | None,
+                   fresh: bool = False) -> tuple[list[Device], str | None]:
+    """OpenCL devices as KataGo enumerates them (needs an OpenCL engine and any network);
+    ``fresh``: asked now, not taken from an earlier process's answer."""
     if katago is None or model is None:
         return [], "no OpenCL KataGo engine and network to ask"
     from katapool.engine.probe import list_opencl_devices
 
     try:
-        found = list_opencl_devices(katago, model)
+        found = list_opencl_devices(katago, model, fresh=fresh)
     except KatapoolError as exc:
         return [], str(exc)
     cores = cpu_device().cores
@@ -54,6 +56,8 @@ def opencl_devices(katago: Path | None, model: Path | None) -> tuple[list[Device
 
 def discover_devices(katago: Path | None = None, model: Path | None = None,
                      opencl: bool = True) -> DeviceReport:
+    import psutil
+
     report = DeviceReport(cpu=cpu_device(), ram_mib=psutil.virtual_memory().total // (1 << 20))
     report.nvidia, why = list_nvidia_gpus()
     if why and not report.nvidia:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import json
 import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from katapool import paths
+from katapool.devices.fingerprint import opencl_fingerprint
 from katapool.engine.backend import Backend
 from katapool.engine.diagnose import diagnose
 from katapool.errors import EngineStartError
@@ -83,23 +89,81 @@ def binary_stamp(path: Path) -> tuple[str, int, int] | None:
     return str(resolved), st.st_size, st.st_mtime_ns
 
 
-# Answers of a binary that has not changed since: running it again costs seconds (a wrapper,
-# a slow disk, an AppImage) and tells nothing new. Only successes are kept.
+# Answers of a binary that has not changed since: running it again costs from milliseconds
+# to seconds (a wrapper, a slow disk, an AppImage; the OpenCL listing starts the tuner) and
+# tells nothing new. Kept in this process and on disk (see _disk_get); only successes are kept.
 _version_cache: dict[tuple[str, int, int], EngineInfo] = {}
 _opencl_cache: dict[tuple[str, int, int], list[OpenCLDevice]] = {}
+PROBE_CACHE_FORMAT = 1
 
 
-def probe_version(path: Path, timeout: float = 60.0) -> EngineInfo:
+def probe_cache_dir() -> Path:
+    return paths.cache_dir() / "probes"
+
+
+def _disk_file(kind: str, stamp: tuple[str, int, int]) -> Path:
+    name = hashlib.sha256(json.dumps([kind, *stamp]).encode()).hexdigest()[:32]
+    return probe_cache_dir() / f"{kind}-{name}.json"
+
+
+def _disk_get(kind: str, stamp: tuple[str, int, int], context: str | None = None) -> Any:
+    """A probe's answer stored for this build of the binary (and ``context``: what else the
+    answer depends on), or None."""
+    try:
+        record = json.loads(_disk_file(kind, stamp).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != PROBE_CACHE_FORMAT \
+            or record.get("stamp") != list(stamp) or record.get("context") != context:
+        return None
+    return record.get("value")
+
+
+def _disk_put(kind: str, stamp: tuple[str, int, int], value: Any, context: str | None = None) -> None:
+    """Store atomically (concurrent starts read whole records or none); a cache that cannot
+    be written only costs the next start a probe."""
+    target = _disk_file(kind, stamp)
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".probe-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"format": PROBE_CACHE_FORMAT, "stamp": list(stamp),
+                           "context": context, "value": value}, fh)
+            os.replace(tmp, target)
+        except OSError:
+            os.unlink(tmp)
+            raise
+
+
+def probe_version(path: Path, timeout: float = 60.0, fresh: bool = False) -> EngineInfo:
     """Run ``katago version`` (once per build of the binary: see :func:`binary_stamp`); a
-    binary that cannot report one gets a diagnosis."""
+    binary that cannot report one gets a diagnosis. ``fresh``: run it even if an earlier
+    process did (a health check: a shared library may have gone since)."""
     stamp = binary_stamp(path)
     cached = _version_cache.get(stamp) if stamp else None
+    if cached is None and stamp is not None and not fresh and os.access(path, os.X_OK):
+        # (A binary no longer executable is run, for its diagnosis.)
+        cached = _info_from_disk(path, _disk_get("version", stamp))
+        if cached is not None:
+            _version_cache[stamp] = cached
     if cached is not None:
         return cached if cached.path == path else replace(cached, path=path)
     info = _run_version(path, timeout)
     if stamp is not None and binary_stamp(path) == stamp:  # not replaced while it ran
         _version_cache[stamp] = info
+        _disk_put("version", stamp, {"version": info.version, "backend": info.backend.value,
+                                     "git_revision": info.git_revision, "raw": info.raw})
     return info
+
+
+def _info_from_disk(path: Path, value: Any) -> EngineInfo | None:
+    try:
+        return EngineInfo(path=path, version=str(value["version"]),
+                          backend=Backend(value["backend"]),
+                          git_revision=value["git_revision"], raw=str(value["raw"]))
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def _run_version(path: Path, timeout: float) -> EngineInfo:
@@ -118,20 +182,32 @@ def _run_version(path: Path, timeout: float) -> EngineInfo:
     )
 
 
-def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0) -> list[OpenCLDevice]:
+def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0,
+                        fresh: bool = False) -> list[OpenCLDevice]:
     """The OpenCL devices exactly as KataGo enumerates them (asked once per build of the
-    binary, as :func:`probe_version`).
+    binary and OpenCL runtime, as :func:`probe_version`; ``fresh`` as there).
 
     KataGo's tuner prints every device it finds before it checks the requested index, so asking
     it to tune a device that cannot exist lists the devices and exits at once, without tuning.
     """
     stamp = binary_stamp(path)
     cached = _opencl_cache.get(stamp) if stamp else None
+    if cached is None and stamp is not None and not fresh:
+        # On disk, also keyed by the OpenCL runtimes installed (a new driver, new devices).
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            stored = _disk_get("opencl", stamp, opencl_fingerprint())
+            if stored is not None:
+                cached = [OpenCLDevice(int(i), str(n), None if s is None else int(s))
+                          for i, n, s in stored]
+                _opencl_cache[stamp] = cached
     if cached is not None:
         return list(cached)
+    context = opencl_fingerprint()
     devices = _run_opencl_listing(path, model, timeout)
     if stamp is not None and binary_stamp(path) == stamp:
         _opencl_cache[stamp] = list(devices)
+        if opencl_fingerprint() == context:
+            _disk_put("opencl", stamp, [[d.index, d.name, d.score] for d in devices], context)
     return devices
 
 
