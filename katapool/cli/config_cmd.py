@@ -16,7 +16,8 @@ from katapool.cli.common import (
 from katapool.cli.shared_options import add_device, add_override_config, add_preset, device_spec
 from katapool.config.build import build_config
 from katapool.config.generate import parse_override_pairs
-from katapool.config.presets import load_preset, preset_names
+from katapool.config.preset_files import preset_names
+from katapool.config.presets import load_preset
 from katapool.config.settings import Mode
 from katapool.config.threads import tune_search_threads
 from katapool.errors import ConfigError, KatapoolError
