@@ -58,8 +58,8 @@ def run_checks() -> list[Check]:
     found = _Found()
     checks: list[Check] = []
     steps: list[Callable[[_Found], list[Check]]] = [
-        _engine, _network, _devices, _opencl, _cuda, _tensorrt, _tuning, _profiles, _daemon,
-        _permissions]
+        _engine, _network, _devices, _opencl, _cuda, _tensorrt, _mobile, _tuning, _profiles,
+        _daemon, _permissions]
     for step in steps:
         checks += step(found)
     return checks
@@ -146,6 +146,22 @@ def _tensorrt(found: _Found) -> list[Check]:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown version"
     return [Check("tensorrt", "ok", f"Python package tensorrt {version}")]
+
+
+def _mobile(found: _Found) -> list[Check]:
+    """The optional exporters for apps: information, never a problem."""
+    checks = []
+    for name, modules, extra, command in (
+            ("tflite", ("tflite", "flatbuffers", "ai_edge_litert"), "tflite", "export-tflite"),
+            ("coreml", ("coremltools",), "coreml", "export-coreml")):
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            checks.append(Check(name, "info", f"not installed (only `katapool model {command}` "
+                                f"uses it: {', '.join(missing)})",
+                                f"pip install 'katapool[{extra}]'"))
+        else:
+            checks.append(Check(name, "ok", f"`katapool model {command}` available"))
+    return checks
 
 
 def _tuning(found: _Found) -> list[Check]:
