@@ -350,7 +350,7 @@ def test_install_hint_on_a_cpu_only_machine(isolated_env: Path, monkeypatch: pyt
 
     opencl = record("katrain", Backend.OPENCL)
     hint = advice.cpu_only_hint(opencl)
-    assert hint is not None and "Eigen backend is about 4x faster" in hint
+    assert hint is not None and "Eigen backend is much faster (13x faster for a small" in hint
     assert "--from release --version 1.17.2 --backend eigen" in hint
     assert "katapool engine build --backend eigen" in hint
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
@@ -381,17 +381,25 @@ def test_fastest_engine_without_compiling(isolated_env: Path, monkeypatch: pytes
 
     katrain, eigen = record("katrain", Backend.OPENCL), record("eigen", Backend.EIGEN)
     monkeypatch.setattr(install, "install_from_katrain", lambda console: katrain)
-    monkeypatch.setattr(install, "install_from_release", lambda console, v, b: eigen)
+    asked: list[str] = []
+
+    def release(console: Console, version: str, backend: Backend, asset: str) -> EngineRecord:
+        asked.append(asset)
+        return eigen
+
+    monkeypatch.setattr(install, "install_from_release", release)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(fastest, "on_cpu_only", lambda r: True)
     console = Console(stderr=True)
 
-    monkeypatch.setattr(fastest, "release_reachable", lambda v, b: None)
+    monkeypatch.setattr(fastest, "release_reachable", lambda v, asset: None)
     choice = fastest.install_fastest(console)
-    assert choice.record is eigen and "Eigen release is about 4x faster" in choice.why
+    assert choice.record is eigen and "Eigen release computes on the CPU much faster" in choice.why
+    assert asked == [fastest.eigen_asset("1.17.2")]
+    assert asked[0] in ("katago-v1.17.2-eigen-linux-x64.zip", "katago-v1.17.2-eigenavx2-linux-x64.zip")
 
     monkeypatch.setattr(fastest, "release_reachable",
-                        lambda v, b: "github.com is out of reach (Name or service not known)")
+                        lambda v, asset: "github.com is out of reach (Name or service not known)")
     choice = fastest.install_fastest(console)
     assert choice.record is katrain and "github.com is out of reach" in choice.why
     assert "engine build --backend eigen" in choice.why
@@ -406,7 +414,7 @@ def test_fastest_install_says_which_and_why(fresh_kp: Katapool) -> None:
     answers, else KaTrain's engine, with the reason."""
     proc = fresh_kp.run("engine", "install", "--fastest", check=True, timeout=900)
     said = proc.stderr.replace("\n", " ")
-    if "Eigen release is about 4x faster" in said:
+    if "Eigen release computes on the CPU much faster" in said:
         assert "installed katago-1.17.2-eigen" in proc.stdout
     else:
         assert "installed katrain-1.20.0" in proc.stdout

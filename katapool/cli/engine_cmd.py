@@ -159,6 +159,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "path": str(info.path), "origin": choice.resolved.origin, "version": info.version,
         "backend": info.backend.label, "git_revision": info.git_revision,
     }
+    record = choice.resolved.record
+    if record is not None and record.build_options:
+        data["built_with"] = " ".join(record.build_options)
     if info.backend is Backend.OPENCL:
         try:
             model = resolve_model(args.model, choice.resolved)

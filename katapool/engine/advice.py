@@ -1,5 +1,5 @@
 """Advice after an install: on a machine without a GPU, an OpenCL engine computes on the CPU
-through PoCL, where KataGo's Eigen backend is several times faster (docs/performance.md)."""
+through PoCL, where KataGo's Eigen backend is many times faster (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from katapool.engine.backend import Backend
 from katapool.engine.build_source import DEFAULT_VERSION
 from katapool.engine.manifest import EngineRecord, load_manifest
 
-# Eigen (AVX2) over OpenCL on PoCL, g170 b6c96, batch 8, 2-core AMD EPYC (docs/performance.md).
-MEASURED_RATIO = "about 4x"
+# Eigen (AVX2 build) over OpenCL on PoCL for g170 b6c96 on a 2-core AMD EPYC, measured by both
+# `katapool bench` and `katago benchmark` (docs/performance.md).
+MEASURED = "13x faster for a small network on a 2-core AMD EPYC"
 
 
 def eigen_ways() -> str:
     """How this machine can get an Eigen engine: KataGo's release zip where one exists
     (Linux x86-64), else a build from source."""
-    build = "`katapool engine build --backend eigen` (compiles KataGo here, about 15 minutes " \
-        "on 2 cores)"
+    build = "`katapool engine build --backend eigen` (compiles KataGo here: 4-7 minutes on 2 " \
+        "cores)"
     if platform.machine().lower() in ("x86_64", "amd64"):
         return (f"`katapool engine install --from release --version {DEFAULT_VERSION} --backend "
                 f"eigen` (KataGo's release, from GitHub) or {build}")
@@ -51,5 +52,5 @@ def cpu_only_hint(record: EngineRecord) -> str | None:
     if not on_cpu_only(record):
         return None
     return (f"no GPU here: {record.name} computes on the CPU through OpenCL (PoCL), where "
-            f"KataGo's Eigen backend is {MEASURED_RATIO} faster on small networks. Get one with "
-            f"{eigen_ways()}; `katapool bench` compares them.")
+            f"KataGo's Eigen backend is much faster ({MEASURED}). Get one with {eigen_ways()}; "
+            "`katapool bench` compares them.")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from katapool.engine import install
-from katapool.engine.advice import MEASURED_RATIO, on_cpu_only
+from katapool.engine.advice import MEASURED, on_cpu_only
 from katapool.engine.backend import Backend
 from katapool.engine.build_source import DEFAULT_VERSION
 from katapool.engine.manifest import EngineRecord
@@ -31,9 +31,18 @@ class Choice:
     why: str
 
 
-def release_reachable(version: str, backend: Backend) -> str | None:
+def eigen_asset(version: str) -> str:
+    """KataGo's Linux Eigen release zip: its AVX2 build where the CPU has AVX2 and FMA."""
+    from katapool.engine.build import cpu_flags
+
+    avx2 = {"avx2", "fma"} <= cpu_flags()
+    default = install.release_asset(version, Backend.EIGEN)
+    return default.replace("-eigen-", "-eigenavx2-") if avx2 else default
+
+
+def release_reachable(version: str, asset: str) -> str | None:
     """None when KataGo's release asset answers; else why not."""
-    url = f"{install.RELEASE_BASE_URL}/v{version}/{install.release_asset(version, backend)}"
+    url = f"{install.RELEASE_BASE_URL}/v{version}/{asset}"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
                                     timeout=PROBE_TIMEOUT):
@@ -51,15 +60,17 @@ def install_fastest(console: Console) -> Choice:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return Choice(katrain, "no GPU, and KataGo publishes no Eigen build for this CPU: "
                       "`katapool engine build --backend eigen` compiles a faster one")
-    why_not = release_reachable(DEFAULT_VERSION, Backend.EIGEN)
+    asset = eigen_asset(DEFAULT_VERSION)
+    why_not = release_reachable(DEFAULT_VERSION, asset)
     if why_not is None:
         try:
-            eigen = install.install_from_release(console, DEFAULT_VERSION, Backend.EIGEN)
+            eigen = install.install_from_release(console, DEFAULT_VERSION, Backend.EIGEN,
+                                                 asset=asset)
         except InstallError as exc:
             why_not = str(exc)
         else:
-            return Choice(eigen, f"no GPU: KataGo's Eigen release is {MEASURED_RATIO} faster on "
-                          "the CPU than OpenCL through PoCL (network: KaTrain's)")
+            return Choice(eigen, "no GPU: KataGo's Eigen release computes on the CPU much faster "
+                          f"than OpenCL through PoCL (Eigen was {MEASURED}); network: KaTrain's")
     return Choice(katrain, f"no GPU, but KataGo's Eigen release cannot be had ({why_not}): "
                   "KaTrain's OpenCL engine, on the CPU through PoCL; `katapool engine build "
                   "--backend eigen` compiles a faster one")
