@@ -51,6 +51,16 @@ def tuning_dir() -> Path:
     return data_dir() / "tuning"
 
 
+def logs_dir() -> Path:
+    """katapool's own logs (engine builds), kept after the command that wrote them."""
+    return data_dir() / "logs"
+
+
+def builds_dir() -> Path:
+    """Scratch trees of engine builds (removed when a build ends)."""
+    return cache_dir() / "builds"
+
+
 def downloads_dir() -> Path:
     return cache_dir() / "downloads"
 

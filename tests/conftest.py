@@ -1,11 +1,15 @@
-"""Shared fixtures: a real KataGo provisioned through katapool's own `engine install`.
+"""Shared fixtures: a real KataGo provisioned through katapool's own `engine install`, and an
+Eigen KataGo compiled by `katapool engine build` from the shared source tarball.
 
-The engine and the KaTrain wheel are cached under `.cache/` in the checkout between runs; a
-machine that cannot provision the engine fails the run (engine tests never skip).
+The engine and the KaTrain wheel are cached under `.cache/` in the checkout between runs; the
+Eigen build is cached outside the checkout (see `BUILD_CACHE`), keyed by the tarball's hash. A
+machine that cannot provision either fails the run (engine tests never skip).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +36,13 @@ SAMPLE_SGF = ROOT / "examples" / "selfplay-b6c96.sgf"
 # The shortest real game of the shared records (104 moves, against the sample's 248): for
 # whole-game reviews whose subject is not the game (progress, errors, pipes, --connect).
 SHORT_SGF = SHARED / "sgf" / "master-online" / "08-2016.12.29-Magist-Han_Yizou.sgf"
+ENGINE_SRC = SHARED / "engine-src"
+# Compiled engines outlive the checkout (a fresh clone, CI's cache): one build per source
+# tarball and CPU flavour. KATAPOOL_TEST_BUILD_CACHE moves it.
+BUILD_CACHE = Path(os.environ.get("KATAPOOL_TEST_BUILD_CACHE")
+                   or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                   / "katapool-test" / "engine-builds")
+BUILD_TIMEOUT = 3600  # KataGo's compile on a slow 2-core machine, with room
 
 
 @dataclass
@@ -82,6 +93,56 @@ def kp() -> Katapool:
 def katago(kp: Katapool) -> Path:
     record = kp.manifest()["engines"][0]  # type: ignore[index]
     return Path(record["path"])  # type: ignore[index]
+
+
+def source_tarball() -> Path:
+    found = sorted(ENGINE_SRC.glob("KataGo-*.tar.gz"))
+    assert found, f"KataGo source tarball missing from {ENGINE_SRC} (shared data)"
+    return found[-1]
+
+
+@dataclass
+class EigenBuild:
+    binary: Path
+    tarball: Path
+    builder: Katapool  # the data directory `katapool engine build` installed it into
+
+
+@pytest.fixture(scope="session")
+def eigen_build() -> EigenBuild:
+    """The Eigen KataGo, built once per source tarball by the real `katapool engine build`
+    into a cache outside the checkout; later runs reuse it (a lock serialises parallel runs)."""
+    from katapool.engine.build import cpu_flags
+
+    tarball = source_tarball()
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    flavour = "avx2" if {"avx2", "fma"} <= cpu_flags() else "generic"
+    home = BUILD_CACHE / f"{digest[:16]}-eigen-{flavour}"
+    home.mkdir(parents=True, exist_ok=True)
+    builder = Katapool(_env(home / "data", home / "cache"), home / "data")
+    binary = home / "data" / "engines" / "eigen-test" / "katago"
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if builder.run("engine", "info", "--katago", str(binary)).returncode != 0:
+            builder.run("engine", "build", "--backend", "eigen", "--source", str(tarball),
+                        "--name", "eigen-test", check=True, timeout=BUILD_TIMEOUT)
+    return EigenBuild(binary, tarball, builder)
+
+
+@pytest.fixture(scope="session")
+def eigen_katago(eigen_build: EigenBuild) -> Path:
+    return eigen_build.binary
+
+
+@pytest.fixture(scope="session")
+def both_kp(kp: Katapool, katago: Path, eigen_katago: Path) -> Katapool:
+    """A data directory with both engines registered: KaTrain's OpenCL build, then the Eigen
+    build (the default). Apart from `kp`'s, whose tests count on one engine."""
+    data = CACHE / "test-data-both"
+    tool = Katapool(_env(data, CACHE / "test-downloads"), data)
+    tool.run("engine", "install", "--path", str(katago), "--name", "katrain-opencl", check=True)
+    tool.run("engine", "install", "--path", str(eigen_katago), "--name", "eigen", check=True)
+    return tool
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[list[str], frozenset[str]]] = {
     "prepare": ([], frozenset({"model", "device"})),
     "devices": ([], frozenset({"model"})),
     "engine info": ([], frozenset({"model"})),
+    "engine build": (["--download-only"], frozenset({"model"})),
     "bench": ([], frozenset({"model"})),
     "ray head": ([], frozenset({"device"})),
     "ray worker": (["--address", "head:6379"], frozenset({"model", "device"})),

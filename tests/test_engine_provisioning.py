@@ -229,7 +229,9 @@ def test_release_refuses_machines_katago_has_no_release_for(monkeypatch: pytest.
 
 def test_reinstall_replaces_cleanly(kp: Katapool) -> None:
     before = kp.manifest()
-    kp.run("engine", "install", check=True)
+    proc = kp.run("engine", "install", check=True)
+    # No GPU here: OpenCL runs on PoCL, and the install says how to get the faster Eigen engine.
+    assert "hint: no GPU here" in proc.stderr and "engine build --backend eigen" in proc.stderr
     after = kp.manifest()
     assert [e["name"] for e in after["engines"]] == [e["name"] for e in before["engines"]]  # type: ignore[index]
     no_leftovers(kp.data_dir)

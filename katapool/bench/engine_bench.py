@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -128,6 +129,14 @@ class NNBench:
     evals_per_second: float | None
     using_fp16: bool | None
     error: str | None
+    note: str = ""  # how it was measured, when not by benchmarknn
+    no_benchmarknn: bool = False  # an older KataGo (1.17 and before) lacks the command
+
+
+# `katago benchmark`'s last line per thread count: "... nnEvals/s = 248.81 nnBatches/s = 125.45
+# avgBatchSize = 1.98 (2.4 secs)".
+_SEARCH_RATE_RE = re.compile(r"nnEvals/s = ([\d.]+) nnBatches/s = [\d.]+ avgBatchSize = ([\d.]+)")
+SEARCH_POSITIONS = 3
 
 
 def benchmarknn(katago: Path, config: Path, model: Path, batch: int, iterations: int,
@@ -140,6 +149,8 @@ def benchmarknn(katago: Path, config: Path, model: Path, batch: int, iterations:
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return NNBench(None, None, f"benchmarknn did not finish within {timeout:.0f} s")
+    if "Unknown subcommand: benchmarknn" in proc.stdout + proc.stderr:
+        return NNBench(None, None, "this KataGo has no benchmarknn", no_benchmarknn=True)
     start = proc.stdout.find("{")
     if proc.returncode != 0 or start < 0:
         return NNBench(None, None, failure_line(proc.stderr + proc.stdout, proc.returncode))
@@ -151,6 +162,29 @@ def benchmarknn(katago: Path, config: Path, model: Path, batch: int, iterations:
                                    f"{proc.stdout[start:start + 200]!r}")
     fp16 = data.get("usingFP16")
     return NNBench(rate, fp16 if isinstance(fp16, bool) else None, None)
+
+
+def search_benchmark(katago: Path, config: Path, model: Path, threads: int, seconds: float,
+                     eval_seconds: float | None, timeout: float) -> NNBench:
+    """For a KataGo without benchmarknn: the network evaluations/s of ``katago benchmark``'s
+    searches with ``threads`` search threads (which batch up to about that many positions)."""
+    per_eval = eval_seconds if eval_seconds and eval_seconds > 0 else 0.05
+    visits = max(20, min(5000, int(seconds / per_eval / SEARCH_POSITIONS)))
+    argv = [str(katago), "benchmark", "-config", str(config), "-model", str(model),
+            "-v", str(visits), "-n", str(SEARCH_POSITIONS), "-t", str(threads)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return NNBench(None, None, f"katago benchmark did not finish within {timeout:.0f} s")
+    found = _SEARCH_RATE_RE.findall(proc.stdout)
+    if proc.returncode != 0 or not found:
+        return NNBench(None, None, failure_line(proc.stderr + proc.stdout, proc.returncode))
+    rate, batch = found[-1]
+    return NNBench(float(rate), None, None,
+                   note=f"no benchmarknn in this KataGo: nnEvals/s of `katago benchmark` "
+                        f"({visits} visits x {SEARCH_POSITIONS} positions, {threads} search "
+                        f"threads, average batch {float(batch):.1f})")
 
 
 def _tuning_note(info: EngineInfo, home: Path, known_before: set[tuple[str, str, str]],
@@ -174,10 +208,23 @@ def _tuning_note(info: EngineInfo, home: Path, known_before: set[tuple[str, str,
     return ""
 
 
+def engine_labels(engines: list[EngineInfo]) -> list[str]:
+    """Row names: "KataGo Eigen"; with the version when two engines share a backend, and a
+    number when they share that too (the same build measured twice)."""
+    labels = [f"KataGo {e.backend.label}" for e in engines]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} {e.version}" if labels.count(label) > 1 else label
+                  for label, e in zip(labels, engines, strict=True)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} #{labels[:i].count(label) + 1}" if labels.count(label) > 1 else label
+                  for i, label in enumerate(labels)]
+    return labels
+
+
 def engine_rows(info: EngineInfo, model: Path, report: DeviceReport, batch: int, seconds: float,
                 iterations: int | None, workdir: Path,
-                on_step: Callable[[str], None]) -> list[BenchRow]:
-    method = f"KataGo {info.backend.label}"
+                on_step: Callable[[str], None], method: str | None = None) -> list[BenchRow]:
+    method = method or f"KataGo {info.backend.label}"
     backend = info.backend.value
     size = model.stat().st_size
     rows: list[BenchRow] = []
@@ -210,15 +257,19 @@ def engine_rows(info: EngineInfo, model: Path, report: DeviceReport, batch: int,
         warmup = 1 if count < 10 else min(5, count // 10)
         per_batch = batch * (start.next_seconds or 1.0)
         on_step(f"{method} {precision.upper()}: benchmarknn, batch {batch}, {count} iterations")
-        result = benchmarknn(info.path, cfg, model, batch, count, warmup,
-                             timeout=300 + 10 * per_batch * (count + warmup))
+        timeout = 300 + 10 * per_batch * (count + warmup)
+        result = benchmarknn(info.path, cfg, model, batch, count, warmup, timeout=timeout)
+        if result.no_benchmarknn:
+            on_step(f"{method} {precision.upper()}: katago benchmark, {batch} search threads")
+            result = search_benchmark(info.path, cfg, model, batch, seconds, start.next_seconds,
+                                      timeout)
         if result.error is not None:
             rows.append(BenchRow(method, backend, precision, batch, None, start.seconds, size,
                                  result.error, "failed"))
             continue
         if fp16 and result.using_fp16 is False:
             notes.insert(0, "asked for FP16, the engine ran FP32")
-        notes.insert(0, f"benchmarknn, {count} iterations")
+        notes.insert(0, result.note or f"benchmarknn, {count} iterations")
         rows.append(BenchRow(method, backend, precision, batch, result.evals_per_second,
                              start.seconds, size, "; ".join(notes)))
     return rows

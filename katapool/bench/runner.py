@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from katapool.bench.engine_bench import engine_rows
+from katapool.bench.engine_bench import engine_labels, engine_rows
 from katapool.bench.result import BenchReport, BenchRow, unavailable
 from katapool.devices import DeviceReport, discover_devices
 from katapool.engine.backend import Backend
@@ -447,7 +447,7 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
               other_engines: Sequence[EngineInfo] = ()) -> BenchReport:
     """Measure every method not skipped. ``info`` is the engine (None when there is none:
     ``engine_problem`` says why); the engine is also what real calibration positions need.
-    ``other_engines``: more KataGo builds (other backends) measured beside it."""
+    ``other_engines``: more KataGo builds measured beside it."""
     from katapool.models import load_model, summarize
 
     settings.check()
@@ -456,8 +456,11 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
                           f"{engine_problem or 'no engine'}")
     summary = summarize(load_model(settings.model))
     on_step("looking at this machine's devices")
-    opencl = info is not None and info.backend is Backend.OPENCL
-    report = discover_devices(info.path if info else None, settings.model, opencl=opencl)
+    engines = [info, *other_engines] if info is not None else []
+    # OpenCL devices are listed by an OpenCL engine: any of those measured, not only the first.
+    lister = next((e for e in engines if e.backend is Backend.OPENCL), None)
+    report = discover_devices(lister.path if lister else None, settings.model,
+                              opencl=lister is not None)
     result = BenchReport(
         network={"name": summary["name"], "file": str(settings.model),
                  "size_bytes": settings.model.stat().st_size,
@@ -481,9 +484,10 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
                 add([unavailable("KataGo", "katago", settings.batch,
                                  engine_problem or "no engine")])
             else:
-                for engine in (info, *other_engines):
+                for engine, label in zip(engines, engine_labels(engines), strict=True):
                     add(engine_rows(engine, settings.model, report, settings.batch,
-                                    settings.seconds, settings.iterations, workdir, on_step))
+                                    settings.seconds, settings.iterations, workdir, on_step,
+                                    method=label))
         calibrate = (_real_calibration(settings, info, report, workdir)
                      if settings.calibration and info is not None else None)
         variants: Variants | None = None

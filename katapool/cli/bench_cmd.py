@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
               type=Path, metavar="NET")
     p.add_argument("--katago", metavar="PATH", action="append", default=[],
                    help="KataGo binary; repeat to compare several (default: every installed "
-                        "engine with its own backend, the default one first)")
+                        "engine, the default one first)")
     p.add_argument("--batch", type=int, default=8, help="batch size of every measurement (default 8)")
     p.add_argument("--seconds", type=float, default=5.0,
                    help="seconds of timed batches per measurement (default 5)")
@@ -112,24 +112,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _other_engines(paths: list[str], first: Any) -> list[Any]:
-    """The engines asked for after the first; with none asked for, the installed engines whose
-    backend differs from the default one's (one per backend)."""
+    """The engines asked for after the first; with none asked for, every other installed
+    engine (each binary once), so Eigen, OpenCL on PoCL and ONNX Runtime share one table."""
     from katapool.engine.discovery import resolve_engine
     from katapool.engine.manifest import load_manifest
     from katapool.engine.probe import probe_version
 
     if paths:
         return [probe_version(resolve_engine(p).path) for p in paths]
-    seen, found = {first.backend}, []
+    seen, found = {first.path.resolve()}, []
     for record in load_manifest().engines:
-        if record.backend in seen or not record.path.exists():
+        if not record.path.exists() or record.path.resolve() in seen:
             continue
+        seen.add(record.path.resolve())
         try:
             found.append(probe_version(record.path))
         except KatapoolError as exc:
             err.print(f"[yellow]skipping engine {escape(record.name)}: {escape(str(exc))}[/]")
-            continue
-        seen.add(record.backend)
     return found
 
 

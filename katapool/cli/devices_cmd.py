@@ -4,45 +4,105 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from rich.table import Table
 
 from katapool.cli.common import add_engine_args, out
 from katapool.devices import discover_devices
-from katapool.devices.model import Device
+from katapool.devices.model import Device, DeviceReport
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import resolve_engine, resolve_model
-from katapool.engine.probe import probe_version
+from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
+from katapool.engine.manifest import load_manifest
+from katapool.engine.probe import EngineInfo, probe_version
 from katapool.errors import KatapoolError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("devices", help="list GPUs, OpenCL devices and CPU")
+    p = sub.add_parser("devices", help="list GPUs, OpenCL devices, CPU and the engines for each",
+                       description="The devices of this machine and, for every installed "
+                       "engine (or the one --katago names), the devices it can compute on.")
     add_engine_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
 
 
-def cmd_devices(args: argparse.Namespace) -> int:
-    katago = model = None
-    notes = []
+@dataclass
+class EngineRow:
+    name: str
+    path: Path
+    is_default: bool
+    info: EngineInfo | None
+    problem: str | None
+    resolved: ResolvedEngine
+
+
+def _engines(args: argparse.Namespace) -> tuple[list[EngineRow], list[str]]:
+    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one."""
+    notes: list[str] = []
+    candidates: list[tuple[str, ResolvedEngine, bool]] = []
+    manifest = load_manifest()
     try:
-        resolved = resolve_engine(args.katago)
-        info = probe_version(resolved.path)
-        if info.backend is Backend.OPENCL:
-            katago = resolved.path
-            model = resolve_model(args.model, resolved)
+        chosen = resolve_engine(args.katago)
+        if chosen.origin == "manifest":
+            default = manifest.default_engine()
+            candidates = [(r.name, ResolvedEngine(r.path, "manifest", r),
+                           default is not None and r.name == default.name)
+                          for r in manifest.engines]
+        else:
+            candidates = [(chosen.record.name if chosen.record else str(chosen.path), chosen, True)]
     except KatapoolError as exc:
         notes.append(f"OpenCL devices not listed: {exc}")
+    rows = []
+    for name, resolved, is_default in candidates:
+        try:
+            rows.append(EngineRow(name, resolved.path, is_default, probe_version(resolved.path),
+                                  None, resolved))
+        except KatapoolError as exc:
+            rows.append(EngineRow(name, resolved.path, is_default, None, str(exc), resolved))
+    return rows, notes
+
+
+def _runs_on(row: EngineRow, report: DeviceReport) -> list[str]:
+    """The devices of this machine the engine can compute on."""
+    if row.info is None:
+        return []
+    backend = row.info.backend
+    if backend is Backend.EIGEN:
+        return ["cpu"]
+    if backend is Backend.OPENCL:
+        return [d.spec for d in report.opencl]
+    if backend in (Backend.CUDA, Backend.TENSORRT):
+        return [d.spec for d in report.nvidia]
+    return []
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    katago = model = None
+    engines, notes = _engines(args)
+    # OpenCL devices are listed by asking an OpenCL engine: the default if it is one.
+    lister = next((e for e in sorted(engines, key=lambda e: not e.is_default)
+                   if e.info is not None and e.info.backend is Backend.OPENCL), None)
+    if lister is not None:
+        try:
+            model = resolve_model(args.model, lister.resolved)
+            katago = lister.path
+        except KatapoolError as exc:
+            notes.append(f"OpenCL devices not listed: {exc}")
     report = discover_devices(katago, model, opencl=katago is not None)
     notes += report.notes
+    notes += [f"engine {e.name}: {e.problem}" for e in engines if e.problem]
     if args.json:
         out.print(json.dumps({
             "nvidia": [_dev(d) for d in report.nvidia],
             "opencl": [_dev(d) for d in report.opencl],
             "cpu": _dev(report.cpu) if report.cpu else None,
             "ram_mib": report.ram_mib,
+            "engines": [{"name": e.name, "path": str(e.path), "default": e.is_default,
+                         "version": e.info.version if e.info else None,
+                         "backend": e.info.backend.value if e.info else None,
+                         "devices": _runs_on(e, report)} for e in engines],
             "notes": notes,
         }, indent=2))
         return 0
@@ -57,6 +117,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
         table.add_row("cpu", report.cpu.name, f"{report.ram_mib} MiB RAM", "",
                       f"{report.cpu.cores} cores")
     out.print(table)
+    if engines:
+        etable = Table("", "engine", "version", "backend", "runs on")
+        for e in engines:
+            etable.add_row("*" if e.is_default else "", e.name, e.info.version if e.info else "?",
+                           e.info.backend.label if e.info else "does not run",
+                           ", ".join(_runs_on(e, report)) or "-")
+        out.print(etable)
     if not report.nvidia and all(d.is_cpu_like for d in report.opencl):
         out.print("No GPU found: KataGo will run on the CPU (Eigen, or OpenCL through PoCL).")
     for note in notes:

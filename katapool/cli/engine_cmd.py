@@ -1,4 +1,4 @@
-"""``katapool engine install | list | info | remove``."""
+"""``katapool engine install | build | list | info | remove``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 from rich.table import Table
 
 from katapool.cli.common import add_engine_args, engine_from_args, err, out
+from katapool.cli.shared_options import add_model
 from katapool.devices.discover import opencl_devices
+from katapool.engine import build_source
 from katapool.engine import install as installer
+from katapool.engine.advice import cpu_only_hint
 from katapool.engine.backend import Backend
 from katapool.engine.discovery import resolve_model
 from katapool.engine.manifest import load_manifest
@@ -27,6 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inst.add_argument("--from", dest="source", choices=["katrain", "release"], default=None,
                       help="where to get KataGo (default: katrain)")
     inst.add_argument("--path", type=Path, help="register an existing katago binary instead")
+    inst.add_argument("--fastest", action="store_true",
+                      help="the fastest engine this machine can get without compiling (KaTrain's; "
+                      "on a machine without a GPU, also KataGo's Eigen release where github.com "
+                      "answers), saying which and why")
     inst.add_argument("--name", help="name to record (with --path)")
     inst.add_argument("--wheel", type=Path, help="use this KaTrain wheel file instead of downloading")
     inst.add_argument("--version", help="release version, e.g. 1.16.4 (with --from release)")
@@ -35,6 +42,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inst.add_argument("--base-url", help="release download base URL (mirrors, tests)")
     inst.add_argument("--asset", help="release asset file name, overriding the guessed one")
     inst.set_defaults(func=cmd_install)
+
+    build = esub.add_parser(
+        "build", help="compile KataGo from source for a backend and install it",
+        description="Compile KataGo (CMake) for one backend and install it like any engine. "
+        "Checks the build prerequisites first and names the command that installs each missing "
+        "one. Without --source, downloads a pinned release's source tarball from GitHub.")
+    build.add_argument("--backend", default="eigen",
+                       help="eigen (CPU, default), opencl, cuda or tensorrt")
+    src = build.add_mutually_exclusive_group()
+    src.add_argument("--source", type=Path, metavar="DIR|TARBALL",
+                     help="a KataGo checkout or source tarball (default: download --version)")
+    src.add_argument("--version", help="KataGo release to download the source of "
+                     f"(default {build_source.DEFAULT_VERSION}; pinned: "
+                     f"{', '.join(sorted(build_source.PINNED_SOURCES))})")
+    build.add_argument("--sha256", help="expected sha256 of the downloaded tarball "
+                       "(needed for versions not pinned)")
+    build.add_argument("--base-url", help="where to download tags' tarballs from (mirrors, tests)")
+    build.add_argument("--avx2", choices=["auto", "on", "off"], default="auto",
+                       help="Eigen: compile with AVX2/FMA (default auto: if this CPU has them)")
+    build.add_argument("--name", help="name to record (default katago-VERSION-BACKEND-build)")
+    build.add_argument("--jobs", "-j", type=int, metavar="N",
+                       help="parallel compile jobs (default: one per CPU)")
+    add_model(build, "network for the one-position check (default: an installed engine's "
+              "bundled one, else KataGo's built-in tiny network)", type=Path, metavar="NET")
+    build.add_argument("--download-only", action="store_true",
+                       help="fetch and verify the source tarball, print its path, build nothing")
+    build.set_defaults(func=cmd_build)
 
     lst = esub.add_parser("list", help="list installed engines")
     lst.add_argument("--json", action="store_true")
@@ -51,9 +85,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    if args.path and args.source:
-        raise InstallError("use either --path or --from, not both")
-    if args.path:
+    if sum(map(bool, (args.path, args.source, args.fastest))) > 1:
+        raise InstallError("use one of --path, --from and --fastest")
+    why: str | None = None
+    if args.fastest:
+        from katapool.engine.fastest import install_fastest
+
+        choice = install_fastest(err)
+        record, why = choice.record, choice.why
+    elif args.path:
         record = installer.install_from_path(args.path, args.name)
     elif args.source == "release":
         if not args.version or not args.backend:
@@ -70,6 +110,29 @@ def cmd_install(args: argparse.Namespace) -> int:
               f"at {record.path}")
     if record.model:
         out.print(f"bundled network: {record.model}")
+    if why is not None:  # --fastest says why it chose this engine instead of a hint
+        err.print(f"[bold]engine:[/] {record.name}, because {why}", soft_wrap=True, highlight=False)
+    elif hint := cpu_only_hint(record):
+        err.print(f"[bold]hint:[/] {hint}", soft_wrap=True, highlight=False)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from katapool.engine.build import BuildRequest, build_engine, download_source, parse_backend
+
+    if args.jobs is not None and args.jobs < 1:
+        raise InstallError(f"--jobs must be at least 1 (got {args.jobs})")
+    request = BuildRequest(backend=parse_backend(args.backend), source=args.source,
+                           version=args.version, sha256=args.sha256, base_url=args.base_url,
+                           avx2=args.avx2, name=args.name, jobs=args.jobs, model=args.model)
+    if args.download_only:
+        if args.source is not None:
+            raise InstallError("--download-only fetches a --version; --source is already here")
+        out.print(str(download_source(err, request)))
+        return 0
+    record = build_engine(err, request)
+    out.print(f"installed [bold]{record.name}[/]: KataGo {record.version} ({record.backend.label}) "
+              f"at {record.path}")
     return 0
 
 
@@ -96,6 +159,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "path": str(info.path), "origin": choice.resolved.origin, "version": info.version,
         "backend": info.backend.label, "git_revision": info.git_revision,
     }
+    record = choice.resolved.record
+    if record is not None and record.build_options:
+        data["built_with"] = " ".join(record.build_options)
     if info.backend is Backend.OPENCL:
         try:
             model = resolve_model(args.model, choice.resolved)

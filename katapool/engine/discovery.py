@@ -57,14 +57,19 @@ def _record_for(path: Path) -> EngineRecord | None:
 def resolve_model(
     explicit: str | os.PathLike[str] | None = None, engine: ResolvedEngine | None = None
 ) -> Path:
-    """A network: ``--model``, ``KATAPOOL_MODEL``, else the one bundled with the engine."""
+    """A network: ``--model``, ``KATAPOOL_MODEL``, else the one bundled with the engine, else
+    one bundled with another installed engine (an Eigen build or release brings none; KaTrain's
+    engine does)."""
     candidate = explicit or os.environ.get("KATAPOOL_MODEL")
     if candidate:
         path = Path(candidate).expanduser()
         if not path.is_file():
             raise ModelError(f"model not found: {path}")
         return path.absolute()
-    record = engine.record if engine else load_manifest().default_engine()
-    if record and record.model and record.model.is_file():
-        return record.model
-    raise ModelError("no network given and none bundled with the engine: pass --model FILE.bin.gz")
+    manifest = load_manifest()
+    record = engine.record if engine else manifest.default_engine()
+    for other in ([record] if record is not None else []) + manifest.engines:
+        if other.model and other.model.is_file():
+            return other.model
+    raise ModelError("no network given and none bundled with the installed engines: pass "
+                     "--model FILE.bin.gz")

@@ -48,7 +48,7 @@ RELEASE_TAGS = {
 
 
 @contextmanager
-def _staging(final: Path) -> Iterator[Path]:
+def staging(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".stage-{final.name}-"))
     try:
@@ -57,7 +57,7 @@ def _staging(final: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _promote(stage: Path, final: Path) -> None:
+def promote(stage: Path, final: Path) -> None:
     """Swap the staged directory into place, replacing an older install of the same name."""
     old = final.with_name(f".old-{final.name}")
     shutil.rmtree(old, ignore_errors=True)
@@ -68,11 +68,11 @@ def _promote(stage: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _make_executable(path: Path) -> None:
+def make_executable(path: Path) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _record(record: EngineRecord) -> EngineRecord:
+def record_engine(record: EngineRecord) -> EngineRecord:
     manifest = load_manifest()
     manifest.upsert(record)
     save_manifest(manifest)
@@ -117,7 +117,7 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
         wheel_sha = KATRAIN_SHA256
     name = f"katrain-{KATRAIN_VERSION}"
     final = paths.engines_dir() / name
-    with _staging(final) as stage:
+    with staging(final) as stage:
         try:
             with zipfile.ZipFile(wheel) as zf:
                 appimage = stage / "katago.AppImage"
@@ -129,7 +129,7 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
                     (stage / "models" / Path(member).name).write_bytes(zf.read(member))
         except (zipfile.BadZipFile, KeyError) as exc:
             raise InstallError(f"{wheel} is not a usable KaTrain wheel: {exc}") from None
-        _make_executable(appimage)
+        make_executable(appimage)
         console.print("extracting the KataGo AppImage (no FUSE needed)")
         proc = subprocess.run([str(appimage), "--appimage-extract"], cwd=stage,
                               capture_output=True, text=True)
@@ -137,10 +137,10 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
         if proc.returncode != 0 or not launcher.exists():
             raise InstallError(f"could not extract the KataGo AppImage: {proc.stderr.strip()[-300:]}")
         appimage.unlink()
-        info = _checked_probe(launcher)
-        _promote(stage, final)
+        info = checked_probe(launcher)
+        promote(stage, final)
     model_files = sorted((final / "models").glob("*.bin.gz"))
-    return _record(EngineRecord(
+    return record_engine(EngineRecord(
         name=name, version=info.version, backend=info.backend,
         path=final / "squashfs-root" / "AppRun", sha256=wheel_sha, source="katrain",
         managed=True, directory=final, model=model_files[0] if model_files else None,
@@ -193,7 +193,7 @@ def install_from_release(
     url = f"{base}/v{version}/{asset}"
     name = f"katago-{version}-{backend.value}"
     final = paths.engines_dir() / name
-    with _staging(final) as stage:
+    with staging(final) as stage:
         archive = download(url, stage / asset, console)
         if sha256:
             digest = verify_sha256(archive, sha256)
@@ -213,12 +213,12 @@ def install_from_release(
         if not found:
             raise InstallError(f"{asset} holds no 'katago' binary")
         binary = found[0]
-        _make_executable(binary)
-        info = _checked_probe(binary)
+        make_executable(binary)
+        info = checked_probe(binary)
         relative = binary.relative_to(stage)
-        _promote(stage, final)
+        promote(stage, final)
     models = sorted(final.rglob("*.bin.gz"))
-    return _record(EngineRecord(
+    return record_engine(EngineRecord(
         name=name, version=info.version, backend=info.backend, path=final / relative,
         sha256=digest, source="release", managed=True, directory=final,
         model=models[0] if models else None, git_revision=info.git_revision,
@@ -232,8 +232,8 @@ def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
         check_launchable(binary)
     except EngineStartError as exc:
         raise InstallError(str(exc)) from None
-    info = _checked_probe(binary)
-    return _record(EngineRecord(
+    info = checked_probe(binary)
+    return record_engine(EngineRecord(
         name=name or f"path-{info.version}-{info.backend.value}", version=info.version,
         backend=info.backend, path=binary, sha256=sha256_of(binary.resolve()), source="path",
         managed=False, directory=None, git_revision=info.git_revision,
@@ -252,7 +252,7 @@ def remove_engine(name: str) -> EngineRecord:
     return record
 
 
-def _checked_probe(binary: Path) -> EngineInfo:
+def checked_probe(binary: Path) -> EngineInfo:
     try:
         return probe_version(binary)
     except EngineStartError as exc:

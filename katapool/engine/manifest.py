@@ -15,7 +15,7 @@ from katapool import paths
 from katapool.engine.backend import Backend
 from katapool.errors import KatapoolError
 
-Source = Literal["katrain", "release", "path"]
+Source = Literal["katrain", "release", "path", "build"]
 
 
 class EngineRecord(BaseModel):
@@ -29,6 +29,8 @@ class EngineRecord(BaseModel):
     directory: Path | None = None
     model: Path | None = Field(default=None, description="network bundled with this engine")
     git_revision: str | None = None
+    build_options: list[str] | None = Field(default=None,
+                                            description="CMake options of a source build")
     installed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
