@@ -27,23 +27,31 @@ from katapool.devices.spec import DeviceRef, parse_devices
 from katapool.errors import ConfigError
 
 ALL = frozenset(SPELLINGS)
+ENGINE = frozenset({"katago"})
 # The single list: every command that takes a shared option, the arguments it needs besides
 # (positionals, required options) and the shared options it takes.
 COMMANDS: dict[str, tuple[list[str], frozenset[str]]] = {
-    "start": ([], ALL),
+    "start": ([], ALL - ENGINE),  # the daemon's engines come from the pool file
     "analysis": ([], ALL),
     "gtp": ([], ALL),
-    "analyze": (["game.sgf"], frozenset({"model", "device"})),
-    "config generate": (["--mode", "gtp"], frozenset({"model", "device", "override_config"})),
-    "prepare": ([], frozenset({"model", "device"})),
-    "devices": ([], frozenset({"model"})),
-    "engine info": ([], frozenset({"model"})),
+    "analyze": (["game.sgf"], frozenset({"model", "device"}) | ENGINE),
+    "config generate": (["--mode", "gtp"], frozenset({"model", "device", "override_config"})
+                        | ENGINE),
+    "prepare": ([], frozenset({"model", "device"}) | ENGINE),
+    "devices": ([], frozenset({"model"}) | ENGINE),
+    "engine info": ([], frozenset({"model"}) | ENGINE),
     "engine build": (["--download-only"], frozenset({"model"})),
-    "bench": ([], frozenset({"model"})),
+    "bench": ([], frozenset({"model"}) | ENGINE),
     "ray head": ([], frozenset({"device"})),
     "ray worker": (["--address", "head:6379"], frozenset({"model", "device"})),
+    "model export-onnx": (["net.bin.gz", "-o", "net.onnx"], ENGINE),
+    "model export-tflite": (["net.bin.gz", "-o", "net.tflite"], ENGINE),
+    "model export-coreml": (["net.bin.gz", "-o", "net.mlpackage"], ENGINE),
+    "model validate": (["net.bin.gz", "net.onnx", "--sgf", "g.sgf"], ENGINE),
+    "model quantize": (["net.onnx", "--fp16", "-o", "q.onnx"], ENGINE),
 }
 VALUES = {"model": "net.bin.gz", "config": "my.cfg", "human_model": "human.bin.gz",
+          "katago": "/opt/katago/katago",
           "override_config": "maxVisits=5,numSearchThreads=2", "device": "0,1"}
 
 

@@ -23,6 +23,7 @@ from katapool.cli.shared_options import (
     add_config,
     add_device,
     add_human_model,
+    add_katago,
     add_model,
     add_override_config,
     add_policy,
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_device(p, "devices, one member each (default: one member on the best device found)")
     p.add_argument("--members", type=int, help="number of engine processes (default: one per "
                    "listed device, else 1)")
-    p.add_argument("--katago", metavar="PATH", help="KataGo binary")
+    add_katago(p, help="KataGo binary")
     add_preset(p, "server")
     add_policy(p)
     p.add_argument("--log-level", default="warning",

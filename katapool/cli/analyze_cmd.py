@@ -15,7 +15,7 @@ from rich.table import Table
 
 from katapool.cli.common import err, out
 from katapool.cli.progress import ProgressReport
-from katapool.cli.shared_options import add_device, add_model, add_preset, gpu_indices
+from katapool.cli.shared_options import add_device, add_katago, add_model, add_preset, gpu_indices
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
 from katapool.errors import ConfigError
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--members", type=int, default=1, help="engine processes (embedded pool)")
     add_device(p, "devices, one member each (embedded pool; default: the best device found)")
     add_preset(p, "desktop", "preset for the generated configs (embedded pool)")
-    p.add_argument("--katago", metavar="PATH", help="KataGo binary")
+    add_katago(p, help="KataGo binary")
     add_model(p, "network (embedded pool; default: $KATAPOOL_MODEL or the engine's bundled "
               "one); with --connect, the name of one of the daemon's models")
     p.set_defaults(func=cmd_analyze)

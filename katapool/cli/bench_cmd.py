@@ -14,7 +14,7 @@ from rich.table import Table
 from katapool.bench.chart import human_rate, human_seconds, human_size
 from katapool.bench.result import BenchReport, BenchRow
 from katapool.cli.common import err, out
-from katapool.cli.shared_options import add_model
+from katapool.cli.shared_options import add_katago, add_model
 from katapool.errors import ConfigError, KatapoolError
 
 DEFAULT_CHART = Path("katapool-bench.png")
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "progress on stderr.")
     add_model(p, "network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)",
               type=Path, metavar="NET")
-    p.add_argument("--katago", metavar="PATH", action="append", default=[],
+    add_katago(p, action="append", default=[],
                    help="KataGo binary; repeat to compare several (default: every installed "
                         "engine, the default one first)")
     p.add_argument("--batch", type=int, default=8, help="batch size of every measurement (default 8)")

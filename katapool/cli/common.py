@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from katapool.cli.shared_options import add_model
+from katapool.cli.shared_options import add_katago, add_model
 from katapool.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ def __getattr__(name: str) -> Console:
 
 
 def add_engine_args(parser: argparse.ArgumentParser, model: bool = True) -> None:
-    parser.add_argument("--katago", metavar="PATH",
-                        help="KataGo binary (default: $KATAPOOL_KATAGO, the installed engine, PATH)")
+    add_katago(parser, help="KataGo binary (default: $KATAPOOL_KATAGO, the installed engine, "
+               "PATH)")
     if model:
         add_model(parser, "network .bin.gz (default: $KATAPOOL_MODEL or the engine's bundled one)")
 

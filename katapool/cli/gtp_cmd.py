@@ -24,6 +24,7 @@ from katapool.cli.shared_options import (
     add_config,
     add_device,
     add_human_model,
+    add_katago,
     add_model,
     add_override_config,
     add_preset,
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_override_config(p)
     add_device(p, "device(s) this one engine uses (default: the best device found)")
     add_preset(p, "desktop", "preset for the generated config")
-    p.add_argument("--katago", metavar="PATH", help="KataGo binary")
+    add_katago(p, help="KataGo binary")
     p.add_argument("--min-interval", type=int, metavar="CS",
                    help="analysis reports no more often than this (centiseconds), for remote links")
     p.add_argument("--max-moves", type=int, metavar="N",

@@ -14,6 +14,7 @@ from katapool.cli.common import err, out
 from katapool.cli.model_mobile_cmd import register_mobile
 from katapool.cli.model_trt_cmd import register_trt
 from katapool.cli.quantize_cmd import register_quantize
+from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, KatapoolError
 from katapool.models import load_model, summarize
 
@@ -85,7 +86,7 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
                       "probabilities, score in points and ownership in [-1, 1]")
     e.add_argument("--via-engine", action="store_true",
                    help="let the engine write it (KataGo builds with an ONNX emitter)")
-    e.add_argument("--katago", metavar="PATH")
+    add_katago(e)
     e.set_defaults(func=cmd_export)
 
     v = msub.add_parser("validate", help="compare an ONNX export with the engine's own outputs")
@@ -102,7 +103,7 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="a smaller network with the same input features for `evalsgf` to dump the "
                         "input tensors with (same tensors, less time)")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--katago", metavar="PATH")
+    add_katago(v)
     v.set_defaults(func=cmd_validate)
 
 

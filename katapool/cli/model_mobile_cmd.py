@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from katapool.cli.common import err, out
+from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError
 
 CHECK_POSITIONS = 50
@@ -52,7 +53,7 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="write without comparing with the engine (the file is still loaded "
                         "and run once in LiteRT)")
     t.add_argument("--json", action="store_true")
-    t.add_argument("--katago", metavar="PATH")
+    add_katago(t)
     t.set_defaults(func=cmd_export_tflite)
 
 
@@ -85,7 +86,7 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="skip the comparison with the engine (the structural checks and the "
                         "replay against the ONNX export still run)")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--katago", metavar="PATH")
+    add_katago(c)
     c.set_defaults(func=cmd_export_coreml)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from katapool.cli.common import err, out
+from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, ModelError
 
 NETWORK_SUFFIXES = (".bin.gz", ".bin", ".txt.gz", ".txt")
@@ -54,7 +55,7 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--bench-seconds", type=float, default=3.0,
                    help="seconds per speed figure (0 skips it)")
     q.add_argument("--json", action="store_true")
-    q.add_argument("--katago", metavar="PATH")
+    add_katago(q)
     q.set_defaults(func=cmd_quantize)
 
 

@@ -23,12 +23,17 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "human_model": ("-human-model", "--human-model"),
     "override_config": ("-override-config", "--override-config"),
     "device": ("--device", "--gpus", "-device", "-gpus"),
+    "katago": ("-katago", "--katago"),
 }
 
 
 def add_model(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
     p.add_argument(*SPELLINGS["model"], dest="model", metavar=kwargs.pop("metavar", "FILE"),
                    help=help, **kwargs)
+
+
+def add_katago(p: argparse.ArgumentParser, help: str = "KataGo binary", **kwargs: Any) -> None:
+    p.add_argument(*SPELLINGS["katago"], dest="katago", metavar="PATH", help=help, **kwargs)
 
 
 def add_human_model(p: argparse.ArgumentParser, help: str = "human SL network") -> None:
