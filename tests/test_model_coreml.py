@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from test_model_blocks import conv, f32, norm
 from test_model_inspect import _tiny_text_model
 
 from conftest import G170, ROOT, SHARED, TRANSFORMER_KV, Katapool
@@ -33,7 +34,6 @@ from katapool.models.coreml_replay import (
 )
 from katapool.models.desc import (
     AttentionBlock,
-    Conv,
     FFNBlock,
     GPoolBlock,
     MatBias,
@@ -49,24 +49,8 @@ from katapool.models.export_coreml import build_coreml, export_coreml
 from katapool.models.export_onnx import block_graph, export_onnx
 from katapool.models.oplist import Op, OpList, Tensor, from_onnx
 
-with writer.quiet():
-    pytest.importorskip("coremltools")
-
 B, C, N = 7, 8, 2  # a 7x7 buffer holding a 5x5 board (and a full 7x7 one)
 rng = np.random.default_rng(5)
-
-
-def f32(*shape: int, scale: float = 0.3) -> np.ndarray:
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
-def conv(cin: int, cout: int, k: int = 3) -> Conv:
-    return Conv("c", f32(k, k, cin, cout), (1, 1))
-
-
-def norm(c: int) -> Norm:
-    return Norm("n", 1e-5, f32(c), (np.abs(f32(c)) + 0.5).astype(np.float32),
-                (f32(c) + 1).astype(np.float32), f32(c))
 
 
 def tnorm() -> TransformerNorm:

@@ -28,6 +28,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "probabilities, score in points and ownership in [-1, 1] (as export-onnx)")
 
 
+def _check_options(p: argparse.ArgumentParser, no_check: str) -> None:
+    """The comparison with the engine every export makes, and the output form."""
+    p.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
+                   help="games to take check positions from (default: quick self-play games "
+                        "of the network itself)")
+    p.add_argument("--positions", type=int, default=CHECK_POSITIONS,
+                   help=f"check positions against the engine (default {CHECK_POSITIONS})")
+    p.add_argument("--no-check", action="store_true", help=no_check)
+    p.add_argument("--json", action="store_true")
+    add_katago(p)
+
+
 def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = msub.add_parser(
         "export-tflite", help="the network as a TensorFlow Lite (LiteRT) file, checked against "
@@ -44,16 +56,8 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     t.add_argument("--calibration", type=Path, nargs="+", metavar="GAME", default=[],
                    help="games to take INT8 calibration positions from")
     t.add_argument("--calibration-positions", type=int, default=64, metavar="N")
-    t.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
-                   help="games to take check positions from (default: quick self-play games "
-                        "of the network itself)")
-    t.add_argument("--positions", type=int, default=CHECK_POSITIONS,
-                   help=f"check positions (default {CHECK_POSITIONS})")
-    t.add_argument("--no-check", action="store_true",
-                   help="write without comparing with the engine (the file is still loaded "
-                        "and run once in LiteRT)")
-    t.add_argument("--json", action="store_true")
-    add_katago(t)
+    _check_options(t, "write without comparing with the engine (the file is still loaded and "
+                      "run once in LiteRT)")
     t.set_defaults(func=cmd_export_tflite)
 
 
@@ -77,16 +81,8 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.add_argument("--target", default="iOS15", metavar="TARGET",
                    help="minimum deployment target: iOS15 (default), iOS16, iOS17, iOS18, "
                         "macOS12, macOS13, ...")
-    c.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
-                   help="games to take check positions from (default: quick self-play games "
-                        "of the network itself)")
-    c.add_argument("--positions", type=int, default=CHECK_POSITIONS,
-                   help=f"check positions against the engine (default {CHECK_POSITIONS})")
-    c.add_argument("--no-check", action="store_true",
-                   help="skip the comparison with the engine (the structural checks and the "
-                        "replay against the ONNX export still run)")
-    c.add_argument("--json", action="store_true")
-    add_katago(c)
+    _check_options(c, "skip the comparison with the engine (the structural checks and the "
+                      "replay against the ONNX export still run)")
     c.set_defaults(func=cmd_export_coreml)
 
 

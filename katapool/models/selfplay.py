@@ -30,21 +30,9 @@ class _GTP:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        lines: list[str] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise EngineError(f"katago gtp exited while answering {command!r}")
-            if line.strip() == "" and lines:
-                break
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-        if lines[0].startswith("?"):
-            raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
-        return "\n".join(lines)[1:].strip()
+        from katapool.models.validate import gtp_ask
+
+        return "\n".join(gtp_ask(self.proc, command))[1:].strip()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -114,6 +114,27 @@ def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
     return spatial, global_
 
 
+def gtp_ask(proc: subprocess.Popen[str], command: str) -> list[str]:
+    """One GTP command to a `katago gtp` on pipes; the answer's lines (the first starts with
+    "="), or an EngineError for a refusal or an engine that exited."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    lines: list[str] = []
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise EngineError(f"katago gtp exited while answering {command!r}")
+        line = line.rstrip("\n")
+        if line == "" and lines:
+            break
+        if line:
+            lines.append(line)
+    if lines[0].startswith("?"):
+        raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
+    return lines
+
+
 class RawNN:
     """One ``katago gtp`` answering ``kata-raw-nn`` for position after position."""
 
@@ -124,22 +145,7 @@ class RawNN:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def _ask(self, command: str) -> list[str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        lines: list[str] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise EngineError(f"katago gtp exited while answering {command!r}")
-            line = line.rstrip("\n")
-            if line == "" and lines:
-                break
-            if line:
-                lines.append(line)
-        if lines[0].startswith("?"):
-            raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
-        return lines
+        return gtp_ask(self.proc, command)
 
     def evaluate(self, pos: Position, symmetry: int = 0) -> EngineEval:
         self._ask(f"loadsgf {pos.sgf} {pos.moves + 1}")
