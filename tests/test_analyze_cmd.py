@@ -48,8 +48,11 @@ def test_json_per_game(analysed: tuple[Path, list[dict]]) -> None:
         assert all(m["visits"] >= 16 for m in flagged)
         deep = [m for m in game["moves"] if m["visits"] >= 16]
         assert deep, "the largest swings were re-searched at 16 visits"
-        unchecked = {m["move"] for m in game["moves"] if m["winrateLoss"] >= 0.1 and m["visits"] < 16}
-        assert set(game["unchecked"]) == unchecked
+        # JSON rounds losses to 4 places: a loss printed as 0.1000 may be just under the line.
+        shallow = [m for m in game["moves"] if m["visits"] < 16]
+        surely = {m["move"] for m in shallow if m["winrateLoss"] >= 0.1001}
+        maybe = {m["move"] for m in shallow if m["winrateLoss"] >= 0.0999}
+        assert surely <= set(game["unchecked"]) <= maybe
         listed = game["mistakes"]
         assert len(listed) == min(5, len(flagged))
         assert {m["move"] for m in listed} <= {m["move"] for m in flagged}

@@ -198,7 +198,11 @@ def test_katrain_framing(daemon: Daemon) -> None:
         seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
         terminated = False
         deadline = time.monotonic() + 60
-        while not any(m.get("isDuringSearch") is False for m in seen["ponder"]):
+        def finished() -> bool:  # the three queries may answer in any order
+            return any(m.get("isDuringSearch") is False for m in seen["ponder"]) \
+                and bool(seen["a"]) and bool(seen["b"])
+
+        while not finished():
             assert time.monotonic() < deadline, dict(seen)
             for line in ws.recv().splitlines():  # KaTrain splits frames into lines
                 msg = json.loads(line)
