@@ -177,18 +177,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         out.out(json.dumps({"model": model.name, "onnx": str(args.onnx), **report.as_dict()}))
     else:
-        table = Table(title=f"{model.name}: ONNX vs KataGo {info.version} on {report.positions} "
-                            "positions", caption="KataGo's testgpuerror limits apply to p99")
-        for col in ("", "max error", "p99 error", "limit (p99)", ""):
-            table.add_column(col, justify="right" if col else "left")
-        names = {"winrate": "winrate", "lead": "score lead (points)",
-                 "top_policy": "top-move policy", "policy_kl": "policy KL", "ownership": "ownership"}
-        for key, label in names.items():
-            e = report.errors[key]
-            limit = report.limits.get(key)
-            verdict = "" if limit is None else ("[green]ok[/]" if e["p99"] <= limit else "[red]over[/]")
-            table.add_row(label, f"{e['max']:.6f}", f"{e['p99']:.6f}",
-                          "" if limit is None else f"{limit:g}", verdict)
-        out.print(table)
+        out.print(error_table(report, f"{model.name}: ONNX vs KataGo {info.version} on "
+                                      f"{report.positions} positions",
+                              "KataGo's testgpuerror limits apply to p99"))
         out.print("[green]passed[/]" if report.passed else "[red]failed[/]")
     return 0 if report.passed else 1
+
+
+def error_table(report: Any, title: str, caption: str) -> Table:
+    """A validation report against the engine: max and p99 error per metric, with the limits."""
+    table = Table(title=title, caption=caption)
+    for col in ("", "max error", "p99 error", "limit (p99)", ""):
+        table.add_column(col, justify="right" if col else "left")
+    names = {"winrate": "winrate", "lead": "score lead (points)",
+             "top_policy": "top-move policy", "policy_kl": "policy KL", "ownership": "ownership"}
+    for key, label in names.items():
+        e = report.errors[key]
+        limit = report.limits.get(key)
+        verdict = "" if limit is None else ("[green]ok[/]" if e["p99"] <= limit else "[red]over[/]")
+        table.add_row(label, f"{e['max']:.6f}", f"{e['p99']:.6f}",
+                      "" if limit is None else f"{limit:g}", verdict)
+    return table

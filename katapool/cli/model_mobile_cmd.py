@@ -210,21 +210,11 @@ def _print_report(args: argparse.Namespace, name: str, precision: str, size: int
         return
     if report is not None:
         limit_name = "FP32" if precision == "fp32" else "FP16"
-        table = Table(title=f"{name}: TFLite {precision.upper()} (LiteRT) vs the engine on "
-                            f"{report.positions} positions",
-                      caption=f"KataGo's {limit_name} limits (testgpuerror) apply to p99")
-        for col in ("", "max error", "p99 error", "limit (p99)", ""):
-            table.add_column(col, justify="right" if col else "left")
-        labels = {"winrate": "winrate", "lead": "score lead (points)",
-                  "top_policy": "top-move policy", "policy_kl": "policy KL",
-                  "ownership": "ownership"}
-        for key, label in labels.items():
-            e = report.errors[key]
-            limit = report.limits.get(key)
-            verdict = "" if limit is None else ("[green]ok[/]" if e["p99"] <= limit else "[red]over[/]")
-            table.add_row(label, f"{e['max']:.6f}", f"{e['p99']:.6f}",
-                          "" if limit is None else f"{limit:g}", verdict)
-        err.print(table)
+        from katapool.cli.model_cmd import error_table
+
+        err.print(error_table(report, f"{name}: TFLite {precision.upper()} (LiteRT) vs the engine "
+                                      f"on {report.positions} positions",
+                              f"KataGo's {limit_name} limits (testgpuerror) apply to p99"))
     if not passed:
         err.print(f"[red]the TFLite file is outside KataGo's limits: nothing written[/] "
                   f"({args.output})")
