@@ -51,6 +51,11 @@ def tuning_dir() -> Path:
     return data_dir() / "tuning"
 
 
+def profiles_dir() -> Path:
+    """Measured per-device settings (``katapool prepare --measure``)."""
+    return tuning_dir() / "profiles"
+
+
 def logs_dir() -> Path:
     """katapool's own logs (engine builds), kept after the command that wrote them."""
     return data_dir() / "logs"
