@@ -13,9 +13,10 @@ from katapool.cli.shared_options import add_device, add_preset, device_spec
 from katapool.config.build import build_config
 from katapool.config.settings import Mode
 from katapool.devices import Device, DeviceKind, discover_devices, parse_device_spec
+from katapool.devices.model import DeviceReport
 from katapool.engine.backend import Backend
 from katapool.engine.prepare import PrepareResult, prepare_opencl, prepare_tensorrt
-from katapool.engine.probe import OpenCLDevice
+from katapool.engine.probe import EngineInfo, OpenCLDevice
 from katapool.errors import ConfigError
 
 
@@ -30,16 +31,57 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--board-size", type=int, default=19, help="OpenCL: board size to tune for")
     p.add_argument("--batch-size", type=int, default=None, help="OpenCL: batch size to tune for")
     add_preset(p, "server", "TensorRT: preset of the production config")
+    m = p.add_argument_group("measuring (--measure)")
+    m.add_argument("--measure", action="store_true",
+                   help="measure useFP16 (katago testgpuerror), nnMaxBatchSize (benchmarknn) "
+                        "and numSearchThreads (benchmark) on each device with this network, "
+                        "and store them as a profile that generated configs then use")
+    m.add_argument("--mode", choices=["analysis", "gtp", "both"], default="both",
+                   help="measure for analysis (throughput), gtp (latency) or both (default)")
+    m.add_argument("--measure-visits", type=_positive, default=100, metavar="N",
+                   help="visits per benchmark search (default 100)")
+    m.add_argument("--measure-positions", type=_positive, default=3, metavar="N",
+                   help="benchmark positions (default 3)")
+    m.add_argument("--measure-iterations", type=_positive, default=20, metavar="N",
+                   help="timed network batches per batch size (default 20)")
+    m.add_argument("--measure-batches", type=_positive_list, default=None, metavar="N,N,...",
+                   help="batch sizes to time (default: powers of two around the rule's size)")
+    m.add_argument("--measure-threads", type=_positive_list, default=None, metavar="N,N,...",
+                   help="search thread counts to time (default: around the batch size)")
     p.set_defaults(func=cmd_prepare)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _positive_list(text: str) -> list[int]:
+    values = [_positive(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma list of whole numbers")
+    return sorted(set(values))
+
+
+_MEASURE_ONLY = {"measure_batches": "--measure-batches", "measure_threads": "--measure-threads"}
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     if not 7 <= args.board_size <= 19:
         raise ConfigError(f"--board-size must be 7..19 (got {args.board_size})")
+    given = [flag for key, flag in _MEASURE_ONLY.items() if getattr(args, key) is not None]
+    if given and not args.measure:
+        raise ConfigError(f"{', '.join(given)} only apply with --measure")
     engine = engine_from_args(args)
     model = model_from_args(args, engine)
     info = engine.info
     results: list[PrepareResult] = []
+    report = None
     if info.backend is Backend.OPENCL:
         report = discover_devices(info.path, model, opencl=True)
         if not report.opencl:
@@ -79,11 +121,47 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 cfg.write_text(built.text)
                 configs.append((f"{dev.spec} ({dev.name})", cfg))
             results = prepare_tensorrt(info.path, info, model, configs, err, force=args.force)
-    else:
+    elif not args.measure:
         out.print(f"nothing to prepare for the {info.backend.label} backend")
         return 0
-    table = Table("device", "result", "file", "seconds")
-    for r in results:
-        table.add_row(r.device, r.action, str(r.file or ""), f"{r.seconds:.1f}")
-    out.print(table)
+    if results:
+        table = Table("device", "result", "file", "seconds")
+        for r in results:
+            table.add_row(r.device, r.action, str(r.file or ""), f"{r.seconds:.1f}")
+        out.print(table)
+    if args.measure:
+        _measure(args, info, model, report)
     return 0
+
+
+def _measure(args: argparse.Namespace, info: EngineInfo, model: Path,
+             report: DeviceReport | None) -> None:
+    from katapool.config.measure_profile import MeasureOptions, measure_devices
+
+    if report is None:
+        report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
+    if args.device:
+        devices = parse_device_spec(device_spec(args), report)
+    elif info.backend is Backend.OPENCL:
+        devices = list(report.opencl)
+    elif info.backend in (Backend.CUDA, Backend.TENSORRT):
+        devices = list(report.nvidia)
+    else:
+        devices = parse_device_spec("cpu" if info.backend is Backend.EIGEN else "auto", report)
+    if not devices:
+        raise ConfigError(f"no device for the {info.backend.label} engine to measure: "
+                          + "; ".join(report.notes))
+    modes = [Mode.ANALYSIS, Mode.GTP] if args.mode == "both" else [Mode(args.mode)]
+    opts = MeasureOptions(modes=modes, board_size=args.board_size, visits=args.measure_visits,
+                          positions=args.measure_positions, iterations=args.measure_iterations,
+                          batches=args.measure_batches, threads=args.measure_threads,
+                          force=args.force)
+    measured = measure_devices(info, model, devices, report, opts, err)
+    table = Table("device", "mode", "result", "useFP16", "nnMaxBatchSize", "numSearchThreads",
+                  "profile")
+    for r in measured:
+        values = r.profile.values()
+        table.add_row(r.device, r.mode.value, r.action, str(values.get("useFP16", "")).lower(),
+                      str(values.get("nnMaxBatchSize", "")),
+                      str(values.get("numSearchThreads", "")), str(r.file))
+    out.print(table)
