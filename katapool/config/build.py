@@ -7,12 +7,13 @@ silently tunes for minutes), size the settings, validate, write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from katapool.config.generate import ConfigRequest, generate_settings, header_for
+from katapool.config.generate import ConfigRequest, Origin, generate_with_origins, header_for
 from katapool.config.presets import load_preset
+from katapool.config.profile import Profile, find_profile
 from katapool.config.settings import KataGoSettings, Mode
 from katapool.devices import DeviceReport, discover_devices, parse_device_spec
 from katapool.devices.model import Device
@@ -29,6 +30,10 @@ class BuiltConfig:
     devices: list[Device]
     tuning: TuningEntry | None
     report: DeviceReport
+    origins: list[Origin] = field(default_factory=list)
+    profile: Profile | None = None
+    profile_file: Path | None = None  # the profile used, or the one looked for
+    notes: list[str] = field(default_factory=list)
 
 
 def _opencl_name(device: Device | None, report: DeviceReport) -> str:
@@ -60,11 +65,13 @@ def build_config(
     device_spec: str = "auto",
     preset: str = "desktop",
     members_on_machine: int = 1,
-    search_threads: int | None = None,
     overrides: dict[str, Any] | None = None,
     log_dir: Path | None = None,
     report: DeviceReport | None = None,
+    use_profile: bool = True,
 ) -> BuiltConfig:
+    """``use_profile``: take the measured profile for this engine, device, network and mode
+    when one matches (`katapool prepare --measure`); explicit ``overrides`` still win."""
     chosen_preset = load_preset(preset)
     if report is None:
         report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
@@ -74,15 +81,21 @@ def build_config(
     if info.backend is Backend.EIGEN and any(d.kind.value != "cpu" for d in devices):
         raise ConfigError(f"an Eigen (CPU) engine cannot use {device_spec}: use --device cpu")
     tuning = tuning_for(devices, report, info) if info.backend is Backend.OPENCL else None
+    profile, profile_file, notes = None, None, []
+    if use_profile and model is not None and len(devices) == 1:
+        profile, profile_file, note = find_profile(info, devices[0], model, mode)
+        notes += [note] if note else []
     req = ConfigRequest(
         mode=mode, backend=info.backend, devices=devices, preset=chosen_preset,
         ram_mib=report.ram_mib, members_on_machine=members_on_machine, log_dir=log_dir,
-        opencl_tuner_file=tuning.file if tuning else None, search_threads=search_threads,
-        overrides=overrides or {}, opencl_devices=report.opencl,
+        opencl_tuner_file=tuning.file if tuning else None,
+        overrides=overrides or {}, opencl_devices=report.opencl, profile=profile,
     )
-    settings = generate_settings(req)
+    settings, origins = generate_with_origins(req)
     # KataGo creates neither nested log directories nor a nested homeDataDir.
     Path(settings.logDir).mkdir(parents=True, exist_ok=True)
     Path(settings.homeDataDir).mkdir(parents=True, exist_ok=True)
-    text = settings.render(header_for(req) + (f"\nModel: {model}" if model else ""))
-    return BuiltConfig(settings, text, devices, tuning, report)
+    header = header_for(req, profile_file=profile_file) + (f"\nModel: {model}" if model else "")
+    text = settings.render(header)
+    return BuiltConfig(settings, text, devices, tuning, report, origins, profile, profile_file,
+                       notes)

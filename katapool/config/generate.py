@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from katapool import paths
 from katapool.config.katago_keys import close_keys, is_known_key
 from katapool.config.presets import Preset
+from katapool.config.profile import Profile
 from katapool.config.settings import KataGoSettings, Mode, settings_error
 from katapool.devices.model import Device, DeviceKind, DeviceReport
 from katapool.engine.backend import Backend
@@ -40,9 +41,9 @@ class ConfigRequest:
     log_dir: Path | None = None
     home_dir: Path | None = None
     opencl_tuner_file: Path | None = None
-    search_threads: int | None = None  # e.g. from `--tune`
     overrides: dict[str, Any] = field(default_factory=dict)
     opencl_devices: list[Device] = field(default_factory=list)
+    profile: Profile | None = None  # measured values (katapool prepare --measure)
 
 
 def cache_size_power(ram_mib: int, preset: Preset, members: int = 1) -> int:
@@ -115,22 +116,61 @@ ANALYSIS_ONLY = {"numAnalysisThreads", "numSearchThreadsPerAnalysisThread",
                  "reportAnalysisWinratesAs"}
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where one generated value came from: ``rule``, ``preset``, ``profile`` or
+    ``override``, why, and the measured figures behind it (profiles)."""
+
+    setting: str
+    value: Any
+    source: str
+    why: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+EXPLAINED = ("useFP16", "nnMaxBatchSize", "numSearchThreads", "numAnalysisThreads",
+             "numSearchThreadsPerAnalysisThread", "nnCacheSizePowerOfTwo")
+
+
 def generate_settings(req: ConfigRequest) -> KataGoSettings:
+    return generate_with_origins(req)[0]
+
+
+def generate_with_origins(req: ConfigRequest) -> tuple[KataGoSettings, list[Origin]]:
+    """The settings, and for each sized value (:data:`EXPLAINED`) where it came from."""
     if not req.devices:
         raise ConfigError("no device to generate a config for")
     primary = req.devices[0]
     cpu_class = _is_cpu_class(primary, req.backend)
     cores = primary.cores or 1
+    why: dict[str, tuple[str, str]] = {}
     if cpu_class:
         batch = max(1, min(16, 2 * cores)) if req.backend is Backend.OPENCL else max(1, cores)
         threads = cores
         fp16: bool | str = False
+        why["nnMaxBatchSize"] = ("rule", f"CPU-class device with {cores} cores: "
+                                 + ("2 per core, at most 16" if req.backend is Backend.OPENCL
+                                    else "one per core"))
+        why["numSearchThreads"] = ("rule", f"CPU-class device: one thread per core ({cores})")
+        why["useFP16"] = ("rule", "CPU-class device: FP16 does not apply")
     else:
         batch = _gpu_batch(primary, req.preset) * len(req.devices)
         threads = max(1, int(round(batch * req.preset.search_threads_per_batch)))
         fp16 = primary.tensor_cores if primary.kind is DeviceKind.NVIDIA else "auto"
+        mem = f"{primary.memory_mib} MiB" if primary.memory_mib else "unknown memory"
+        why["nnMaxBatchSize"] = ("rule", f"GPU with {mem}: preset {req.preset.name}'s batch "
+                                 f"for that size x {len(req.devices)} device(s)")
+        why["numSearchThreads"] = ("rule", f"batch x {req.preset.search_threads_per_batch} "
+                                   f"(preset {req.preset.name})")
+        why["useFP16"] = ("rule", "NVIDIA GPU with compute capability "
+                          f"{'>=' if primary.tensor_cores else '<'} 7.0 (tensor cores)"
+                          if primary.kind is DeviceKind.NVIDIA
+                          else "not an NVIDIA GPU: the engine decides")
     per_position = max(1, min(req.preset.analysis_search_threads, threads))
     cache_pow = cache_size_power(req.ram_mib, req.preset, req.members_on_machine)
+    why["nnCacheSizePowerOfTwo"] = ("rule", f"RAM budget of preset {req.preset.name} "
+                                    f"({req.ram_mib} MiB RAM, {req.members_on_machine} "
+                                    "member(s))")
     values: dict[str, Any] = {
         "mode": req.mode,
         "backend": req.backend,
@@ -150,22 +190,48 @@ def generate_settings(req: ConfigRequest) -> KataGoSettings:
     if req.backend is Backend.OPENCL and req.opencl_tuner_file is not None:
         values["openclTunerFile"] = str(req.opencl_tuner_file)
     values.update(req.preset.settings)
-    if req.search_threads:  # a measured thread count beats any preset's guess
-        values["numSearchThreads"] = req.search_threads
-        per = max(1, min(req.preset.analysis_search_threads, req.search_threads))
+    for key in req.preset.settings:
+        why[key] = ("preset", f"set by preset {req.preset.name}")
+    figures: dict[str, dict[str, Any]] = {}
+    measured: dict[str, Any] = {}
+    if req.profile is not None:
+        for decision in req.profile.decisions:
+            measured[decision.setting] = decision.value
+            why[decision.setting] = ("profile", decision.reason)
+            figures[decision.setting] = decision.figures
+    values.update(measured)  # a measurement beats any rule or preset's guess
+    if "numSearchThreads" in measured:
+        measured_threads = int(measured["numSearchThreads"])
+        per = max(1, min(req.preset.analysis_search_threads, measured_threads))
         values["numSearchThreadsPerAnalysisThread"] = per
-        values["numAnalysisThreads"] = max(1, req.search_threads // per)
-    if cpu_class and values.get("useFP16") is not False:
+        values["numAnalysisThreads"] = max(1, measured_threads // per)
+    if cpu_class and values.get("useFP16") is not False and "useFP16" not in measured:
         values["useFP16"] = False  # a GPU preset on a CPU-class device: FP16 does not apply
+        why["useFP16"] = ("rule", "CPU-class device: FP16 does not apply")
+    for key in ("numAnalysisThreads", "numSearchThreadsPerAnalysisThread"):
+        source = why["numSearchThreads"][0] if key not in req.preset.settings else "preset"
+        why.setdefault(key, (source, f"numSearchThreads {values['numSearchThreads']} split "
+                         f"{values['numSearchThreadsPerAnalysisThread']} per position "
+                         f"(preset {req.preset.name}: at most "
+                         f"{req.preset.analysis_search_threads})"))
     wrong_mode = GTP_ONLY if req.mode is Mode.ANALYSIS else ANALYSIS_ONLY
     misplaced = sorted(set(req.overrides) & wrong_mode)
     if misplaced:
         raise ConfigError(f"{', '.join(misplaced)} does not apply to {req.mode.value} mode")
     values = apply_overrides(values, req.overrides)
+    for key in req.overrides:
+        beaten = f" (the measured profile says {measured[key]})" if key in measured else ""
+        why[key] = ("override", f"set on the command line{beaten}")
+        figures.pop(key, None)
     try:
-        return KataGoSettings.model_validate(values)
+        settings = KataGoSettings.model_validate(values)
     except ValidationError as exc:
         raise settings_error(exc) from None
+    # numSearchThreads stays in analysis mode too: it is what the analysis threads split.
+    shown = [k for k in EXPLAINED if not (req.mode is Mode.GTP and k in ANALYSIS_ONLY)]
+    origins = [Origin(k, getattr(settings, k), *why.get(k, ("rule", "katapool's default")),
+                      figures=figures.get(k, {})) for k in shown]
+    return settings, origins
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -201,9 +267,26 @@ def parse_override_pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def header_for(req: ConfigRequest, report: DeviceReport | None = None) -> str:
+def header_for(req: ConfigRequest, report: DeviceReport | None = None,
+               profile_file: Path | None = None) -> str:
     devs = ", ".join(f"{d.spec} ({d.name})" for d in req.devices)
-    return (
+    text = (
         f"Generated by katapool for {req.mode.value} on {req.backend.label}.\n"
         f"Devices: {devs}\nPreset: {req.preset.name} - {req.preset.description}"
     )
+    if req.profile is not None:
+        text += (f"\nMeasured profile: {profile_file} (measured "
+                 f"{req.profile.measured_at:%Y-%m-%d %H:%M} UTC)")
+        for d in req.profile.decisions:
+            overridden = " (overridden on the command line)" if d.setting in req.overrides else ""
+            text += f"\n  {d.setting} = {_cfg_value(d.value)}: {_short(d.reason)}{overridden}"
+    return text
+
+
+def _cfg_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _short(text: str, width: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
