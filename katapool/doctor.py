@@ -12,7 +12,6 @@ import ctypes.util
 import glob
 import importlib.metadata
 import importlib.util
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,16 +197,31 @@ def _tuning(found: _Found) -> list[Check]:
 
 
 def _profiles(found: _Found) -> list[Check]:
-    # Per-device measurements katapool keeps: search threads from `config generate --tune`.
-    try:
-        stored = json.loads((paths.tuning_dir() / "threads.json").read_text())
-    except (OSError, ValueError):
-        stored = {}
+    # Settings measured per device and network by `katapool prepare --measure`.
+    from katapool.config.profile import all_profiles, profile_status
+
+    stored = all_profiles()
+    where = paths.profiles_dir()
     if not stored:
-        return [Check("profiles", "info", "no profiles (search-thread benchmarks are stored by "
-                      "`katapool config generate --tune`)")]
-    return [Check("profiles", "info", f"{len(stored)} stored search-thread benchmark(s) "
-                  f"in {paths.tuning_dir() / 'threads.json'}")]
+        return [Check("profiles", "info", f"no measured profiles in {where} (measure with "
+                      "`katapool prepare --measure`)")]
+    devices = [*found.nvidia, *found.opencl, cpu_device()]
+    engines = [found.info] if found.info else []
+    rows, stale = [], 0
+    for path, profile in stored:
+        if profile is None:
+            stale += 1
+            rows.append(f"{path.name}: unreadable")
+            continue
+        status = profile_status(profile, engines, devices)
+        stale += status != "current"
+        values = ", ".join(f"{k} {str(v).lower()}" for k, v in profile.values().items())
+        rows.append(f"{profile.device.spec} {profile.mode.value} {profile.network.name}: "
+                    f"{values}" + ("" if status == "current" else f" ({status})"))
+    detail = f"{len(stored)} measured profile(s) in {where}, {stale} stale: " + "; ".join(rows)
+    if stale:  # not a fault: configs fall back to the rules; re-measuring restores them
+        return [Check("profiles", "info", detail + " (re-measure: katapool prepare --measure)")]
+    return [Check("profiles", "ok", detail)]
 
 
 def _daemon(found: _Found) -> list[Check]:

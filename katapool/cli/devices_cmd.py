@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "engine (or the one --katago names), the devices it can compute on.")
     add_engine_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="show the measured profiles per device (`katapool prepare --measure`) "
+                        "and whether each still applies")
     p.set_defaults(func=cmd_devices)
 
 
@@ -81,6 +84,8 @@ def _runs_on(row: EngineRow, report: DeviceReport) -> list[str]:
 def cmd_devices(args: argparse.Namespace) -> int:
     katago = model = None
     engines, notes = _engines(args)
+    if args.profile:
+        return _show_profiles(args, engines)
     # OpenCL devices are listed by asking an OpenCL engine: the default if it is one.
     lister = next((e for e in sorted(engines, key=lambda e: not e.is_default)
                    if e.info is not None and e.info.backend is Backend.OPENCL), None)
@@ -128,6 +133,46 @@ def cmd_devices(args: argparse.Namespace) -> int:
         out.print("No GPU found: KataGo will run on the CPU (Eigen, or OpenCL through PoCL).")
     for note in notes:
         out.print(f"[dim]{note}[/]")
+    return 0
+
+
+def _show_profiles(args: argparse.Namespace, engines: list[EngineRow]) -> int:
+    from katapool.config.profile import all_profiles, profile_status
+    from katapool.devices.discover import cpu_device
+    from katapool.devices.nvidia import list_nvidia_gpus
+
+    stored = all_profiles()
+    infos = [e.info for e in sorted(engines, key=lambda e: not e.is_default) if e.info]
+    # No OpenCL listing (it needs a network and seconds): profile_status checks those
+    # profiles by their driver stack.
+    devices = [*list_nvidia_gpus()[0], cpu_device()]
+    rows = []
+    for path, profile in stored:
+        if profile is None:
+            rows.append({"file": str(path), "status": "unreadable"})
+            continue
+        rows.append({"file": str(path), "status": profile_status(profile, infos, devices),
+                     **profile.model_dump(mode="json")})
+    if args.json:
+        out.print_json(json.dumps({"profiles": rows}))
+        return 0
+    if not rows:
+        out.print("No measured profiles: run `katapool prepare --measure`.")
+        return 0
+    table = Table("device", "mode", "network", "useFP16", "nnMaxBatchSize", "numSearchThreads",
+                  "measured", "status")
+    for path, profile in stored:
+        if profile is None:
+            table.add_row("?", "?", path.name, "", "", "", "", "unreadable")
+            continue
+        values = profile.values()
+        table.add_row(f"{profile.device.spec} ({profile.device.name})", profile.mode.value,
+                      profile.network.name, str(values.get("useFP16", "")).lower(),
+                      str(values.get("nnMaxBatchSize", "")),
+                      str(values.get("numSearchThreads", "")),
+                      f"{profile.measured_at:%Y-%m-%d %H:%M}",
+                      profile_status(profile, infos, devices))
+    out.print(table)
     return 0
 
 

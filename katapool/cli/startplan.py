@@ -36,7 +36,9 @@ def plan_start(args: argparse.Namespace, command: str, key_args: dict[str, Any],
     from katapool.engine.tuning import index_path
 
     machine = machine_fingerprint()
-    watched = [paths.manifest_path(), paths.tuning_dir(), index_path(), *args.config]
+    # profiles_dir: a profile measured, re-measured or removed changes the generated configs.
+    watched = [paths.manifest_path(), paths.tuning_dir(), paths.profiles_dir(), index_path(),
+               *args.config]
     if "preset" in key_args:
         watched.append(presets_dir() / f"{key_args['preset']}.yaml")
     before = startcache.stamps(watched)
