@@ -93,15 +93,3 @@ def test_cli_errors_are_one_line(kp: Katapool) -> None:
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
-
-
-def test_tune_threads_with_benchmark_is_cached(kp: Katapool, tmp_path: Path) -> None:
-    args = ["config", "generate", "--mode", "gtp", "--model", str(G170), "--tune",
-            "--tune-visits", "16", "--tune-positions", "1", "-o", str(tmp_path / "t.cfg")]
-    first = kp.run(*args, check=True)
-    assert "(katago benchmark)" in first.stderr or "(cached benchmark)" in first.stderr
-    second = kp.run(*args, check=True)
-    assert "(cached benchmark)" in second.stderr
-    threads = [ln for ln in (tmp_path / "t.cfg").read_text().splitlines()
-               if ln.startswith("numSearchThreads")]
-    assert threads and int(threads[0].split("=")[1]) >= 1

@@ -64,7 +64,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          device_spec=device_spec(args), preset=args.preset,
                          members_on_machine=args.members, overrides=overrides)
     for note in built.notes:
-        err.print(f"[yellow]{note}[/]")
+        err.print(f"[yellow]{note}[/]", soft_wrap=True)
     if args.explain:
         out.out(explain_text(built), end="")
     if args.output:
@@ -88,7 +88,7 @@ def _tune(args: argparse.Namespace, engine: EngineChoice, model: Path) -> None:
     opts = MeasureOptions(modes=[Mode(args.mode)], visits=args.tune_visits,
                           positions=args.tune_positions, preset=args.preset)
     for result in measure_devices(engine.info, model, devices[:1], report, opts, err):
-        values = ", ".join(f"{k} = {v}" for k, v in result.profile.values().items())
+        values = ", ".join(f"{k} = {str(v).lower()}" for k, v in result.profile.values().items())
         err.print(f"{result.device} ({result.mode.value}): {values} ({result.action}, "
                   f"{result.file})")
 

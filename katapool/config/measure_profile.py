@@ -97,12 +97,12 @@ def _measure_device(info: EngineInfo, model: Path, device: Device, report: Devic
                 for mode, (prof, path, _) in found.items() if prof is not None]
     for _, _, note in found.values():
         if note:
-            console.print(f"[yellow]{note}[/]")
+            console.print(f"[yellow]{note}[/]", soft_wrap=True)
     started = time.monotonic()
     base = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device.spec,
                         preset=opts.preset, report=report, use_profile=False)
     console.print(f"measuring {device.spec} ({device.name}) with {model.name}, "
-                  f"{opts.board_size}x{opts.board_size}")
+                  f"{opts.board_size}x{opts.board_size}", soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="katapool-measure-") as tmp:
         scratch = Path(tmp)
         fp16, platform = _decide_fp16(info, model, device, report, opts, console, scratch)
@@ -187,7 +187,7 @@ def _decide_fp16(info: EngineInfo, model: Path, device: Device, report: DeviceRe
                    f"{margin.get('p99_of_limit', '?')}x of the 99% limit on "
                    f"{margin.get('p99_metric', '?')})")
     console.print(f"  useFP16 = {str(decision.value).lower()}: {decision.reason} "
-                  f"({run.seconds:.1f} s)")
+                  f"({run.seconds:.1f} s)", soft_wrap=True)
     return decision, found.platform
 
 
@@ -209,7 +209,7 @@ def _time_batches(info: EngineInfo, model: Path, device: Device, report: DeviceR
             raise EngineStartError(f"katago benchmarknn failed on {device.spec} at batch "
                                    f"{size}: {fp16_failure(run)}")
         console.print(f"  batch {size}: {timing.nn_evals_per_s:.1f} nnEvals/s, "
-                      f"{timing.median_batch_ms:.1f} ms per batch")
+                      f"{timing.median_batch_ms:.1f} ms per batch", soft_wrap=True)
         timings.append(timing)
     return timings
 
@@ -251,7 +251,8 @@ def _bench_threads(info: EngineInfo, model: Path, device: Device, report: Device
     for row in found.rows:
         console.print(f"  threads {row.threads}: {row.visits_per_s:.1f} visits/s, "
                       f"{row.nn_evals_per_s:.1f} nnEvals/s, average batch {row.avg_batch:.2f}"
-                      + (f", {row.elo_vs_first:+d} Elo" if row.elo_vs_first is not None else ""))
+                      + (f", {row.elo_vs_first:+d} Elo" if row.elo_vs_first is not None else ""),
+                      soft_wrap=True)
     return found
 
 
