@@ -42,6 +42,13 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--activations", choices=["int8", "uint8"], default="int8",
                    help="INT8 activations: int8 symmetric (default; what TensorRT takes) or "
                         "uint8 asymmetric (faster with ONNX Runtime on x86 CPUs)")
+    q.add_argument("--mixed", action="store_true",
+                   help="with --int8: measure each node's sensitivity and make only the least "
+                        "sensitive INT8, as many as stay within --error-budget (the rest FP32)")
+    q.add_argument("--error-budget", type=float, default=0.5, metavar="F",
+                   help="with --mixed: allowed p99 error on the calibration positions as a "
+                        "fraction of KataGo's FP16 limits (default 0.5: held-out positions "
+                        "were measured at up to 2.2x the calibration positions' error)")
     q.add_argument("--percentile", type=float, default=99.999,
                    help="with --calibration-method percentile (default 99.999)")
     q.add_argument("--sgf", type=Path, nargs="+", metavar="GAME", default=[],
@@ -83,7 +90,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from katapool.engine.discovery import resolve_engine
     from katapool.engine.probe import probe_version
     from katapool.models import load_model, quantize
-    from katapool.models.precision_check import calibration_feeds, check_variant, pick_positions
+    from katapool.models.precision_check import (
+        calibration_feeds,
+        check_variant,
+        feeds_from_samples,
+        pick_positions,
+    )
     from katapool.models.validate import engine_reference
 
     if args.positions < 0:
@@ -105,6 +117,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     validation_games = args.sgf or args.calibration
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration GAME... (positions to calibrate on)")
+    if args.mixed and not args.int8:
+        raise ConfigError("--mixed chooses INT8 nodes: use it with --int8")
+    if args.mixed and not 0 < args.error_budget <= 10:
+        raise ConfigError(f"--error-budget {args.error_budget}: must be above 0 and at most 10 "
+                          "(1.0 = KataGo's FP16 limits)")
     if args.positions and not validation_games:
         raise ConfigError("validation needs games: --sgf GAME... (or --positions 0 to skip it)")
     needs_engine = args.int8 or args.positions > 0
@@ -120,7 +137,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="katapool-quantize-") as tmp, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                      console=err, transient=True) as progress:
-        samples, feeds = None, []
+        samples, feeds, selection = None, [], []
         if needs_engine:
             assert model is not None and network is not None
             info = probe_version(resolve_engine(args.katago).path)
@@ -130,7 +147,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             validation, calibration = pick_positions(
                 validation_games, args.calibration or validation_games, args.positions,
                 calibration_count, Path(tmp), board=int(meta.get("pos_len_x", 19)))
-            if calibration:
+            if calibration and args.mixed:  # the engine's answers too: they rank the nodes
+                task = progress.add_task(f"engine on {len(calibration)} calibration positions",
+                                         total=len(calibration))
+                selection = engine_reference(model, info.path, cfg, calibration,
+                                             lambda: progress.advance(task), args.input_model)
+                feeds = feeds_from_samples(model, fp32, selection)
+            elif calibration:
                 task = progress.add_task("calibration inputs", total=len(calibration))
                 feeds = calibration_feeds(model, fp32, info.path, cfg, calibration,
                                           args.input_model, Path(tmp),
@@ -140,8 +163,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                          total=len(validation))
                 samples = engine_reference(model, info.path, cfg, validation,
                                            lambda: progress.advance(task), args.input_model)
+        mixed = None
         if args.fp16:
             converted = quantize.to_fp16(proto)
+        elif args.mixed:
+            mixed = _search(args, model, proto, feeds, selection, progress)
+            converted = mixed.proto
         else:
             converted = quantize.to_int8(proto, feeds, quantize.Int8Options(
                 args.calibration_method, args.percentile, activations=args.activations))
@@ -154,17 +181,64 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                     check_variant(model, quantize.precision_of(converted),
                                   converted.SerializeToString(), samples, args.bench_batch,
                                   args.bench_seconds)]
-    return _report(args, variants, meta.get("name") or (model.name if model else "?"))
+    return _report(args, variants, meta.get("name") or (model.name if model else "?"), mixed)
 
 
-def _report(args: argparse.Namespace, variants: list[Any], name: str) -> int:
+def _search(args: argparse.Namespace, model: Any, proto: Any, feeds: list[Any],
+            selection: list[Any], progress: Any) -> Any:
+    from katapool.models import quantize
+    from katapool.models.int8_mixed import MixedSearch, search
+    from katapool.models.speed import ort_speed
+
+    tasks: dict[str, Any] = {}
+
+    def advance(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(
+                "node sensitivity" if stage == "sensitivity" else "combining nodes",
+                total=total or None)
+        progress.update(tasks[stage], completed=done)
+
+    curve_seconds = min(args.bench_seconds, 1.5)
+    return search(MixedSearch(
+        model, proto, feeds, selection,
+        quantize.Int8Options(args.calibration_method, args.percentile,
+                             activations=args.activations),
+        budget=args.error_budget, progress=advance,
+        speed=(lambda b: ort_speed(b, args.bench_batch, curve_seconds).evals_per_second)
+        if curve_seconds > 0 else None))
+
+
+def _curve_table(mixed: Any) -> Table:
+    table = Table(title=f"mixed precision: INT8 nodes against error (calibration positions) "
+                        f"and speed; budget {mixed.budget:g}x KataGo's FP16 limits",
+                  caption=mixed.stopped)
+    for col in ("INT8 nodes", "x limits", "winrate", "lead", "top pol.", "KL", "evals/s", ""):
+        table.add_column(col, justify="right")
+    for t in mixed.curve:
+        speed = "-" if t.evals_per_second is None else f"{t.evals_per_second:.0f}"
+        mark = "[green]chosen[/]" if t.int8_nodes == len(mixed.chosen) else ""
+        table.add_row(f"{t.int8_nodes} / {mixed.candidates}", f"{t.ratio:.2f}",
+                      *(f"{t.errors[k]:.2g}" for k in ("winrate", "lead", "top_policy",
+                                                        "policy_kl")), speed, mark)
+    return table
+
+
+def _report(args: argparse.Namespace, variants: list[Any], name: str, mixed: Any = None) -> int:
     new = variants[-1]
-    fp16_failed = args.fp16 and new.report is not None and not new.report.passed
+    # FP16 and mixed INT8 promise KataGo's FP16 limits; plain INT8 only reports against them.
+    fp16_failed = (args.fp16 or mixed is not None) and new.report is not None \
+        and not new.report.passed
     if args.json:
-        out.out(json.dumps({"network": name, "output": str(args.output),
-                            "limits": "KataGo FP16 (testgpuerror), p99",
-                            "variants": [v.as_dict() for v in variants]}))
+        doc = {"network": name, "output": str(args.output),
+               "limits": "KataGo FP16 (testgpuerror), p99",
+               "variants": [v.as_dict() for v in variants]}
+        if mixed is not None:
+            doc["mixed"] = mixed.as_dict()
+        out.out(json.dumps(doc))
         return 1 if fp16_failed else 0
+    if mixed is not None:
+        out.print(_curve_table(mixed))
     table = Table(title=f"{name}: FP32 export and {new.precision}",
                   caption=f"evals/s: ONNX Runtime CPU, batch {args.bench_batch}; errors: p99 "
                           "against the engine; KataGo's FP16 limits are 0.02 winrate, 1.0 point, "

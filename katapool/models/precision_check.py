@@ -117,3 +117,12 @@ def check_variant(model: ModelDesc | None, precision: str, onnx_bytes: bytes,
         if bench_seconds > 0:
             variant.speed = ort_speed(onnx_bytes, bench_batch, bench_seconds)
     return variant
+
+
+def feeds_from_samples(model: ModelDesc, fp32: bytes,
+                       samples: list[Sample]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds from positions the engine already evaluated (their input tensors),
+    each under one of the eight symmetries in turn, as ``calibration_feeds`` makes them."""
+    session = onnx_session(fp32)
+    return [feeds_for(session, model, apply_symmetry(s.spatial, i % 8), s.global_)
+            for i, s in enumerate(samples)]

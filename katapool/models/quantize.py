@@ -81,7 +81,7 @@ def to_fp16(proto: Any) -> Any:
         raise ModelError(f"FP16 conversion failed: {exc}") from exc
     drop_repeated_nodes(converted.graph)
     _skip_fp16_between_kept(converted, set(kept))
-    _mark(converted, "fp16")
+    mark_precision(converted, "fp16")
     return converted
 
 
@@ -172,6 +172,9 @@ class Int8Options:
     # "uint8": asymmetric unsigned activations, which ONNX Runtime's x86 CPU kernels fuse
     # far more often (U8S8); see docs/quantization.md for the measured difference.
     activations: str = "int8"
+    # 7-bit weights: what ONNX Runtime advises for unsigned activations on x86 CPUs without
+    # VNNI, whose u8 x s8 kernels can saturate 16-bit sums (measured in docs/quantization.md).
+    reduce_range: bool = False
 
 
 class _Batches:
@@ -193,11 +196,21 @@ class _Batches:
         pass
 
 
+def int8_candidates(proto: Any) -> list[str]:
+    """The convolutions and matrix products INT8 may touch, in graph order."""
+    excluded = set(int8_excluded_nodes(proto))
+    return [n.name for n in proto.graph.node
+            if n.op_type in ("Conv", "MatMul") and n.name not in excluded]
+
+
 def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
-            options: Int8Options | None = None, exclude: Sequence[str] | None = None) -> Any:
+            options: Int8Options | None = None, exclude: Sequence[str] | None = None,
+            include: Sequence[str] | None = None, ranges: Path | None = None) -> Any:
     """Post-training static quantization: Q/DQ, symmetric INT8 activations and per-channel
     weights, calibrated on ``calibration`` (input feeds of real positions). ``exclude``: the
-    nodes left in FP32 (default: ``int8_excluded_nodes``)."""
+    nodes left in FP32 (default: ``int8_excluded_nodes``); ``include``: only these nodes
+    INT8 (mixed precision). ``ranges``: a file keeping the calibrated activation ranges, read
+    when it exists and written when not, so that many subsets cost one calibration."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -208,7 +221,7 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
 
     options = options or Int8Options()
     check_katapool_export(proto)
-    if not calibration:
+    if not calibration and not (ranges is not None and ranges.is_file()):
         raise ModelError("INT8 quantization needs calibration positions")
     if options.method not in CALIBRATION_METHODS:
         raise ModelError(f"calibration method {options.method!r}: use one of "
@@ -218,7 +231,12 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     if options.activations not in ("int8", "uint8"):
         raise ModelError(f"activations {options.activations!r}: use int8 or uint8")
     signed = options.activations == "int8"
-    extra: dict[str, Any] = {"ActivationSymmetric": signed, "WeightSymmetric": True}
+    # Matrix products keep FP32 outputs: ONNX Runtime's CPU provider then runs them as
+    # integer products with a float result (faster than with a quantized output, measured in
+    # docs/quantization.md) and no rounding is added after them. Convolutions keep quantized
+    # outputs: without one ONNX Runtime runs them as float convolutions (0.7x FP32).
+    extra: dict[str, Any] = {"ActivationSymmetric": signed, "WeightSymmetric": True,
+                             "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     if options.method == "percentile":
         extra["CalibPercentile"] = options.percentile
     if options.method == "minmax":
@@ -230,16 +248,19 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
         # and advises a pre-processing pass that would rename the nodes we exclude by name.
         with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
                 as_model_error("INT8 quantization"):
-            quantize_static(str(src), str(dst), _Batches(calibration, options.batch),
+            quantize_static(str(src), str(dst),
+                            _Batches(calibration, options.batch) if calibration else None,
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
-                            per_channel=True,
+                            per_channel=True, reduce_range=options.reduce_range,
                             activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude if exclude is not None
                                                   else int8_excluded_nodes(proto)),
-                            calibrate_method=method, extra_options=extra)
+                            nodes_to_quantize=list(include) if include is not None else None,
+                            calibrate_method=method, extra_options=extra,
+                            calibration_cache_path=ranges)
         quantized = onnx.load(str(dst))
-    _mark(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
+    mark_precision(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
                      f"{len(calibration)} positions)")
     return quantized
 
@@ -267,7 +288,7 @@ def _without_preprocessing_advice() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _mark(proto: Any, precision: str) -> None:
+def mark_precision(proto: Any, precision: str) -> None:
     props = {p.key: p for p in proto.metadata_props}
     if "katapool_precision" in props:
         props["katapool_precision"].value = precision
