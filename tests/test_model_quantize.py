@@ -151,6 +151,14 @@ def test_int8_quantizes_trunk_convolutions_only(g170: onnx.ModelProto, transform
     assert scores and set(scores) <= set(quantize.int8_excluded_nodes(transformer))
 
 
+def test_minmax_calibration_over_a_multiple_of_four_batches(g170: onnx.ModelProto) -> None:
+    """64 positions in batches of 8 made ONNX Runtime's min/max calibrator fail with "No data
+    is collected" (its periodic merge emptied the last chunk)."""
+    feeds = [_feeds(g170, 1) for _ in range(32)]  # 4 batches of 8
+    q = quantize.to_int8(g170, feeds, quantize.Int8Options(method="minmax"))
+    assert quantize.precision_of(q).startswith("int8 (minmax, 32 positions)")
+
+
 def test_quantize_refuses_other_onnx_files(g170: onnx.ModelProto) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     foreign = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",

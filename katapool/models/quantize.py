@@ -240,7 +240,12 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     if options.method == "percentile":
         extra["CalibPercentile"] = options.percentile
     if options.method == "minmax":
-        extra["CalibMaxIntermediateOutputs"] = 4  # bounded memory on big networks
+        # Bounded memory on big networks: ranges are merged every few batches. ONNX Runtime
+        # then fails ("No data is collected") when that count divides the number of batches,
+        # as 4 does for 64 positions in batches of 8: pick one that does not.
+        batches = -(-len(calibration) // options.batch)
+        extra["CalibMaxIntermediateOutputs"] = next(
+            k for k in (4, 3, 5, 7, 11, 13, 17) if batches % k)
     with tempfile.TemporaryDirectory(prefix="katapool-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
