@@ -5,6 +5,7 @@ per number of INT8 nodes, the file the search stops at, and that file on held-ou
     .venv/bin/python benchmarks/int8_mixed_report.py [--nets NET...] [--validation 200]
         [--calibration 96] [--budget 0.5] [--activations int8 uint8] [--bench-seconds 5]
         [--cache DIR] [--json OUT.json] [--chart docs/images/int8-tradeoff.png]
+    .venv/bin/python benchmarks/int8_mixed_report.py --from-json A.json B.json [--chart PNG]
 
 For every network: the engine's reference (inputs and `kata-raw-nn` outputs) on validation and
 calibration positions from ../shared/sgf (disjoint; kept in --cache between runs), then
@@ -49,7 +50,8 @@ def reference(net: Path, validation: int, calibration: int, cache: Path) -> dict
 
     stored = cache / f"{net.name}-{validation}-{calibration}.pkl"
     if stored.exists():
-        return pickle.loads(stored.read_bytes())  # our own file, written below
+        cached: dict[str, Any] = pickle.loads(stored.read_bytes())  # our own file, see below
+        return cached
     info = probe_version(resolve_engine(None).path)
     model = load_model(net)
     games = sorted(SHARED.glob("sgf/*/*.sgf"))
@@ -85,13 +87,15 @@ def one_network(net: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
     for acts in args.activations:
+        def progress(stage: str, done: int, total: int, acts: str = acts) -> None:
+            if total == 0 or done % 10 == 0:
+                print(f"  {model.name} {acts}: {stage} {done}/{total or ''}", flush=True)
+
         began = time.perf_counter()
         result = search(MixedSearch(
             model, fp32, feeds, data["calibration"], Int8Options(activations=acts),
             budget=args.budget, speed=speed if args.curve_seconds > 0 else None,
-            progress=lambda stage, done, total, acts=acts: print(
-                f"  {model.name} {acts}: {stage} {done}/{total or ''}", flush=True)
-            if total == 0 or done % 10 == 0 else None))
+            progress=progress))
         search_seconds = time.perf_counter() - began
         chosen = result.proto.SerializeToString()
         checked = compare(batched_evals(model, cpu_session(chosen), data["validation"]), engine,
@@ -202,9 +206,17 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "kp-mixed-ref")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--chart", type=Path)
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                    help="print the tables (and --chart) from earlier runs' --json files")
     args = ap.parse_args()
+    if args.from_json:
+        rows = [row for f in args.from_json for row in json.loads(f.read_text())]
+        table(rows)
+        if args.chart:
+            chart(rows, args.chart)
+        return
     print(f"machine: {machine()}", flush=True)
-    rows: list[dict[str, Any]] = []
+    rows = []
     for net in args.nets or networks():
         rows += one_network(net, args)
         if args.json:

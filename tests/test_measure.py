@@ -202,6 +202,24 @@ def test_gtp_picks_up_a_new_profile_through_its_start_cache(copied: Katapool) ->
     assert threads() == by_rule + 1
 
 
+def test_analysis_measure_uses_a_current_profile_without_running_tools(
+        measured: Measured) -> None:
+    """`katapool analysis --measure`: the profile exists and matches, so no tool runs; what the
+    step says goes to stderr and stdout carries only the protocol."""
+    before = len(measured.tool_runs())
+    proc = subprocess.run([sys.executable, "-m", "katapool", "analysis", "--measure",
+                           "-model", str(G170)],
+                          input='{"id": "v", "action": "query_version"}\n', capture_output=True,
+                          text=True, timeout=120, env=measured.kp.env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(measured.tool_runs()) == before
+    batch = _decisions(measured.profile("analysis"))["nnMaxBatchSize"].value
+    assert re.search(rf"analysis: up-to-date \(useFP16 false, nnMaxBatchSize {batch},",
+                     proc.stderr), proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert json.loads(line)["id"] == "v"
+
+
 def _gtp(kp: Katapool, command: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "katapool", "gtp", "-model", str(G170)],
                           input=f"{command}\nquit\n", capture_output=True, text=True,

@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_katago(p, help="KataGo binary")
     add_preset(p, "server")
     add_policy(p)
+    p.add_argument("--measure", action="store_true",
+                   help="first measure useFP16, nnMaxBatchSize and numSearchThreads for this "
+                        "engine, network and device(s) (`katapool prepare --measure --mode "
+                        "analysis`: minutes the first time, nothing while a current profile "
+                        "exists); the generated configs use them")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_analysis)
@@ -118,6 +123,11 @@ def cmd_analysis(args: argparse.Namespace) -> int:
                           gpus=gpus, members=members, preset=args.preset,
                           start_timeout=policy.start_timeout)
 
+    if args.measure:
+        from katapool.cli.prepare_cmd import measure_before_start
+        from katapool.config.settings import Mode
+
+        measure_before_start(args, Mode.ANALYSIS)
     plan = plan_start(args, "analysis", {"override_config": args.override_config, "gpus": gpus,
                                          "members": members, "preset": args.preset},
                       lambda info, model, human: member_setups(spec_for(info, model, human)))

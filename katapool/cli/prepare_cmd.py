@@ -134,12 +134,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(args: argparse.Namespace, info: EngineInfo, model: Path,
-             report: DeviceReport | None) -> None:
-    from katapool.config.measure_profile import MeasureOptions, measure_devices
-
-    if report is None:
-        report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
+def _devices_to_measure(args: argparse.Namespace, info: EngineInfo,
+                        report: DeviceReport) -> list[Device]:
     if args.device:
         devices = parse_device_spec(device_spec(args), report)
     elif info.backend is Backend.OPENCL:
@@ -151,6 +147,36 @@ def _measure(args: argparse.Namespace, info: EngineInfo, model: Path,
     if not devices:
         raise ConfigError(f"no device for the {info.backend.label} engine to measure: "
                           + "; ".join(report.notes))
+    return devices
+
+
+def measure_before_start(args: argparse.Namespace, mode: Mode) -> None:
+    """``katapool analysis --measure``: the profiles of this engine, network and devices for
+    ``mode``, measured now unless current ones exist (then nothing runs), so that the configs
+    about to be generated use them. Everything it prints goes to stderr."""
+    from katapool.cli.common import resolve_katago_args
+    from katapool.config.measure_profile import MeasureOptions, measure_devices
+
+    found = resolve_katago_args(args)
+    report = discover_devices(found.info.path, found.model,
+                              opencl=found.info.backend is Backend.OPENCL)
+    devices = _devices_to_measure(args, found.info, report)
+    for r in measure_devices(found.info, found.model, devices, report,
+                             MeasureOptions(modes=[mode]), err):
+        values = r.profile.values()
+        err.print(f"katapool: {r.device} {r.mode.value}: {r.action} (useFP16 "
+                  f"{str(values.get('useFP16', '')).lower()}, nnMaxBatchSize "
+                  f"{values.get('nnMaxBatchSize', '')}, numSearchThreads "
+                  f"{values.get('numSearchThreads', '')}; {r.file})")
+
+
+def _measure(args: argparse.Namespace, info: EngineInfo, model: Path,
+             report: DeviceReport | None) -> None:
+    from katapool.config.measure_profile import MeasureOptions, measure_devices
+
+    if report is None:
+        report = discover_devices(info.path, model, opencl=info.backend is Backend.OPENCL)
+    devices = _devices_to_measure(args, info, report)
     modes = [Mode.ANALYSIS, Mode.GTP] if args.mode == "both" else [Mode(args.mode)]
     opts = MeasureOptions(modes=modes, board_size=args.board_size, visits=args.measure_visits,
                           positions=args.measure_positions, iterations=args.measure_iterations,
