@@ -268,8 +268,7 @@ def test_quantize_cli_mixed_int8_keeps_only_the_least_sensitive_nodes(kp: Katapo
     out = tmp_path / "g170-mixed.onnx"
     proc = kp.run("model", "quantize", str(G170), "--int8", "--mixed", "--error-budget", "2",
                   "--calibration", *map(str, GAMES), "--calibration-positions", "8",
-                  "--positions", "4", "--bench-seconds", "0.2", "--bench-batch", "2", "--json",
-                  "-o", str(out))
+                  "--positions", "4", "--bench-seconds", "0", "--json", "-o", str(out))
     report = json.loads(proc.stdout)
     mixed = report["mixed"]
     candidates = quantize.int8_candidates(export_onnx(load_model(G170)))
@@ -281,7 +280,7 @@ def test_quantize_cli_mixed_int8_keeps_only_the_least_sensitive_nodes(kp: Katapo
     chosen = mixed["int8_nodes"]
     assert chosen == ranked[:len(chosen)]  # a prefix of the ranking, least sensitive first
     curve = {t["int8_nodes"]: t for t in mixed["curve"]}
-    assert {0, 16} <= set(curve) and all(t["evals_per_second"] > 0 for t in curve.values())
+    assert {0, 16} <= set(curve)  # (speed left out: --bench-seconds 0)
     assert curve[len(chosen)]["ratio"] <= 2.0  # within the budget...
     assert all(t["ratio"] > 2.0 for k, t in curve.items() if k > len(chosen))  # ...and the most
     assert curve[16]["ratio"] > curve[0]["ratio"]  # all INT8 costs accuracy; FP32 is the engine
