@@ -40,7 +40,6 @@ def main() -> None:
     from katapool.models.export_onnx import export_onnx
     from katapool.models.int8_mixed import (
         MixedSearch,
-        batched_evals,
         cpu_session,
         limit_ratio,
         search,
@@ -48,7 +47,7 @@ def main() -> None:
     from katapool.models.precision_check import feeds_from_samples
     from katapool.models.quantize import Int8Options, to_int8
     from katapool.models.speed import ort_speed
-    from katapool.models.validate import FP16_LIMITS, compare, feeds_for, onnx_session
+    from katapool.models.validate import FP16_LIMITS, compare, feeds_for, onnx_session, session_evals
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,12 +81,12 @@ def main() -> None:
                               reduce_range=choice.get("reduce_range", False))
         began = time.perf_counter()
         whole = to_int8(fp32, feeds, options)
-        whole_ratio = limit_ratio(compare(batched_evals(
-            model, cpu_session(whole.SerializeToString()), data["validation"]), engine,
+        whole_ratio = limit_ratio(compare(session_evals(
+            model, cpu_session(whole.SerializeToString()), data["validation"], batch=16), engine,
             FP16_LIMITS))
         result = search(MixedSearch(model, fp32, feeds, selection, options, budget=args.budget))
         chosen = result.proto.SerializeToString()
-        checked = compare(batched_evals(model, cpu_session(chosen), data["validation"]),
+        checked = compare(session_evals(model, cpu_session(chosen), data["validation"], batch=16),
                           engine, FP16_LIMITS)
         speed = ort_speed(chosen, 8, args.bench_seconds).evals_per_second
         row = {"network": model.name, "choice": choice["label"], "whole_ratio": whole_ratio,

@@ -69,11 +69,11 @@ def reference(net: Path, validation: int, calibration: int, cache: Path) -> dict
 def one_network(net: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from katapool.models import load_model
     from katapool.models.export_onnx import export_onnx
-    from katapool.models.int8_mixed import MixedSearch, batched_evals, cpu_session, limit_ratio, search
+    from katapool.models.int8_mixed import MixedSearch, cpu_session, limit_ratio, search
     from katapool.models.precision_check import feeds_from_samples
     from katapool.models.quantize import Int8Options
     from katapool.models.speed import ort_speed
-    from katapool.models.validate import FP16_LIMITS, compare
+    from katapool.models.validate import FP16_LIMITS, compare, session_evals
 
     model = load_model(net)
     data = reference(net, args.validation, args.calibration, args.cache)
@@ -98,7 +98,7 @@ def one_network(net: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
             progress=progress))
         search_seconds = time.perf_counter() - began
         chosen = result.proto.SerializeToString()
-        checked = compare(batched_evals(model, cpu_session(chosen), data["validation"]), engine,
+        checked = compare(session_evals(model, cpu_session(chosen), data["validation"], batch=16), engine,
                           FP16_LIMITS)
         # FP32 and the chosen file timed back to back, twice each, alternating: this 2-core
         # machine's speed drifts by several percent between minutes.

@@ -29,12 +29,10 @@ from katapool.models.desc import ModelDesc
 from katapool.models.quantize import Int8Options, int8_candidates, mark_precision, to_int8
 from katapool.models.validate import (
     FP16_LIMITS,
-    EngineEval,
     Report,
     Sample,
     compare,
-    feeds_for,
-    postprocess,
+    session_evals,
 )
 
 METRICS = tuple(FP16_LIMITS)  # winrate, lead, top_policy, policy_kl
@@ -54,24 +52,6 @@ def cpu_session(onnx_bytes: bytes) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # trial files leave unused FP32 weights: a warning each
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def batched_evals(model: ModelDesc, session: Any, samples: Sequence[Sample],
-                  batch: int = 16) -> list[EngineEval]:
-    """Post-processed evaluations of ``samples`` (the engine's orientation, symmetry 0),
-    ``batch`` positions a run."""
-    names = [o.name for o in session.get_outputs()]
-    evals: list[EngineEval] = []
-    for start in range(0, len(samples), batch):
-        chunk = samples[start:start + batch]
-        feeds = [feeds_for(session, model, s.spatial, s.global_) for s in chunk]
-        joined = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-        outputs = dict(zip(names, session.run(None, joined), strict=True))
-        for i, s in enumerate(chunk):
-            one = {k: v[i:i + 1] for k, v in outputs.items()}
-            evals.append(postprocess(model, one, s.position.black_to_move,
-                                     ~np.isnan(s.engine.policy), s.global_[0]))
-    return evals
 
 
 @dataclass
@@ -162,7 +142,7 @@ def search(req: MixedSearch) -> MixedResult:
 
         def measure(proto: Any, samples: Sequence[Sample]) -> Report:
             session = cpu_session(proto.SerializeToString())
-            return compare(batched_evals(req.model, session, samples),
+            return compare(session_evals(req.model, session, list(samples), batch=16),
                            [s.engine for s in samples], FP16_LIMITS)
 
         sensitivities = []

@@ -309,19 +309,24 @@ def onnx_evals(model: ModelDesc, onnx_bytes: bytes, samples: list[Sample],
 
 
 def session_evals(model: ModelDesc, session: Any, samples: list[Sample],
-                  symmetry: int = 0) -> list[EngineEval]:
+                  symmetry: int = 0, batch: int = 1) -> list[EngineEval]:
     """Post-processed evaluations by any runner with ONNX Runtime's session interface
-    (``get_inputs``, ``get_outputs``, ``run``): ONNX Runtime itself, or LiteRT's interpreter."""
+    (``get_inputs``, ``get_outputs``, ``run``): ONNX Runtime itself, or LiteRT's interpreter.
+    ``batch``: positions per run (for runners with a dynamic batch)."""
     names = [o.name for o in session.get_outputs()]
     evals = []
-    for s in samples:
-        feeds = feeds_for(session, model, s.spatial, s.global_, symmetry)
-        outputs = {name: _squeeze(v) for name, v in
-                   zip(names, session.run(None, feeds), strict=True)}
-        for key in ("OutputPolicy", "OutputOwnership"):
-            outputs[key] = invert_symmetry(outputs[key], symmetry)
-        evals.append(postprocess(model, outputs, s.position.black_to_move,
-                                 ~np.isnan(s.engine.policy), s.global_[0]))
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        feeds = [feeds_for(session, model, s.spatial, s.global_, symmetry) for s in chunk]
+        joined = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+        run = {name: _squeeze(v) for name, v in
+               zip(names, session.run(None, joined), strict=True)}
+        for i, s in enumerate(chunk):
+            outputs = {name: v[i:i + 1] for name, v in run.items()}
+            for key in ("OutputPolicy", "OutputOwnership"):
+                outputs[key] = invert_symmetry(outputs[key], symmetry)
+            evals.append(postprocess(model, outputs, s.position.black_to_move,
+                                     ~np.isnan(s.engine.policy), s.global_[0]))
     return evals
 
 
