@@ -26,8 +26,9 @@ def analysed(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     for game in GAMES:
         assert game.is_file(), f"game records missing from {SHARED / 'sgf'}"
     out = tmp_path_factory.mktemp("analysis")
-    proc = kp.run("analyze", *map(str, GAMES), "--visits", "2", "--model", str(G170),
-                  "--members", "2", "--plot", "--json", "-o", str(out), check=True)
+    proc = kp.run("analyze", *map(str, GAMES), "--visits", "2", "--trust-visits", "8",
+                  "--model", str(G170), "--members", "2", "--plot", "--json", "-o", str(out),
+                  check=True)
     return out, [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -42,14 +43,15 @@ def test_json_per_game(analysed: tuple[Path, list[dict]]) -> None:
         assert max(rates) - min(rates) > 0.05  # a real evaluation moves over a whole game
         flagged = sorted((m for m in game["moves"] if m["mistake"]), key=lambda m: -m["winrateLoss"])
         assert all(m["winrateLoss"] >= 0.0999 for m in flagged)  # JSON rounds to 4 places
-        # Flagged only where both positions were searched to the trusted depth; the largest
-        # 2-visit swings were searched that deep, the rest are listed as unchecked.
-        assert game["visits"] == 2 and game["trustVisits"] == 16
-        assert all(m["visits"] >= 16 for m in flagged)
-        deep = [m for m in game["moves"] if m["visits"] >= 16]
-        assert deep, "the largest swings were re-searched at 16 visits"
+        # Flagged only where both positions were searched to the trusted depth (--trust-visits
+        # 8); the largest 2-visit swings were searched that deep, the rest are listed as
+        # unchecked.
+        assert game["visits"] == 2 and game["trustVisits"] == 8
+        assert all(m["visits"] >= 8 for m in flagged)
+        deep = [m for m in game["moves"] if m["visits"] >= 8]
+        assert deep, "the largest swings were re-searched at 8 visits"
         # JSON rounds losses to 4 places: a loss printed as 0.1000 may be just under the line.
-        shallow = [m for m in game["moves"] if m["visits"] < 16]
+        shallow = [m for m in game["moves"] if m["visits"] < 8]
         surely = {m["move"] for m in shallow if m["winrateLoss"] >= 0.1001}
         maybe = {m["move"] for m in shallow if m["winrateLoss"] >= 0.0999}
         assert surely <= set(game["unchecked"]) <= maybe
@@ -110,12 +112,12 @@ def test_table_and_progress(kp: Katapool, tmp_path: Path) -> None:
 
 
 def test_time_budget_measures_then_chooses(kp: Katapool, tmp_path: Path) -> None:
-    proc = kp.run("analyze", str(SAMPLE_SGF), "--time", "40s", "--model", str(G170), "--json",
+    proc = kp.run("analyze", str(SAMPLE_SGF), "--time", "20s", "--model", str(G170), "--json",
                   "-o", str(tmp_path), check=True)
     (game,) = [json.loads(line) for line in proc.stdout.splitlines()]
     # What was measured and chosen is said before the long part starts, on stderr.
     said = re.search(r"measured ([\d.]+) visits/s \((\d+) positions × (\d+) visits in ([\d.]+) s\)"
-                     r"; budget 40 s: (\d+) visits? per position", proc.stderr)
+                     r"; budget 20 s: (\d+) visits? per position", proc.stderr)
     assert said, proc.stderr
     rate, visits = float(said[1]), int(said[5])
     assert rate > 0 and visits == game["visits"] >= 1

@@ -1,4 +1,4 @@
-"""Chaos: 2 real members, 200 queries from real games, 5 random SIGKILLs.
+"""Chaos: 2 real members, 120 queries from real games, 5 random SIGKILLs.
 
 Query ids repeat within a session, as KataGo allows: some queries share an id with the one
 sent just before them (both in flight at once), others with one sent long before. Every
@@ -29,7 +29,7 @@ from katapool.pool import PoolPolicy
 
 pytestmark = pytest.mark.engine
 
-QUERIES = 200
+QUERIES = 120
 KILLS = 5
 BATCH = QUERIES // 15  # queries sent between pauses: 15 batches, kills after five of them
 
@@ -41,7 +41,7 @@ def games() -> list[GameRecord]:
 
 
 SESSIONS = 3
-IDS = 42  # distinct ids (a multiple of SESSIONS): each is used four to six times, always by
+IDS = 24  # distinct ids (a multiple of SESSIONS): each is used four to six times, always by
 # the same session
 
 Terminate = tuple[float, list[int] | None] | None  # (after seconds, turnNumbers)

@@ -363,8 +363,9 @@ def test_analyze_connects_to_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
-    """100 queries in flight while `katapool reload` applies a changed pool file: "main"
-    (a new preset) restarts member by member, "tf" (resized 1 -> 2) moves to a new pool."""
+    """Queries in flight, and more arriving, all through a `katapool reload` that applies a
+    changed pool file: "main" (a new preset) restarts member by member, "tf" (resized 1 -> 2)
+    moves to a new pool. Every query is answered exactly once."""
     positions = _positions(50)
     before = {m["name"]: m["reloads"] for m in daemon.members("main")}
     # A broken file first: refused with its line; nothing changes.
@@ -373,39 +374,52 @@ def test_reload_during_a_batch_loses_nothing(daemon: Daemon) -> None:
     assert bad.returncode != 0 and "katapool.yaml:4" in bad.stderr, bad.stderr
     daemon.write_config(tf_members=2, main_preset="desktop")  # unchanged models keep running
 
-    async def batch() -> tuple[dict[str, list[Any]], list[BaseException]]:
+    async def batch() -> tuple[dict[str, list[Any]], list[BaseException], int]:
         answers: dict[str, list[Any]] = defaultdict(list)
         errors: list[BaseException] = []
-        # Two connections, 50 queries each (the file allows 64 in flight per connection).
+        tasks: list[asyncio.Task[None]] = []
+        # Two connections (the file allows 64 in flight per connection).
         clients = [await AsyncClient.connect(f"unix:{daemon.socket}") for _ in range(2)]
         try:
             async def one(i: int) -> None:
                 model = "tf" if i % 5 == 0 else None
                 try:
                     async for msg in clients[i % 2].request(positions[i % 50].query(
-                            id=f"q{i}", maxVisits=12 + i % 7, **({"model": model} if model else {}))):
+                            id=f"q{i}", maxVisits=6 + i % 5, **({"model": model} if model else {}))):
                         answers[msg["id"]].append(msg)
                 except BaseException as exc:
                     errors.append(exc)
 
-            tasks = [asyncio.create_task(one(i)) for i in range(100)]
-            while sum(1 for v in answers.values() if v) < 15:
+            def send() -> None:
+                tasks.append(asyncio.create_task(one(len(tasks))))
+
+            def answered() -> int:
+                return sum(1 for v in answers.values() if v)
+
+            for _ in range(24):
+                send()
+            while answered() < 8:
                 await asyncio.sleep(0.05)
-            reload = await asyncio.to_thread(daemon.cli, "reload", timeout=600)
-            assert reload.returncode == 0, reload.stderr
-            assert "main: restarted member by member" in reload.stdout
-            assert "tf: replaced by a new pool" in reload.stdout
-            assert sum(1 for v in answers.values() if v) < 100, "the batch ended before the reload"
+            # New queries keep coming while members restart and "tf" moves, so some are in
+            # flight at every step of the reload, however fast this machine is.
+            reload = asyncio.create_task(asyncio.to_thread(daemon.cli, "reload", timeout=600))
+            while not reload.done():
+                send()
+                await asyncio.sleep(0.6)
+            assert (await reload).returncode == 0, reload.result().stderr
+            assert "main: restarted member by member" in reload.result().stdout
+            assert "tf: replaced by a new pool" in reload.result().stdout
+            assert answered() < len(tasks), "every query ended before the reload did"
             await asyncio.gather(*tasks)
         finally:
             for client in clients:
                 await client.close()
-        return answers, errors
+        return answers, errors, len(tasks)
 
-    answers, errors = asyncio.run(batch())
+    answers, errors, sent = asyncio.run(batch())
     assert not errors, errors[:3]
-    assert sorted(answers) == sorted(f"q{i}" for i in range(100))
-    for i in range(100):
+    assert sorted(answers) == sorted(f"q{i}" for i in range(sent))
+    for i in range(sent):
         finals = [m for m in answers[f"q{i}"] if m.get("isDuringSearch") is False]
         assert len(finals) == 1, answers[f"q{i}"]
         _check_final(finals[0], f"q{i}", len(positions[i % 50].moves))

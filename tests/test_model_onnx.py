@@ -5,6 +5,8 @@ the engine's own outputs from `kata-raw-nn`, KataGo's FP32 limits (docs/models.m
 from __future__ import annotations
 
 import json
+import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from katapool.models.validate import (
     Sample,
     compare,
     engine_inputs,
+    engine_inputs_many,
     onnx_evals,
     sample_positions,
     validate,
@@ -165,3 +168,43 @@ def test_symmetry_round_trip_and_wrong_order() -> None:
         wrong = wrong[..., ::-1, :] if s & 1 else wrong
         wrong = wrong[..., :, ::-1] if s & 2 else wrong
         assert not np.array_equal(wrong, apply_symmetry(planes, s))
+
+
+def test_engine_inputs_are_cached_and_keyed_by_what_they_depend_on(
+        engine: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real engine behind a wrapper that logs its command lines: a second look at the
+    same positions starts no `katago evalsgf` and gives the same tensors; another move, another
+    config, or a damaged cache file is asked of the engine again."""
+    katago, cfg, _ = engine
+    monkeypatch.setenv("KATAPOOL_CACHE_DIR", str(tmp_path / "cache"))
+    log, wrapper = tmp_path / "calls.log", tmp_path / "katago-logged"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{katago}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+
+    def evalsgf_runs() -> int:
+        return sum(c.startswith("evalsgf ") for c in log.read_text().splitlines()) \
+            if log.exists() else 0
+
+    positions = sample_positions(with_explicit_rules(GAMES[:2], tmp_path), 3, seed=3)
+    first = list(engine_inputs_many(wrapper, cfg, G170, positions, tmp_path))
+    assert evalsgf_runs() == 3
+    direct = engine_inputs(katago, cfg, G170, positions[1], tmp_path)  # the uncached way
+    assert np.array_equal(first[1][0], direct[0]) and np.array_equal(first[1][1], direct[1])
+    again = list(engine_inputs_many(wrapper, cfg, G170, positions, tmp_path))
+    assert evalsgf_runs() == 3, "the cached positions were asked of the engine again"
+    for (s1, g1), (s2, g2) in zip(first, again, strict=True):
+        assert np.array_equal(s1, s2) and np.array_equal(g1, g2)
+
+    p0 = positions[0]
+    moved = [replace(p0, moves=p0.moves - 1 if p0.moves else 1, black_to_move=not p0.black_to_move)]
+    list(engine_inputs_many(wrapper, cfg, G170, moved, tmp_path))
+    assert evalsgf_runs() == 4
+    other_cfg = tmp_path / "other.cfg"
+    other_cfg.write_text(cfg.read_text() + "rootPolicyOptimism = 0.2\n")
+    list(engine_inputs_many(wrapper, other_cfg, G170, positions[:1], tmp_path))
+    assert evalsgf_runs() == 5
+    for damaged in (tmp_path / "cache" / "engine-inputs").glob("*.npz"):
+        damaged.write_bytes(b"not an npz")
+    remade = list(engine_inputs_many(wrapper, cfg, G170, positions, tmp_path))
+    assert evalsgf_runs() == 8
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, remade, strict=True))

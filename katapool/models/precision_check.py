@@ -3,6 +3,7 @@ positions, file size and ONNX Runtime CPU speed, for ``katapool model quantize``
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from katapool.models.validate import (
     Report,
     Sample,
     compare,
-    engine_inputs,
+    engine_inputs_many,
     feeds_for,
     onnx_evals,
     onnx_session,
@@ -96,12 +97,13 @@ def calibration_feeds(model: ModelDesc, fp32: bytes, katago: Path, config: Path,
     board symmetries in turn (the network sees every orientation in play)."""
     session = onnx_session(fp32)
     feeds = []
-    for i, pos in enumerate(positions):
-        spatial, global_ = engine_inputs(katago, config, input_model or model.source.path, pos,
-                                         workdir)
-        feeds.append(feeds_for(session, model, apply_symmetry(spatial, i % 8), global_))
-        if on_position:
-            on_position()
+    inputs = engine_inputs_many(katago, config, input_model or model.source.path, positions,
+                                workdir)
+    with contextlib.closing(inputs):
+        for i, (spatial, global_) in enumerate(inputs):
+            feeds.append(feeds_for(session, model, apply_symmetry(spatial, i % 8), global_))
+            if on_position:
+                on_position()
     return feeds
 
 

@@ -10,16 +10,21 @@ are compared with KataGo's limits for its own FP32 backends (``testgpuerror``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import random
 import subprocess
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from katapool import paths
 from katapool.errors import EngineError, ModelError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.models.desc import ModelDesc
@@ -112,6 +117,73 @@ def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
         spatial = data["binaryInputNCHW"].reshape(1, -1, pos.size, pos.size).astype(np.float32)
         global_ = data["globalInputNC"].astype(np.float32)
     return spatial, global_
+
+
+INPUTS_CACHE_FORMAT = 1
+INPUTS_CACHE_KEEP = 4096  # files (about 30 KB each for 19x19); the oldest go first
+
+
+def inputs_cache_key(katago: Path, config: Path, model: Path, pos: Position) -> str:
+    """What the engine's input tensors for a position depend on: the engine build and the
+    network it loads (the input features are the network's version), the config (optimism and
+    the like feed the global inputs), the game file's bytes (moves, rules, komi) and the move."""
+    digest = hashlib.sha256(f"katapool-inputs-{INPUTS_CACHE_FORMAT}".encode())
+    for path in (katago, model):
+        st = path.stat()
+        digest.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    for data in (config.read_bytes(), pos.sgf.read_bytes(), str(pos.moves).encode()):
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()[:40]
+
+
+def _cached_inputs(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path) as data:
+            return data["spatial"], data["globals"]
+    except (OSError, ValueError, KeyError, EOFError):  # absent or damaged: made again
+        return None
+
+
+def _store_inputs(path: Path, spatial: np.ndarray, global_: np.ndarray) -> None:
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.npz")
+        np.savez(scratch, spatial=spatial, globals=global_)
+        os.replace(scratch, path)
+        files = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+        for old in files[:max(0, len(files) - INPUTS_CACHE_KEEP)]:
+            old.unlink(missing_ok=True)
+
+
+def engine_inputs_many(katago: Path, config: Path, model: Path, positions: list[Position],
+                       workdir: Path) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
+    """``engine_inputs`` for each position, in order, kept in katapool's cache: validating
+    another export, precision or budget on the same games asks the engine nothing new. Each
+    missing one is a short engine process, most of whose time is the backend's start (about
+    3 s on PoCL), so several run at once; the first runs alone, so that whatever it prepares
+    and caches (tuning, a TensorRT plan) is there for the others."""
+    cache = paths.cache_dir() / "engine-inputs"
+    files = [cache / f"{inputs_cache_key(katago, config, model, pos)}.npz" for pos in positions]
+    known = [_cached_inputs(f) for f in files]
+    missing = [i for i, k in enumerate(known) if k is None]
+
+    def make(i: int) -> tuple[np.ndarray, np.ndarray]:
+        spatial, global_ = engine_inputs(katago, config, model, positions[i], workdir)
+        _store_inputs(files[i], spatial, global_)
+        return spatial, global_
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="katapool-evalsgf") as pool:
+        futures = {}
+        try:
+            for i, found in enumerate(known):
+                if found is None and i == missing[0]:
+                    found = make(i)
+                    futures = {j: pool.submit(make, j) for j in missing[1:]}
+                yield found if found is not None else futures[i].result()
+        finally:
+            for future in futures.values():
+                future.cancel()
 
 
 def gtp_ask(proc: subprocess.Popen[str], command: str) -> list[str]:
@@ -271,12 +343,13 @@ def engine_reference(model: ModelDesc, katago: Path, config: Path, positions: li
     samples: list[Sample] = []
     try:
         with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
-            for pos in positions:
-                spatial, global_ = engine_inputs(katago, config, input_model or model.source.path,
-                                                 pos, Path(tmp))
-                samples.append(Sample(pos, spatial, global_, raw.evaluate(pos, symmetry)))
-                if on_position:
-                    on_position()
+            inputs = engine_inputs_many(katago, config, input_model or model.source.path,
+                                        positions, Path(tmp))
+            with contextlib.closing(inputs):  # an engine error stops the runs still queued
+                for pos, (spatial, global_) in zip(positions, inputs, strict=True):
+                    samples.append(Sample(pos, spatial, global_, raw.evaluate(pos, symmetry)))
+                    if on_position:
+                        on_position()
     finally:
         raw.close()
     return samples
