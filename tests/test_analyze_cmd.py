@@ -26,7 +26,7 @@ def analysed(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     for game in GAMES:
         assert game.is_file(), f"game records missing from {SHARED / 'sgf'}"
     out = tmp_path_factory.mktemp("analysis")
-    proc = kp.run("analyze", *map(str, GAMES), "--visits", "2", "--trust-visits", "8",
+    proc = kp.run("analyze", *map(str, GAMES), "--visits", "1", "--trust-visits", "8",
                   "--model", str(G170), "--members", "2", "--plot", "--json", "-o", str(out),
                   check=True)
     return out, [json.loads(line) for line in proc.stdout.splitlines()]
@@ -44,9 +44,9 @@ def test_json_per_game(analysed: tuple[Path, list[dict]]) -> None:
         flagged = sorted((m for m in game["moves"] if m["mistake"]), key=lambda m: -m["winrateLoss"])
         assert all(m["winrateLoss"] >= 0.0999 for m in flagged)  # JSON rounds to 4 places
         # Flagged only where both positions were searched to the trusted depth (--trust-visits
-        # 8); the largest 2-visit swings were searched that deep, the rest are listed as
+        # 8); the largest 1-visit swings were searched that deep, the rest are listed as
         # unchecked.
-        assert game["visits"] == 2 and game["trustVisits"] == 8
+        assert game["visits"] == 1 and game["trustVisits"] == 8
         assert all(m["visits"] >= 8 for m in flagged)
         deep = [m for m in game["moves"] if m["visits"] >= 8]
         assert deep, "the largest swings were re-searched at 8 visits"
