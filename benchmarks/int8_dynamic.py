@@ -14,7 +14,8 @@ Per network:
    products with weights, as for static INT8) of its operator types; it is timed against the
    FP32 export on ONNX Runtime CPU at batch 8, alternating 4 s runs (``ort_speed``), twice,
    and in a paired run (one batch each in turn, so the load of a shared machine falls on both
-   alike). A form not faster than FP32 whole cannot be faster in part: it stops there.
+   alike; its median decides, single rounds swing too much here). A form not faster than FP32
+   whole cannot be faster in part: it stops there. ``--threads 1`` times on one core.
 2. **Accuracy** of each faster form on the held-out validation positions, as a multiple of
    KataGo's FP16 limits (p99 of winrate, score lead, top-move policy, policy KL).
 3. **Mixed**, for ``--mixed-form`` when it is faster whole but over the limits: each unit
