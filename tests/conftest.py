@@ -8,6 +8,7 @@ machine that cannot provision either fails the run (engine tests never skip).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -84,9 +85,24 @@ def kp() -> Katapool:
                             f"checkout; set KATAPOOL_SHARED_DIR to use another place)")
     data, cache = CACHE / "test-data", CACHE / "test-downloads"
     tool = Katapool(_env(data, cache), data)
-    tool.run("engine", "install", check=True, timeout=900)
-    tool.run("prepare", "--fast", "--model", str(G170), check=True)
+    # pytest-xdist workers: the first sets it up, the others find it done (a second install
+    # would replace the engine under the first worker's running tests).
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    done = CACHE / ".test-data.ready"
+    with _locked(CACHE / ".test-data.lock"):
+        if not run or not done.exists() or done.read_text() != run:
+            tool.run("engine", "install", check=True, timeout=900)
+            tool.run("prepare", "--fast", "--model", str(G170), check=True)
+            done.write_text(run or "")
     return tool
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -140,8 +156,15 @@ def both_kp(kp: Katapool, katago: Path, eigen_katago: Path) -> Katapool:
     build (the default). Apart from `kp`'s, whose tests count on one engine."""
     data = CACHE / "test-data-both"
     tool = Katapool(_env(data, CACHE / "test-downloads"), data)
-    tool.run("engine", "install", "--path", str(katago), "--name", "katrain-opencl", check=True)
-    tool.run("engine", "install", "--path", str(eigen_katago), "--name", "eigen", check=True)
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    done = CACHE / ".test-data-both.ready"
+    with _locked(CACHE / ".test-data-both.lock"):
+        if not run or not done.exists() or done.read_text() != run:
+            tool.run("engine", "install", "--path", str(katago), "--name", "katrain-opencl",
+                     check=True)
+            tool.run("engine", "install", "--path", str(eigen_katago), "--name", "eigen",
+                     check=True)
+            done.write_text(run or "")
     return tool
 
 

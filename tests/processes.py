@@ -22,8 +22,14 @@ ENGINE_NAMES = frozenset({"katago"})
 
 
 def mark_this_run() -> str:
-    """Set the run's mark in our environment, for every process started from now on."""
-    os.environ.setdefault(RUN_MARK, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    """Set the run's mark in our environment, for every process started from now on. Each
+    pytest-xdist worker has its own (it inherits the controller's): a test's leftovers are
+    looked for among its own worker's processes, never the other worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        os.environ[RUN_MARK] = f"{worker}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    else:
+        os.environ.setdefault(RUN_MARK, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
     return os.environ[RUN_MARK]
 
 

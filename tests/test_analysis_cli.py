@@ -53,13 +53,22 @@ def katrain_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_lines(argv: list[str], lines: list[str], env: dict[str, str], timeout: float = 300
-              ) -> tuple[list[dict[str, Any]], str]:
-    proc = subprocess.run(argv, input="".join(ln + "\n" for ln in lines), capture_output=True,
-                          text=True, env=env, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = [json.loads(ln) for ln in proc.stdout.splitlines()]  # stdout is protocol only
-    return out, proc.stderr
+def run_lines(argv: list[str], lines: list[str], env: dict[str, str], timeout: float = 300,
+              started: list[int] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """``started`` gets the process's pid (katapool names its member logs after it)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    if started is not None:
+        started.append(proc.pid)
+    try:
+        stdout, stderr = proc.communicate("".join(ln + "\n" for ln in lines), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
+    out = [json.loads(ln) for ln in stdout.splitlines()]  # stdout is protocol only
+    return out, stderr
 
 
 def member_logs(kp: Katapool) -> set[Path]:
@@ -72,16 +81,18 @@ def test_drop_in_for_katrain(kp: Katapool, katago: Path, katrain_config: Path,
     home = tmp_path / "katrain-home"
     logs_before = member_logs(kp)
     # KaTrain's exact launch: <exe> analysis -model M -config C -override-config homeDataDir=...
+    started: list[int] = []
     ours, stderr = run_lines(
         [sys.executable, "-m", "katapool", "analysis", "-model", str(G170), "-config",
          str(katrain_config), "-override-config", f"homeDataDir={home}"],
-        queries, kp.env)
+        queries, kp.env, started=started)
     assert "Started, ready to begin handling requests" in stderr
 
     # katapool must not re-tune OpenCL in the app's private homeDataDir: the engine loaded
     # katapool's prepared tuning, and nothing was tuned into (or written under) that home.
     tuning = next((kp.data_dir / "tuning").glob("reference-*.txt"))
-    [log] = member_logs(kp) - logs_before
+    # Its own member's log (pools of tests running beside it log into the same folder).
+    [log] = [p for p in member_logs(kp) - logs_before if p.name.startswith(f"{started[0]}-")]
     engine_said = log.read_text()
     loaded = re.findall(r"Loaded tuning parameters from: (.+?)\s*$", engine_said, re.M)
     assert [Path(f).resolve() for f in loaded] == [tuning.resolve()], engine_said[-2000:]

@@ -227,7 +227,12 @@ def test_release_refuses_machines_katago_has_no_release_for(monkeypatch: pytest.
         install.install_from_katrain(Console(stderr=True), wheel=WHEEL)
 
 
-def test_reinstall_replaces_cleanly(kp: Katapool) -> None:
+def test_reinstall_replaces_cleanly(kp: Katapool, tmp_path: Path) -> None:
+    # On a copy of the session's installed data: its engine is in use by tests beside this one.
+    data = tmp_path / "data"
+    shutil.copytree(kp.data_dir, data, symlinks=True,
+                    ignore=shutil.ignore_patterns("logs", "run", "katago-home"))
+    kp = Katapool({**kp.env, "KATAPOOL_DATA_DIR": str(data)}, data)
     before = kp.manifest()
     proc = kp.run("engine", "install", check=True)
     # No GPU here: OpenCL runs on PoCL, and the install says how to get the faster Eigen engine.
