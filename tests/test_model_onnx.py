@@ -5,6 +5,7 @@ the engine's own outputs from `kata-raw-nn`, KataGo's FP32 limits (docs/models.m
 from __future__ import annotations
 
 import json
+import os
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -208,3 +209,15 @@ def test_engine_inputs_are_cached_and_keyed_by_what_they_depend_on(
     remade = list(engine_inputs_many(wrapper, cfg, G170, positions, tmp_path))
     assert evalsgf_runs() == 8
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, remade, strict=True))
+
+
+def test_engine_input_cache_keeps_the_newest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from katapool.models import validate as validate_module
+
+    monkeypatch.setattr(validate_module, "INPUTS_CACHE_KEEP", 3)
+    for i in range(5):
+        f = tmp_path / f"{i}.npz"
+        f.write_bytes(b"x")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    validate_module._prune_inputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["2.npz", "3.npz", "4.npz"]

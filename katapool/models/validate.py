@@ -150,9 +150,18 @@ def _store_inputs(path: Path, spatial: np.ndarray, global_: np.ndarray) -> None:
         scratch = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.npz")
         np.savez(scratch, spatial=spatial, globals=global_)
         os.replace(scratch, path)
-        files = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
-        for old in files[:max(0, len(files) - INPUTS_CACHE_KEEP)]:
-            old.unlink(missing_ok=True)
+
+
+def _prune_inputs(cache: Path) -> None:
+    """The oldest files beyond INPUTS_CACHE_KEEP go; once per call, not per file written."""
+    aged = []
+    for file in cache.glob("*.npz"):
+        with contextlib.suppress(OSError):  # another katapool may be pruning too
+            aged.append((file.stat().st_mtime_ns, file))
+    aged.sort()
+    for _, file in aged[:max(0, len(aged) - INPUTS_CACHE_KEEP)]:
+        with contextlib.suppress(OSError):
+            file.unlink(missing_ok=True)
 
 
 def engine_inputs_many(katago: Path, config: Path, model: Path, positions: list[Position],
@@ -184,6 +193,8 @@ def engine_inputs_many(katago: Path, config: Path, model: Path, positions: list[
         finally:
             for future in futures.values():
                 future.cancel()
+    if missing:
+        _prune_inputs(cache)
 
 
 def gtp_ask(proc: subprocess.Popen[str], command: str) -> list[str]:
