@@ -32,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from torch_onnx_ops import torch_op  # noqa: E402  (after the path it lives on)
 
 
 def dump(args: argparse.Namespace) -> None:
@@ -96,58 +99,8 @@ class TorchGraph:
                 args = [env[i] if i else None for i in node.input]
                 attrs = {a.name: (a.i if a.type == 2 else list(a.ints) if a.type == 7 else a.f)
                          for a in node.attribute}
-                env[node.output[0]] = self._op(node.op_type, args, attrs)
+                env[node.output[0]] = torch_op(node.op_type, args, attrs)
         return {o.name: env[o.name].float().cpu().numpy() for o in self.proto.graph.output}
-
-    def _op(self, op: str, a: list[Any], at: dict[str, Any]) -> Any:
-        torch = self.torch
-        f = torch.nn.functional
-        if op == "Conv":
-            pads = at.get("pads", [0, 0, 0, 0])
-            return f.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, padding=(pads[0], pads[1]),
-                            dilation=tuple(at.get("dilations", [1, 1])))
-        simple = {"MatMul": torch.matmul, "Add": torch.add, "Mul": torch.mul, "Sub": torch.sub,
-                  "Div": torch.div}
-        if op in simple:
-            return simple[op](a[0], a[1])
-        unary = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Sqrt": torch.sqrt,
-                 "Tanh": torch.tanh, "Softplus": f.softplus, "Identity": lambda x: x}
-        if op in unary:
-            return unary[op](a[0])
-        if op == "Cast":
-            return a[0].to({1: torch.float32, 10: torch.float16, 7: torch.int64}[at["to"]])
-        if op == "Concat":
-            return torch.cat(a, dim=at["axis"])
-        if op == "Flatten":
-            return a[0].reshape(int(np.prod(a[0].shape[:at["axis"]])), -1)
-        if op == "Gather":
-            return torch.index_select(a[0], at["axis"], a[1].reshape(-1))
-        if op in ("ReduceMax", "ReduceMean", "ReduceSum"):
-            axes = at["axes"] if "axes" in at else [int(v) for v in a[1].tolist()]
-            keep = bool(at.get("keepdims", 1))
-            if op == "ReduceMax":
-                return torch.amax(a[0], dim=axes, keepdim=keep)
-            return (torch.mean if op == "ReduceMean" else torch.sum)(a[0], dim=axes, keepdim=keep)
-        if op == "Reshape":
-            shape = [int(d) if d != 0 else a[0].shape[i] for i, d in enumerate(a[1].tolist())]
-            return a[0].reshape(shape)
-        if op == "Slice":
-            x = a[0]
-            for start, end, axis in zip(a[1].tolist(), a[2].tolist(), a[3].tolist(), strict=True):
-                end = min(end, x.shape[axis])
-                x = x.narrow(axis, start, end - start)
-            return x
-        if op == "Softmax":
-            return torch.softmax(a[0], dim=at["axis"])
-        if op == "Transpose":
-            return a[0].permute(*at["perm"])
-        if op == "Unsqueeze":
-            x = a[0]
-            for axis in sorted(int(v) for v in a[1].tolist()):
-                x = x.unsqueeze(axis)
-            return x
-        raise NotImplementedError(op)
-
 
 def check(args: argparse.Namespace) -> None:
     import onnxruntime as ort
