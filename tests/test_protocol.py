@@ -20,6 +20,25 @@ def test_turns_are_unique_and_default_to_the_last() -> None:
     assert parse_request('{"id":"a","moves":[["B","Q16"]],"analyzeTurns":[1,0,1]}').turns == [0, 1]
 
 
+def test_turns_are_read_as_katago_reads_them() -> None:
+    # KataGo takes any JSON number (or boolean) as a turn, cut to an integer: katapool must
+    # count the same turns, or it refuses queries KataGo answers (or waits for the wrong finals).
+    moves = '[["B","Q16"],["W","D4"],["B","Q4"]]'
+    assert parse_request(f'{{"id":"a","moves":{moves},"analyzeTurns":[1.0,2.7,true]}}').turns \
+        == [1, 2]
+    assert parse_request('{"id":"t","action":"terminate","terminateId":"a","turnNumbers":[1.0,3]}'
+                         ).turn_numbers == [1, 3]
+    assert parse_request('{"id":"t","action":"terminate_all"}').turn_numbers is None
+    payload = {"id": "x", "moves": [], "analyzeTurns": [0.0, 3.5, 5], "priorities": [1, 9, 4]}
+    assert restrict_to_turns(payload, [3, 5])["priorities"] == [9, 4]
+
+
+def test_an_action_that_is_not_a_string_is_a_query() -> None:
+    # As in KataGo, which then checks the line as a query (and answers it).
+    req = parse_request('{"id":"a","action":5,"moves":[]}')
+    assert (req.action, req.turns) == (None, [0])
+
+
 def test_unknown_fields_pass_through() -> None:
     req = parse_request('{"id":"a","moves":[],"fancyNewField":3}')
     assert req.raw["fancyNewField"] == 3

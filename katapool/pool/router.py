@@ -617,7 +617,7 @@ class Router:
             session.deliver({**raw, "version": self.version, "git_hash": self.git_hash})
         elif action in ("terminate", "terminate_all"):
             self.terminate_for(session, raw["terminateId"] if action == "terminate" else None,
-                               raw.get("turnNumbers"))
+                               request.turn_numbers)
             session.deliver(dict(raw))
         elif action == "clear_cache":
             ready = [s for s in self._slots() if s.ready]

@@ -34,6 +34,7 @@ class Request:
     id: str
     action: str | None = None
     turns: list[int] = field(default_factory=list)  # unique, sorted: one final each
+    turn_numbers: list[int] | None = None  # a terminate's turnNumbers, as the engine reads them
 
     @property
     def visits(self) -> int:
@@ -64,12 +65,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _int_list(value: Any) -> list[int] | None:
+def turn_list(value: Any) -> list[int] | None:
+    """A list of turn numbers as KataGo reads one: any JSON number (or boolean) counts, cut
+    to an integer toward zero (``1.0`` and ``1.7`` are turn 1). katapool must read them as the
+    engine does: it counts the finals it is owed by them."""
     if not isinstance(value, list):
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not all(isinstance(v, (int, float)) for v in value):
         return None
-    return list(value)
+    return [int(v) for v in value]
 
 
 def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
@@ -92,7 +96,7 @@ def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
     if not isinstance(rid, str):
         raise BadRequest(error_response('Request must have a string "id" field'))
     action = obj.get("action")
-    if action is not None:
+    if isinstance(action, str):  # KataGo takes a line whose action is not a string as a query
         if action in extra_actions:
             return Request(obj, rid, action)
         if action not in ACTIONS:
@@ -102,18 +106,20 @@ def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
             raise BadRequest(error_response(
                 'Requests for a terminate action must have a string "terminateId" field',
                 rid, "terminateId"))
-        if action in ("terminate", "terminate_all") and "turnNumbers" in obj \
-                and _int_list(obj["turnNumbers"]) is None:
-            raise BadRequest(error_response(
-                "If provided, must be an array of integers indicating turns to terminate",
-                rid, "turnNumbers"))
-        return Request(obj, rid, action)
+        turn_numbers = None
+        if action in ("terminate", "terminate_all") and "turnNumbers" in obj:
+            turn_numbers = turn_list(obj["turnNumbers"])
+            if turn_numbers is None:
+                raise BadRequest(error_response(
+                    "If provided, must be an array of integers indicating turns to terminate",
+                    rid, "turnNumbers"))
+        return Request(obj, rid, action, turn_numbers=turn_numbers)
     moves = obj.get("moves")
     if not isinstance(moves, list):
         raise BadRequest(error_response("Must specify an array of [player,location] pairs",
                                         rid, "moves"))
     if "analyzeTurns" in obj:
-        turns = _int_list(obj["analyzeTurns"])
+        turns = turn_list(obj["analyzeTurns"])
         if turns is None:
             raise BadRequest(error_response(
                 "Must specify an array of integers indicating turns to analyze", rid, "analyzeTurns"))
@@ -134,10 +140,10 @@ def restrict_to_turns(payload: dict[str, Any], turns: list[int]) -> dict[str, An
     """The same query asking only for ``turns`` (for re-sending unfinished work), keeping each
     turn's own priority."""
     out = dict(payload)
-    original = payload.get("analyzeTurns")
+    original = turn_list(payload.get("analyzeTurns"))
     priorities = payload.get("priorities")
     out["analyzeTurns"] = list(turns)
-    if isinstance(original, list) and isinstance(priorities, list) and len(priorities) == len(original):
+    if original is not None and isinstance(priorities, list) and len(priorities) == len(original):
         by_turn = dict(zip(original, priorities, strict=True))
         out["priorities"] = [by_turn[t] for t in turns]
     return out

@@ -326,7 +326,7 @@ class Connection:
         elif request.action in ("terminate", "terminate_all"):
             target = raw["terminateId"] if request.action == "terminate" else None
             for _, session in self.sessions.values():
-                session.terminate(target, raw.get("turnNumbers"))
+                session.terminate(target, request.turn_numbers)
             self.deliver(dict(raw))
         elif request.action in ("clear_cache", "query_models"):
             self._fan_out(request)
