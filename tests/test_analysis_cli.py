@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import CACHE, G170, TRANSFORMER, Katapool
+from katapool.engine.process import STREAM_LIMIT
 from processes import engines_under
 
 pytestmark = pytest.mark.engine
@@ -165,6 +166,23 @@ def test_bad_lines_get_katago_errors_on_stdout(kp: Katapool) -> None:
     assert errors["a"]["field"] == "action"
     assert errors["b"]["field"] == "analyzeTurns"
     assert any(r.get("id") == "QUERY:1" and r.get("isDuringSearch") is False for r in out)
+
+
+def test_lines_katago_answers_are_answered(kp: Katapool) -> None:
+    """What KataGo takes: turns written as JSON floats (it cuts them to integers) and a query
+    whose `action` is not a string. A line past katapool's input limit (KataGo has none) gets
+    one error for the whole line; its tail is not read as a line of its own."""
+    # Past twice the limit: the reader has stopped filling its buffer before the line's end.
+    huge = json.dumps({"id": "huge", "moves": [], "pad": "x" * (2 * STREAM_LIMIT + (1 << 20))})
+    lines = [huge, json.dumps({**katrain_query(1, 2), "analyzeTurns": [1.0, 2]}),
+             json.dumps({**katrain_query(2, 0), "action": 5})]
+    out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
+                       lines, kp.env)
+    errors = [r for r in out if "error" in r]
+    assert len(errors) == 1 and "id" not in errors[0], errors
+    assert "could not parse input line as json request" in errors[0]["error"]
+    finals = sorted((r["id"], r["turnNumber"]) for r in out if r.get("isDuringSearch") is False)
+    assert finals == [("QUERY:1", 1), ("QUERY:1", 2), ("QUERY:2", 0)], out
 
 
 @pytest.mark.parametrize("args,needle", [

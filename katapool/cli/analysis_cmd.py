@@ -37,6 +37,7 @@ from katapool.engine.probe import EngineInfo
 from katapool.errors import ConfigError
 from katapool.pool import Pool, PoolPolicy
 from katapool.pool.launch import LaunchSpec, build_factories, member_setups
+from katapool.protocol.analysis import error_response
 
 log = logging.getLogger("katapool")
 
@@ -155,7 +156,8 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
             return 130
         print(READY_MARKER, file=sys.stderr, flush=True)
         log.info("pool: %s", json.dumps(pool.status()))
-        end_of_input = await start_stdin_reader(loop, session.submit)
+        end_of_input = await start_stdin_reader(loop, session.submit,
+                                                on_too_long=lambda limit: out.write(_too_long(limit)))
         await _unless_stopped(end_of_input.wait(), stopped)
         if not quit_without_waiting and not stopped.is_set():
             # Like KataGo: finish outstanding work at end of input (a signal cuts it short).
@@ -164,6 +166,13 @@ async def _serve(factories: list[Any], policy: PoolPolicy, version: str, git_has
         await pool.close()
         await out.close()
     return 1 if out.stalled else 0
+
+
+def _too_long(limit: int) -> dict[str, Any]:
+    """The answer to a line over katapool's input limit (KataGo has none): one parse error,
+    for the whole line."""
+    return error_response(f"line of more than {limit >> 20} MiB, dropped whole - could not parse "
+                          f"input line as json request")
 
 
 async def _unless_stopped(work: Any, stopped: asyncio.Event) -> bool:

@@ -22,12 +22,16 @@ STDOUT_MAX_UNREAD = 64 << 20
 
 
 async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[str], None],
-                             keep_blank: bool = False) -> asyncio.Event:
+                             keep_blank: bool = False,
+                             on_too_long: Callable[[int], None] | None = None,
+                             limit: int = STREAM_LIMIT) -> asyncio.Event:
     """Feed stdin lines to ``submit``; the event is set at end of input. Stdin is read as an
     asyncio pipe (no thread hop per line), or on a thread where it is not a pipe. Blank lines
-    are skipped unless ``keep_blank`` (in GTP a blank line ends an analysis)."""
+    are skipped unless ``keep_blank`` (in GTP a blank line ends an analysis). A pipe's line of
+    more than ``limit`` bytes is dropped whole and reported once, to ``on_too_long(limit)`` (by
+    default it is submitted as an unparseable line)."""
     end = asyncio.Event()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    reader = asyncio.StreamReader(limit=limit)
     try:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                      os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
@@ -44,12 +48,21 @@ async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[
         _background.add(asyncio.create_task(drain_queue()))
         return end
 
+    def too_long() -> None:
+        if on_too_long is not None:
+            on_too_long(limit)
+        else:
+            submit("{")
+
     async def pump() -> None:
         while True:
             try:
-                raw = await reader.readline()
-            except ValueError:  # a line beyond the limit: answered as unparseable
-                submit("{")
+                raw = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # end of input (maybe an unended line)
+                raw = exc.partial
+            except asyncio.LimitOverrunError:
+                await _skip_line(reader)
+                too_long()
                 continue
             if not raw:
                 end.set()
@@ -62,6 +75,19 @@ async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _skip_line(reader: asyncio.StreamReader) -> None:
+    """Drop the rest of an over-long line, through its newline or to the end of input: what
+    follows the reader's limit is not a line of its own."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)  # up to the newline, or all it holds
+        except asyncio.IncompleteReadError:
+            return
 
 
 def _start_stdin_thread(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
