@@ -169,12 +169,13 @@ def test_bad_lines_get_katago_errors_on_stdout(kp: Katapool) -> None:
 
 
 def test_lines_katago_answers_are_answered(kp: Katapool) -> None:
-    """What KataGo takes: turns written as JSON floats (it cuts them to integers) and a query
-    whose `action` is not a string. A line past katapool's input limit (KataGo has none) gets
-    one error for the whole line; its tail is not read as a line of its own."""
+    """What KataGo takes: a byte-order mark, turns written as JSON floats (it cuts them to
+    integers) and a query whose `action` is not a string. A line past katapool's input limit
+    (KataGo has none) gets one error for the whole line; its tail is not a line of its own."""
     # Past twice the limit: the reader has stopped filling its buffer before the line's end.
     huge = json.dumps({"id": "huge", "moves": [], "pad": "x" * (2 * STREAM_LIMIT + (1 << 20))})
-    lines = [huge, json.dumps({**katrain_query(1, 2), "analyzeTurns": [1.0, 2]}),
+    # The first line after a byte-order mark, as .NET's UTF-8 writers send it.
+    lines = ["\ufeff" + json.dumps({**katrain_query(1, 2), "analyzeTurns": [1.0, 2]}), huge,
              json.dumps({**katrain_query(2, 0), "action": 5})]
     out, _ = run_lines([sys.executable, "-m", "katapool", "analysis", "-model", str(G170)],
                        lines, kp.env)

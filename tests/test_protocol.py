@@ -33,6 +33,10 @@ def test_turns_are_read_as_katago_reads_them() -> None:
     assert restrict_to_turns(payload, [3, 5])["priorities"] == [9, 4]
 
 
+def test_a_byte_order_mark_is_skipped() -> None:
+    assert parse_request('\ufeff{"id":"a","moves":[]}').id == "a"
+
+
 def test_an_action_that_is_not_a_string_is_a_query() -> None:
     # As in KataGo, which then checks the line as a query (and answers it).
     req = parse_request('{"id":"a","action":5,"moves":[]}')

@@ -79,6 +79,9 @@ def turn_list(value: Any) -> list[int] | None:
 def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
     """Parse one caller line, or raise :class:`BadRequest` holding KataGo's error reply.
     ``extra_actions`` are accepted as they are (an interface's own, such as the daemon's)."""
+    # A byte-order mark, as some writers put before their first line (.NET's UTF-8 encoder
+    # does): KataGo's JSON parser skips it; Python's refuses it.
+    line = line.removeprefix("\ufeff")
     try:
         obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
     except _NotFinite as exc:
