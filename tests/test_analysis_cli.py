@@ -341,6 +341,31 @@ def test_katrain_session_survives_a_member_crash(kp: Katapool, katrain_config: P
     assert any("lost" in ln for ln in client.stderr), "the crash is logged, in neutral words"
 
 
+def test_report_fields_as_katago_reads_them(kp: Katapool) -> None:
+    """firstReportDuringSearchAfter alone asks for one partial result per turn; a report
+    interval KataGo refuses gets its error (katapool's own heartbeats must not hide it)."""
+    client = KaTrainLikeClient([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                                "--policy", "heartbeat_every=0.3"], kp.env)
+    client.send({**katrain_query(0, 1), "id": "bad", "reportDuringSearchEvery": 0})
+    client.send({**katrain_query(1, 5), "id": "first", "maxVisits": 1_000_000,
+                 "firstReportDuringSearchAfter": 0.2})
+
+    def of(qid: str) -> list[dict[str, Any]]:
+        return [r for r in client.responses if r.get("id") == qid]
+
+    client.wait(lambda: of("bad"), 60, "an answer to the bad interval")
+    client.wait(lambda: of("first"), 60, "the first report")
+    time.sleep(1.5)  # heartbeats come every 0.3 s: none may reach the caller
+    client.send({"id": "stop", "action": "terminate", "terminateId": "first"})
+    client.wait(lambda: client.finals("first"), 60, "the final result")
+    assert client.proc.stdin is not None
+    client.proc.stdin.close()
+    assert client.proc.wait(60) == 0
+    [bad] = of("bad")
+    assert bad["field"] == "reportDuringSearchEvery" and "error" in bad, bad
+    assert [r["isDuringSearch"] for r in of("first")] == [True, False]
+
+
 def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
     import io
     import logging

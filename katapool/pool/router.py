@@ -32,6 +32,7 @@ from katapool.protocol.analysis import (
     error_response,
     is_final,
     parse_request,
+    report_seconds,
     restrict_to_turns,
 )
 
@@ -126,7 +127,7 @@ class Flight:
     deadline: float | None = None  # monotonic time after which it is overdue
     waiting_since: float | None = None  # queued for a member (none could take it) since
     wants_partials: bool = False
-    partial_every: float = 0.0
+    partial_every: float = math.inf  # the caller's reportDuringSearchEvery
     first_partial_after: float = 0.0
     last_partial: dict[int, float] = field(default_factory=dict)
 
@@ -199,13 +200,15 @@ class Router:
             return
         flight = Flight(next(self._numbers), session, request, set(request.turns))
         flight.deadline = self._deadline_for(flight)
-        every = request.raw.get("reportDuringSearchEvery")
-        if isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
+        # As in KataGo: either field asks for partial results; the first comes after
+        # firstReportDuringSearchAfter, else after one reportDuringSearchEvery; without an
+        # interval, that first one is all.
+        every = report_seconds(request.raw.get("reportDuringSearchEvery"))
+        first = report_seconds(request.raw.get("firstReportDuringSearchAfter"))
+        if every is not None or first is not None:
             flight.wants_partials = True
-            flight.partial_every = float(every)
-        first = request.raw.get("firstReportDuringSearchAfter")
-        if isinstance(first, (int, float)) and not isinstance(first, bool):
-            flight.first_partial_after = float(first)
+            flight.partial_every = every if every is not None else math.inf
+            flight.first_partial_after = first if first is not None else every or 0.0
         self._accept(flight)
         self._dispatch(flight)
 
@@ -345,15 +348,17 @@ class Router:
         slot.post(payload)
 
     def _add_heartbeat(self, flight: Flight, payload: dict[str, Any]) -> None:
+        """Members report long searches at least every ``heartbeat_every`` seconds. A value the
+        engine would refuse is left as the caller sent it, for the engine's own error."""
         heartbeat = self.policy.heartbeat_every
-        if flight.partial_every > heartbeat:
+        if "reportDuringSearchEvery" not in payload:
+            payload["reportDuringSearchEvery"] = heartbeat
+        elif flight.partial_every != math.inf and flight.partial_every > heartbeat:
             # A divisor of the caller's interval, so its reports still land on time.
             payload["reportDuringSearchEvery"] = flight.partial_every / math.ceil(
                 flight.partial_every / heartbeat)
-        elif not flight.wants_partials:
-            payload["reportDuringSearchEvery"] = heartbeat
-        first = payload.get("firstReportDuringSearchAfter")
-        if isinstance(first, (int, float)) and first > heartbeat:
+        first = report_seconds(payload.get("firstReportDuringSearchAfter"))
+        if first is not None and first > heartbeat:
             payload["firstReportDuringSearchAfter"] = heartbeat
 
     def _release_part(self, flight: Flight, part: Part) -> None:
@@ -513,7 +518,8 @@ class Router:
         if turn in flight.finals or visits <= flight.delivered_visits.get(turn, -1):
             return  # a re-run turn's partial results start over: only newer ones go out
         now = time.monotonic()
-        if now - flight.last_partial.get(turn, 0.0) < 0.9 * flight.partial_every:
+        last = flight.last_partial.get(turn)
+        if last is not None and now - last < 0.9 * flight.partial_every:
             return  # heartbeats come faster than the caller asked for
         if flight.first_partial_after and now - flight.created < 0.9 * flight.first_partial_after:
             return

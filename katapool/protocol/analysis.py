@@ -76,6 +76,15 @@ def turn_list(value: Any) -> list[int] | None:
     return [int(v) for v in value]
 
 
+def report_seconds(value: Any) -> float | None:
+    """A ``reportDuringSearchEvery`` or ``firstReportDuringSearchAfter`` KataGo accepts (a
+    number of seconds from 0.001 to 1000000), else None (the engine answers it with an error)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and 0.001 <= value <= 1_000_000:
+        return float(value)
+    return None
+
+
 def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
     """Parse one caller line, or raise :class:`BadRequest` holding KataGo's error reply.
     ``extra_actions`` are accepted as they are (an interface's own, such as the daemon's)."""
