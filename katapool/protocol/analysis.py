@@ -127,9 +127,12 @@ def parse_request(line: str, extra_actions: tuple[str, ...] = ()) -> Request:
                     rid, "turnNumbers"))
         return Request(obj, rid, action, turn_numbers=turn_numbers)
     moves = obj.get("moves")
-    if not isinstance(moves, list):
+    if "moves" not in obj:
         raise BadRequest(error_response("Must specify an array of [player,location] pairs",
                                         rid, "moves"))
+    if not isinstance(moves, list):  # KataGo words a present but wrong one otherwise
+        raise BadRequest(error_response(
+            'Must be an array of pairs of the form: ["b" or "w", GTP board vertex]', rid, "moves"))
     if "analyzeTurns" in obj:
         turns = turn_list(obj["analyzeTurns"])
         if turns is None:
