@@ -74,7 +74,10 @@ async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
             return
         transport.write(data)
 
-    conn = hub.connect(deliver, peer="unix", control=True)
+    async def hang_up() -> None:
+        writer.close()  # the client reads end of stream; this handler then ends by itself
+
+    conn = hub.connect(deliver, peer="unix", control=True, hang_up=hang_up)
     limit = hub.limits.max_line_bytes
     framer = LineFramer(limit)
     try:
@@ -103,6 +106,8 @@ async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
 
 
 async def _drain_unless_gone(conn: Any, writer: asyncio.StreamWriter) -> None:
+    if writer.transport.is_closing():  # hung up by the daemon (stopping): no socket to poll
+        return
     sock = writer.get_extra_info("socket")
     poller = select.poll()
     if sock is not None:

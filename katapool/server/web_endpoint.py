@@ -141,7 +141,8 @@ class WebEndpoint:
             outbox.put_nowait(text)
 
         peer = f"ws:{ws.remote_address[0] if ws.remote_address else '?'}"
-        conn = self.hub.connect(deliver, peer=peer, control=False)
+        conn = self.hub.connect(deliver, peer=peer, control=False,
+                                hang_up=lambda: ws.close(1001, "katapool is stopping"))
         if conn.refused is not None:  # limits.max_connections: told why, then closed
             conn.close()
             with contextlib.suppress(ConnectionClosed):
