@@ -128,6 +128,8 @@ def test_sync_client_embedded(engine_env: Path) -> None:
             client.analyze(p, visits=100_000, timeout=0.5)
         # Still usable after a timeout.
         assert client.analyze(p, visits=2).visits >= 2
+    with pytest.raises(ConnectionLost, match="closed"):  # and says so once closed
+        client.analyze(p, visits=2)
 
 
 def test_connection_failures_are_katapool_errors(tmp_path: Path) -> None:
