@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from katapool.config.poolfile import is_loopback
-from katapool.server.framing import oversized_error
+from katapool.server.framing import LINES_PER_TURN, oversized_error, text_lines
 from katapool.server.hub import Hub
 from katapool.server.metrics import CONTENT_TYPE, Metrics
 
@@ -157,11 +157,15 @@ class WebEndpoint:
                 text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) \
                     else message
                 # A frame may hold several newline-separated queries.
-                for line in text.split("\n"):
+                for count, line in enumerate(text_lines(text), 1):
+                    if conn.closed:
+                        break
                     if len(line.encode()) > limit:
                         conn.deliver(oversized_error(limit, line[:4096].encode()))
                     elif line.strip():
                         conn.submit(line)
+                    if count % LINES_PER_TURN == 0:
+                        await asyncio.sleep(0)  # let the other clients have their turn
         except ConnectionClosed:
             pass
         finally:
