@@ -144,8 +144,9 @@ def test_connection_failures_are_katapool_errors(tmp_path: Path) -> None:
         threading.Thread(target=answer, daemon=True).start()
         with pytest.raises(ConnectionLost, match="not a katapool WebSocket endpoint"):
             Client.connect(f"ws://127.0.0.1:{server.getsockname()[1]}/")
-    with pytest.raises(KatapoolError, match="not a WebSocket address"):
-        Client.connect("ws://")
+    with pytest.raises(KatapoolError, match="not a WebSocket address") as bad:
+        Client.connect("ws://?token=s3cret")
+    assert "s3cret" not in str(bad.value)
     with pytest.raises(ConnectionLost, match="too long"):
         Client.connect(f"unix:{tmp_path / ('x' * 120)}")
 

@@ -114,8 +114,9 @@ class WebSocketChannel:
 
         try:
             parse_uri(url)
-        except InvalidURI as exc:
-            raise KatapoolError(f"not a WebSocket address: {exc}") from None
+        except InvalidURI as exc:  # named without its query: a ?token= stays out of logs
+            raise KatapoolError(f"{url.split('?', 1)[0]!r} is not a WebSocket address: "
+                                f"{exc.msg}") from None
         self.headers: dict[str, str] = {}
         if token:
             # In a header rather than the URL, where proxies and logs keep it; one in the
