@@ -157,6 +157,8 @@ class WebSocketChannel:
                     for line in text.split("\n"):
                         if line.strip():
                             on_message(_message(line))
+                if ws.close_reason:  # e.g. "katapool is stopping"
+                    reason = f"the daemon closed the connection: {ws.close_reason}"
             except ConnectionClosed as exc:
                 reason = f"connection closed: {exc}"
             except ValueError as exc:
