@@ -133,10 +133,14 @@ class WebEndpoint:
         def deliver(msg: dict[str, Any]) -> None:
             text = json.dumps(msg, separators=(",", ":")) + "\n"
             if queued[0] + len(text) > unread_max:
+                # Expected of a stuck client (limits.max_unread_bytes): a warning, no traceback.
                 log.warning("%s does not read its answers: closing it", peer)
-                asyncio.get_running_loop().create_task(
+                conn.close()  # its queries are terminated; later answers are dropped
+                closing = asyncio.get_running_loop().create_task(
                     ws.close(1008, "katapool: too many unread answers"))
-                raise ConnectionError("client does not read its answers")
+                _closing.add(closing)
+                closing.add_done_callback(_closing.discard)
+                return
             queued[0] += len(text)
             outbox.put_nowait(text)
 
@@ -183,6 +187,9 @@ class WebEndpoint:
                 await ws.send(text)
             except ConnectionClosed:
                 return
+
+
+_closing: set[asyncio.Task[None]] = set()  # close handshakes under way (kept from the GC)
 
 
 def host_name(value: str) -> str | None:
