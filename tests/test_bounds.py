@@ -326,23 +326,35 @@ def test_connections_over_the_limit_get_an_error_and_others_keep_working(
 @pytest.mark.engine
 def test_client_that_reads_nothing_is_disconnected_alone(bounded_daemon: Daemon) -> None:
     """A client sends queries and never reads: past limits.max_unread_bytes (1 MB here) of
-    held answers it is disconnected; a client beside it is answered as usual."""
+    held answers it is disconnected (on a Unix socket or a WebSocket), with a warning and
+    no traceback in the daemon's log; a client beside it is answered as usual."""
     d = bounded_daemon
     wait_until(lambda: _connections(d) == 0, 30, "earlier connections to close")
     bystander = _unix(d)
+    big_id = "u" * 60_000
+    queries = [json.dumps({"id": f"{big_id}{i}", "action": "query_version"})
+               for i in range(200)]  # 12 MB of answers asked for
     silent = _unix(d)
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    big_id = "u" * 60_000
     with contextlib.suppress(OSError):  # the daemon cuts it off mid-way
-        for i in range(200):  # 12 MB of answers asked for
-            silent.sendall(json.dumps({"id": f"{big_id}{i}",
-                                       "action": "query_version"}).encode() + b"\n")
+        for query in queries:
+            silent.sendall(query.encode() + b"\n")
     wait_until(lambda: _connections(d) == 1, 60, "the silent client to be disconnected")
+    silent_ws = websocket.create_connection(d.http.replace("http://", "ws://"), timeout=60,
+                                            sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    with contextlib.suppress(OSError, websocket.WebSocketException):
+        for query in queries:
+            silent_ws.send(query)
+    wait_until(lambda: _connections(d) == 1, 60, "the silent WebSocket to be disconnected")
     answer = _ask(bystander, {"id": "b", "moves": [], "rules": "chinese", "komi": 7.5,
                               "boardXSize": 9, "boardYSize": 9, "maxVisits": 2})
     assert answer["id"] == "b" and answer["isDuringSearch"] is False
     bystander.close()
     silent.close()
+    silent_ws.shutdown()
+    log = (d.state / "logs" / "daemon.log").read_text()
+    assert "answers unread" in log and "does not read its answers" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:

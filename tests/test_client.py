@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import G170, SAMPLE_SGF, SHORT_SGF, Katapool
-from katapool.client import AnalysisTimeout, AsyncClient, Client, Position, QueryError
+from katapool.client import AnalysisTimeout, AsyncClient, Client, ConnectionLost, Position, QueryError
+from katapool.errors import KatapoolError
 from katapool.game.record import load_sgf
 from katapool.pool import Pool
 
@@ -68,6 +71,12 @@ def test_async_client_embedded(engine_env: Path) -> None:
                 await client.analyze(p, visits=100_000, timeout=1.0)
             await wait_idle(pool, "the timed-out query to be terminated")
             assert visits_done() - before < 100_000
+            # So is one whose caller gives up on its own (a cancelled task, wait_for).
+            before = visits_done()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.analyze(p, visits=100_000, timeout=None), 1.0)
+            await wait_idle(pool, "the abandoned query to be terminated")
+            assert visits_done() - before < 100_000
 
             # Whole game: one result per position, in turn order.
             record = load_sgf(SAMPLE_SGF)
@@ -119,3 +128,44 @@ def test_sync_client_embedded(engine_env: Path) -> None:
             client.analyze(p, visits=100_000, timeout=0.5)
         # Still usable after a timeout.
         assert client.analyze(p, visits=2).visits >= 2
+    with pytest.raises(ConnectionLost, match="closed"):  # and says so once closed
+        client.analyze(p, visits=2)
+
+
+def test_connection_failures_are_katapool_errors(tmp_path: Path) -> None:
+    """Whatever is (or is not) at the address, a script's ``except KatapoolError`` sees it."""
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something that is not HTTP
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        with pytest.raises(ConnectionLost, match="not a katapool WebSocket endpoint"):
+            Client.connect(f"ws://127.0.0.1:{server.getsockname()[1]}/")
+    with pytest.raises(KatapoolError, match="not a WebSocket address") as bad:
+        Client.connect("ws://?token=s3cret")
+    assert "s3cret" not in str(bad.value)
+    with pytest.raises(ConnectionLost, match="too long"):
+        Client.connect(f"unix:{tmp_path / ('x' * 120)}")
+
+
+def test_unreadable_answer_fails_the_query(tmp_path: Path) -> None:
+    """A peer that answers with something other than JSON objects (a scripted fake daemon:
+    the real one never does) fails the query at once, instead of leaving it to time out."""
+    path = tmp_path / "fake.sock"
+
+    async def fake_daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"[1]\n")
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_unix_server(fake_daemon, path=str(path))
+        async with server, await AsyncClient.connect(f"unix:{path}") as client:
+            with pytest.raises(ConnectionLost, match="not a JSON object"):
+                await client.analyze(Position.from_moves(["Q16"]), visits=1, timeout=60)
+
+    asyncio.run(go())

@@ -464,23 +464,43 @@ def _wait(predicate: Any, what: str, timeout: float = 300) -> None:
 
 def test_stop_drains_and_leaves_no_process(daemon: Daemon) -> None:
     """`katapool stop` lets a query in flight finish (its client gets the answer), then
-    stops every engine; a client still connected learns at once that the daemon is gone."""
+    stops every engine; a client still connected learns at once that the daemon is gone
+    (a WebSocket by "going away", not by the "internal error" of a cut-off connection)."""
     status = daemon.status()
     pids = [m["pid"] for model in status["models"] for m in model["members"]]
     assert len(pids) == 3 and all(pids)  # main's two; tf's one since the SIGHUP test
     p = _positions(1)[0]
     ws = websocket.create_connection(f"{daemon.ws_url}?token={daemon.token}", timeout=60)
     ws.send(json.dumps(p.query(id="last", maxVisits=150)))
+    idle = websocket.create_connection(f"{daemon.ws_url}?token={daemon.token}", timeout=60)
+    goodbye: list[bytes] = []
+
+    def read_goodbye() -> None:  # the close frame, answered at once as KaTrain's library does
+        opcode = None
+        while opcode != websocket.ABNF.OPCODE_CLOSE:  # pings come first if stopping is slow
+            opcode, frame = idle.recv_data_frame(control_frame=True)
+        goodbye.append(frame.data)
+        idle.shutdown()
+
+    reader = threading.Thread(target=read_goodbye, daemon=True)
+    reader.start()
     client = Client.connect(f"unix:{daemon.socket}")
+    ws_client = Client.connect(daemon.ws_url, token=daemon.token)
     stop = daemon.cli("stop")
     assert stop.returncode == 0, stop.stderr
     final = json.loads(ws.recv())
     _check_final(final, "last", len(p.moves))
     assert final["rootInfo"]["visits"] >= 150  # finished, not cut short
     assert daemon.proc.wait(30) == 0
+    reader.join(60)
+    assert goodbye and int.from_bytes(goodbye[0][:2], "big") == 1001, goodbye
+    assert b"katapool is stopping" in goodbye[0]
     with pytest.raises(ConnectionLost):  # not AnalysisTimeout: the client knows, it does not wait
         client.analyze(p, visits=1, timeout=60)
     client.close()
+    with pytest.raises(ConnectionLost, match="katapool is stopping"):
+        ws_client.query_version()
+    ws_client.close()
     time.sleep(0.5)
     alive = [p for p in pids if psutil.pid_exists(p)
              and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

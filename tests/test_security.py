@@ -25,6 +25,7 @@ from katapool.client import Client, ConnectionLost
 from katapool.client.transport import WebSocketChannel, channel_for, resolve_token
 from katapool.config.poolfile import is_loopback
 from katapool.errors import KatapoolError
+from katapool.server import control
 from katapool.server.state import read_or_create_token, read_token_file
 from katapool.server.web_endpoint import host_name
 
@@ -128,6 +129,26 @@ def test_local_programs_and_pages_still_work(open_daemon: Started) -> None:
         _answers_version(websocket.create_connection(url, host=host, origin=origin, timeout=30))
     with Client.connect(url) as client:  # katapool's own client
         assert client.query_version()["version"]
+
+
+def _rejected(daemon: Started) -> int:
+    return int(control.request(daemon.socket, "katapool_status")["outcomes"].get("-/rejected", 0))
+
+
+@pytest.mark.engine
+def test_a_flood_of_lines_does_not_stall_other_clients(open_daemon: Started) -> None:
+    """Any local program may use a loopback daemon: one that sends a frame of half a million
+    junk lines gets an error for each, while everyone else is served meanwhile (a status
+    request sent once its first error arrived is answered before the last line is read)."""
+    lines = 500_000
+    before = _rejected(open_daemon)
+    flood = websocket.create_connection(open_daemon.ws_url, timeout=60)
+    try:
+        flood.send("\n".join(["x"] * lines))
+        assert "could not parse" in json.loads(flood.recv())["error"]
+        assert 0 < _rejected(open_daemon) - before < lines
+    finally:
+        flood.close()
 
 
 # --- tokens -------------------------------------------------------------------------------

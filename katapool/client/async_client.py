@@ -54,6 +54,8 @@ class _Pending:
     def __init__(self, turns: set[int]) -> None:
         self.turns = set(turns)
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.open = True  # no final answer, error or lost connection yet
+        self.terminated = False  # asked to stop (cancel)
 
 
 class AsyncClient:
@@ -178,17 +180,25 @@ class AsyncClient:
             while True:
                 msg = await pending.queue.get()
                 if isinstance(msg, BaseException):
+                    pending.open = False
                     raise msg
                 if "error" in msg:
+                    pending.open = False
                     raise QueryError(str(msg["error"]), msg.get("field"), query["id"])
-                yield msg
-                if action is not None:
-                    return
-                if is_final(msg) and "turnNumber" in msg:
+                if action is None and is_final(msg) and "turnNumber" in msg:
                     pending.turns.discard(msg["turnNumber"])
-                    if not pending.turns:
-                        return
+                done = action is not None or not pending.turns
+                pending.open = not done
+                yield msg
+                if done:
+                    return
         finally:
+            if pending.open and action is None and not pending.terminated:
+                # Abandoned unfinished (a cancelled task, asyncio.wait_for, Ctrl-C in the
+                # blocking client, a loop left early): stop the search, which would
+                # otherwise run to its end for nobody.
+                with contextlib.suppress(KatapoolError):
+                    self._terminate(query["id"])
             self._forget(query["id"], pending)
 
     # --- analysis -------------------------------------------------------------------------------
@@ -227,8 +237,7 @@ class AsyncClient:
                 async for result in stream:
                     if not result.is_during_search:
                         return result
-        except TimeoutError:
-            await stream.cancel()
+        except TimeoutError:  # the query was terminated as its responses were abandoned
             raise AnalysisTimeout(f"no result for query {query['id']} within {timeout:g} s "
                                   "(terminated)") from None
         raise QueryError("the query ended without a result", query_id=query["id"])
@@ -277,7 +286,14 @@ class AsyncClient:
 
     async def cancel(self, query_id: str | None = None) -> None:
         """Stop one query (or all of this client's); their final responses still arrive."""
+        self._terminate(query_id)
+
+    def _terminate(self, query_id: str | None) -> None:
         self._check_open()
+        stopped = self._pending.values() if query_id is None \
+            else [p for p in [self._pending.get(query_id)] if p is not None]
+        for pending in stopped:
+            pending.terminated = True
         if query_id is None:
             self.channel.send({"id": self._new_id(), "action": "terminate_all"})
         else:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from katapool.client.async_client import ANALYZE_TIMEOUT, AnalysisStream, AsyncClient
 from katapool.client.position import Position
 from katapool.client.results import Analysis
+from katapool.client.transport import ConnectionLost
 from katapool.game.record import GameRecord
 from katapool.pool import PoolPolicy
 
@@ -33,6 +34,7 @@ class Client:
                                         daemon=True)
         self._thread.start()
         self._async = client
+        self._stopped = False  # closed: no loop to run calls on
         try:
             self._call(client.open(), timeout)
         except BaseException:
@@ -58,6 +60,9 @@ class Client:
             coro.close()
             raise RuntimeError("a blocking katapool Client call from its own event-loop thread "
                                "(use AsyncClient inside asyncio code)")
+        if self._stopped:
+            coro.close()
+            raise ConnectionLost("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -138,6 +143,7 @@ class Client:
     def _stop_loop(self) -> None:
         with contextlib.suppress(Exception):
             self._call(self._loop.shutdown_asyncgens(), 10)
+        self._stopped = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._loop.is_running():

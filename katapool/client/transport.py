@@ -47,6 +47,15 @@ def _line(message: dict[str, Any]) -> bytes:
     return _json(message).encode() + b"\n"
 
 
+def _message(line: str | bytes) -> dict[str, Any]:
+    """One answer line; anything but a JSON object is not KataGo's protocol (a ValueError,
+    which ends the connection with that reason rather than the reader alone)."""
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError(f"not a JSON object: {line[:200]!r}")
+    return msg
+
+
 class UnixChannel:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -61,14 +70,20 @@ class UnixChannel:
         except (FileNotFoundError, ConnectionRefusedError):
             raise ConnectionLost(f"no katapool daemon at {self.path} (start one with "
                                  "`katapool start`)") from None
+        except OSError as exc:  # a socket of another user's, a path too long for a socket
+            raise ConnectionLost(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        writer = self._writer
 
         async def read() -> None:
             reason = "the daemon closed the connection"
             try:
                 while line := await reader.readline():
-                    on_message(json.loads(line))
-            except (ConnectionError, OSError, ValueError) as exc:
+                    on_message(_message(line))
+            except (ConnectionError, OSError) as exc:
                 reason = f"connection to the daemon failed: {exc}"
+            except ValueError as exc:
+                reason = f"unreadable data from the daemon: {exc}"
+                writer.close()  # nobody reads the answers now: the daemon stops our queries
             finally:
                 self._lost = True
             on_closed(reason)
@@ -94,6 +109,14 @@ class UnixChannel:
 
 class WebSocketChannel:
     def __init__(self, url: str, token: str | None = None) -> None:
+        from websockets.exceptions import InvalidURI
+        from websockets.uri import parse_uri
+
+        try:
+            parse_uri(url)
+        except InvalidURI as exc:  # named without its query: a ?token= stays out of logs
+            raise KatapoolError(f"{url.split('?', 1)[0]!r} is not a WebSocket address: "
+                                f"{exc.msg}") from None
         self.headers: dict[str, str] = {}
         if token:
             # In a header rather than the URL, where proxies and logs keep it; one in the
@@ -112,7 +135,7 @@ class WebSocketChannel:
 
     async def open(self, on_message: OnMessage, on_closed: OnClosed) -> None:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
         try:
             self._ws = ws = await connect(self.url, max_size=READ_LIMIT, compression=None,
@@ -120,6 +143,9 @@ class WebSocketChannel:
         except InvalidStatus as exc:
             body = exc.response.body.decode(errors="replace").strip()
             raise ConnectionLost(f"{self.description}: HTTP {exc.response.status_code}: {body}") from None
+        except InvalidHandshake as exc:  # something answered, but not a WebSocket server
+            raise ConnectionLost(f"{self.description} is not a katapool WebSocket endpoint: "
+                                 f"{exc}") from None
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {self.description}: {exc}") from None
 
@@ -130,11 +156,14 @@ class WebSocketChannel:
                     text = frame.decode() if isinstance(frame, bytes) else frame
                     for line in text.split("\n"):
                         if line.strip():
-                            on_message(json.loads(line))
+                            on_message(_message(line))
+                if ws.close_reason:  # e.g. "katapool is stopping"
+                    reason = f"the daemon closed the connection: {ws.close_reason}"
             except ConnectionClosed as exc:
                 reason = f"connection closed: {exc}"
             except ValueError as exc:
                 reason = f"unreadable data from the daemon: {exc}"
+                await ws.close(1002, "katapool client: unreadable data")
             finally:
                 self._lost = True
             on_closed(reason)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from katapool.protocol.analysis import error_response
+
+# Lines handled between two turns of the event loop: a client sending a flood of lines in one
+# read or one WebSocket frame (8 MB of one-character lines is four million of them) must not
+# stall every other client, the health checks and the engines' output for seconds.
+LINES_PER_TURN = 256
 
 _ID = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){0,200})"')
 
@@ -60,3 +66,13 @@ def oversized_error(limit: int, head: bytes) -> dict[str, Any]:
     rid = found.group(1).decode("utf-8", errors="replace") if found else None
     return error_response(f"query line is longer than this server's limit of {limit} bytes "
                           "(limits.max_line_bytes): not read", rid)
+
+
+def text_lines(text: str) -> Iterator[str]:
+    """The newline-separated lines of a WebSocket frame, one at a time (a frame of millions
+    of short lines would make ``split`` a list of millions of strings)."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]

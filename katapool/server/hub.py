@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,10 @@ from katapool.protocol.analysis import BadRequest, Request, error_response, is_f
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[dict[str, Any]], None]
+HangUp = Callable[[], Awaitable[None]]
 PoolBuilder = Callable[[str, ModelSpec], Pool]
 CONTROL_ACTIONS = ("katapool_status", "katapool_stop", "katapool_reload")
+HANG_UP_TIMEOUT = 5.0  # seconds for clients to acknowledge the daemon's goodbye
 
 
 @dataclass
@@ -77,8 +79,15 @@ class Hub:
 
     async def close(self) -> None:
         self.ready.clear()
-        for conn in list(self.connections):
+        connected = list(self.connections)
+        for conn in connected:
             conn.close()
+        # Tell clients still connected that the daemon is going (a WebSocket's close code
+        # 1001, a Unix socket's end of stream) instead of leaving them to be cut off when the
+        # event loop ends (a WebSocket then reads 1011, "internal error").
+        hang_ups = [asyncio.ensure_future(c.hang_up()) for c in connected if c.hang_up]
+        if hang_ups:
+            await asyncio.wait(hang_ups, timeout=HANG_UP_TIMEOUT)
         await asyncio.gather(*(s.pool.close() for s in self.served.values()),
                              *(p.close() for p in self.retiring), return_exceptions=True)
 
@@ -214,8 +223,11 @@ class Hub:
             self._rates[key] = (now, visits, rate)
         return round(rate, 1)
 
-    def connect(self, deliver: Deliver, peer: str, control: bool = False) -> Connection:
+    def connect(self, deliver: Deliver, peer: str, control: bool = False,
+                hang_up: HangUp | None = None) -> Connection:
+        """A new client; ``hang_up`` closes its transport when the daemon stops."""
         conn = Connection(self, deliver, peer, control)
+        conn.hang_up = hang_up
         limit = self.limits.max_connections
         if len(self.connections) >= limit:
             # Over the limit: no queries (each gets this error), but the daemon's own controls
@@ -301,6 +313,7 @@ class Connection:
         self._fanout: dict[str, tuple[dict[str, Any], int, list[dict[str, Any]]]] = {}
         self._controls = 0
         self.refused: str | None = None  # why this connection may send no queries
+        self.hang_up: HangUp | None = None
 
     # --- in ------------------------------------------------------------------------------------
 

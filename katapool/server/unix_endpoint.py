@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from katapool.errors import KatapoolError
-from katapool.server.framing import LineFramer, oversized_error
+from katapool.server.framing import LINES_PER_TURN, LineFramer, oversized_error
 from katapool.server.hub import Hub
 from katapool.server.state import private_dir
 
@@ -74,18 +74,23 @@ async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
             return
         transport.write(data)
 
-    conn = hub.connect(deliver, peer="unix", control=True)
+    async def hang_up() -> None:
+        writer.close()  # the client reads end of stream; this handler then ends by itself
+
+    conn = hub.connect(deliver, peer="unix", control=True, hang_up=hang_up)
     limit = hub.limits.max_line_bytes
     framer = LineFramer(limit)
     try:
         while not conn.closed:
             data = await reader.read(1 << 16)
             # At end of input a last line without a newline still counts, as in KataGo.
-            for line in framer.feed(data) if data else framer.finish():
+            for count, line in enumerate(framer.feed(data) if data else framer.finish(), 1):
                 if isinstance(line, tuple):
                     conn.deliver(oversized_error(limit, line[1]))
                 else:
                     conn.submit(line.decode("utf-8", errors="replace"))
+                if count % LINES_PER_TURN == 0:
+                    await asyncio.sleep(0)  # let the other clients have their turn
             if not data:
                 break
         # End of input: like `katago analysis`, answer what was asked, unless the client
@@ -103,6 +108,8 @@ async def _serve_connection(hub: Hub, reader: asyncio.StreamReader,
 
 
 async def _drain_unless_gone(conn: Any, writer: asyncio.StreamWriter) -> None:
+    if writer.transport.is_closing():  # hung up by the daemon (stopping): no socket to poll
+        return
     sock = writer.get_extra_info("socket")
     poller = select.poll()
     if sock is not None:

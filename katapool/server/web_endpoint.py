@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from katapool.config.poolfile import is_loopback
-from katapool.server.framing import oversized_error
+from katapool.server.framing import LINES_PER_TURN, oversized_error, text_lines
 from katapool.server.hub import Hub
 from katapool.server.metrics import CONTENT_TYPE, Metrics
 
@@ -133,15 +133,20 @@ class WebEndpoint:
         def deliver(msg: dict[str, Any]) -> None:
             text = json.dumps(msg, separators=(",", ":")) + "\n"
             if queued[0] + len(text) > unread_max:
+                # Expected of a stuck client (limits.max_unread_bytes): a warning, no traceback.
                 log.warning("%s does not read its answers: closing it", peer)
-                asyncio.get_running_loop().create_task(
+                conn.close()  # its queries are terminated; later answers are dropped
+                closing = asyncio.get_running_loop().create_task(
                     ws.close(1008, "katapool: too many unread answers"))
-                raise ConnectionError("client does not read its answers")
+                _closing.add(closing)
+                closing.add_done_callback(_closing.discard)
+                return
             queued[0] += len(text)
             outbox.put_nowait(text)
 
         peer = f"ws:{ws.remote_address[0] if ws.remote_address else '?'}"
-        conn = self.hub.connect(deliver, peer=peer, control=False)
+        conn = self.hub.connect(deliver, peer=peer, control=False,
+                                hang_up=lambda: ws.close(1001, "katapool is stopping"))
         if conn.refused is not None:  # limits.max_connections: told why, then closed
             conn.close()
             with contextlib.suppress(ConnectionClosed):
@@ -156,11 +161,15 @@ class WebEndpoint:
                 text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) \
                     else message
                 # A frame may hold several newline-separated queries.
-                for line in text.split("\n"):
+                for count, line in enumerate(text_lines(text), 1):
+                    if conn.closed:
+                        break
                     if len(line.encode()) > limit:
                         conn.deliver(oversized_error(limit, line[:4096].encode()))
                     elif line.strip():
                         conn.submit(line)
+                    if count % LINES_PER_TURN == 0:
+                        await asyncio.sleep(0)  # let the other clients have their turn
         except ConnectionClosed:
             pass
         finally:
@@ -178,6 +187,9 @@ class WebEndpoint:
                 await ws.send(text)
             except ConnectionClosed:
                 return
+
+
+_closing: set[asyncio.Task[None]] = set()  # close handshakes under way (kept from the GC)
 
 
 def host_name(value: str) -> str | None:
