@@ -23,7 +23,7 @@ from daemon_helpers import Started, running_daemon
 from conftest import G170, Katapool
 from katapool.client import Client, ConnectionLost
 from katapool.client.transport import WebSocketChannel, channel_for, resolve_token
-from katapool.config.poolfile import is_loopback
+from katapool.config.poolfile import Listen, is_loopback
 from katapool.errors import KatapoolError
 from katapool.server import control
 from katapool.server.state import read_or_create_token, read_token_file
@@ -45,6 +45,36 @@ VERSION = json.dumps({"id": "v", "action": "query_version"})
 def test_loopback_host_names(header: str, loopback: bool) -> None:
     name = host_name(header)
     assert (name is not None and is_loopback(name)) is loopback
+
+
+@pytest.mark.parametrize("entry,kept", [
+    ("https://my-gui.example", "https://my-gui.example"),
+    ("HTTPS://My-GUI.example:443", "https://my-gui.example"),
+    ("http://localhost:8080", "http://localhost:8080"),
+    ("app://katrain", "app://katrain"),
+])
+def test_listen_origins_are_kept_as_browsers_send_them(entry: str, kept: str) -> None:
+    assert Listen(origins=[entry]).origins == [kept]
+
+
+@pytest.mark.parametrize("entry,says", [
+    ("https://my-gui.example/", "no path or trailing slash"),
+    ("https://my-gui.example/app?x=1", "browsers send https://my-gui.example"),
+    ("my-gui.example", "not scheme://host"),
+    ("null", "not scheme://host"),
+])
+def test_listen_origins_that_never_match_are_refused(entry: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Listen(origins=[entry])
+
+
+def test_an_endpoint_open_to_the_network_without_a_token_is_named() -> None:
+    warning = Listen(websocket="0.0.0.0:6364", require_token=False).exposure_warning()
+    assert warning is not None and "port 6364" in warning and "require_token: false" in warning
+    assert Listen(websocket="0.0.0.0:6364").exposure_warning() is None  # token by default
+    assert Listen(websocket="127.0.0.1:6364", require_token=False).exposure_warning() is None
+    assert Listen(websocket="[::1]:6364", require_token=False).exposure_warning() is None
+    assert Listen().exposure_warning() is None
 
 
 # --- a daemon with no token (loopback) --------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,6 +104,43 @@ class Listen(_Strict):
         if value is not None:
             split_address(value)
         return value
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [normal_origin(v) for v in value]
+
+    def exposure_warning(self) -> str | None:
+        """Why this endpoint is open to every program on the network, or None. The Host check
+        stops browsers only: any other program can send ``Host: localhost``."""
+        if self.websocket is None or self.require_token is not False:
+            return None
+        host, port = split_address(self.websocket)
+        if is_loopback(host):
+            return None
+        return (f"listen.websocket {self.websocket} with require_token: false: any program "
+                f"that reaches port {port} on this machine's network can use the pool (the Host "
+                "check only stops web browsers); remove require_token: false to require the "
+                "token")
+
+
+def normal_origin(value: str) -> str:
+    """An Origin as a browser sends it (``scheme://host[:port]``, lower case, no default port,
+    no path): an entry with a trailing slash or a path would never match and silently lock
+    its page out."""
+    parts = urlsplit(value.strip())
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"origin {value!r} is not scheme://host[:port] "
+                         "(e.g. https://my-gui.example)")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"origin {value!r} has more than scheme://host[:port]: browsers send "
+                         f"{parts.scheme.lower()}://{parts.netloc.lower()} (no path or "
+                         "trailing slash)")
+    scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return f"{scheme}://{netloc}"
 
 
 def split_address(value: str) -> tuple[str, int]:

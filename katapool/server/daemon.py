@@ -163,6 +163,8 @@ class Daemon:
         servers.append(await serve_unix(hub, self.socket_path))
         if listen.websocket is not None:
             host, port = split_address(listen.websocket)
+            if (exposed := listen.exposure_warning()) is not None:
+                log.warning("%s", exposed)
             self.token_required = listen.require_token if listen.require_token is not None \
                 else not is_loopback(host)
             token = None
