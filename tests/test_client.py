@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import G170, SAMPLE_SGF, SHORT_SGF, Katapool
-from katapool.client import AnalysisTimeout, AsyncClient, Client, ConnectionLost, Position, QueryError
+from katapool.client import (
+    ActionTimeout,
+    AnalysisTimeout,
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    Position,
+    QueryError,
+)
 from katapool.errors import KatapoolError
 from katapool.game.record import load_sgf
 from katapool.pool import Pool
@@ -149,6 +157,27 @@ def test_connection_failures_are_katapool_errors(tmp_path: Path) -> None:
     assert "s3cret" not in str(bad.value)
     with pytest.raises(ConnectionLost, match="too long"):
         Client.connect(f"unix:{tmp_path / ('x' * 120)}")
+
+
+def test_actions_time_out_with_a_clear_error(tmp_path: Path) -> None:
+    """A peer that never answers (a scripted fake daemon: a hung one cannot be made on cue)
+    ends query_version/query_models with ActionTimeout, and the client stays usable."""
+    path = tmp_path / "silent.sock"
+
+    async def silent_daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads everything, answers nothing
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_unix_server(silent_daemon, path=str(path))
+        async with server, await AsyncClient.connect(f"unix:{path}") as client:
+            with pytest.raises(ActionTimeout, match="no answer to query_version within 0.5 s"):
+                await client.query_version(timeout=0.5)
+            with pytest.raises(ActionTimeout, match="query_models"):
+                await client.query_models(timeout=0.5)
+            assert not client._pending  # nothing left waiting for an answer
+
+    asyncio.run(go())
 
 
 def test_unreadable_answer_fails_the_query(tmp_path: Path) -> None:

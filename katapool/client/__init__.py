@@ -8,7 +8,13 @@
 
 from pathlib import Path
 
-from katapool.client.async_client import AnalysisStream, AnalysisTimeout, AsyncClient, QueryError
+from katapool.client.async_client import (
+    ActionTimeout,
+    AnalysisStream,
+    AnalysisTimeout,
+    AsyncClient,
+    QueryError,
+)
 from katapool.client.position import Position, handicap_stones
 from katapool.client.results import Analysis, MoveInfo, QueryWarning, RootInfo
 from katapool.client.sync_client import Client, SyncAnalysisStream
@@ -21,6 +27,6 @@ def connect(address: str | None = None, *, token: str | None = None,
     return Client.connect(address, token=token, token_file=token_file)
 
 
-__all__ = ["Analysis", "AnalysisStream", "AnalysisTimeout", "AsyncClient", "Client",
+__all__ = ["ActionTimeout", "Analysis", "AnalysisStream", "AnalysisTimeout", "AsyncClient", "Client",
            "ConnectionLost", "MoveInfo", "Position", "QueryError", "QueryWarning", "RootInfo",
            "SyncAnalysisStream", "connect", "handicap_stones"]

@@ -35,6 +35,8 @@ def _warning(msg: dict[str, Any], query_id: str) -> QueryWarning | None:
 # `analyze` gives up after this long by default (seconds): far above any usual search, so
 # that a lost query or a pool that cannot start ends in an error rather than a hang.
 ANALYZE_TIMEOUT = 600.0
+# Actions are answered at once by a working pool; query_models waits for a ready member.
+ACTION_TIMEOUT = 60.0
 
 
 class QueryError(KatapoolError):
@@ -48,6 +50,10 @@ class QueryError(KatapoolError):
 
 class AnalysisTimeout(KatapoolError, TimeoutError):
     """No final result within the call's timeout (the query has been terminated)."""
+
+
+class ActionTimeout(KatapoolError, TimeoutError):
+    """No answer to an action (``query_version``, ``query_models``) within the call's timeout."""
 
 
 class _Pending:
@@ -299,15 +305,23 @@ class AsyncClient:
         else:
             self.channel.send({"id": self._new_id(), "action": "terminate", "terminateId": query_id})
 
-    async def query_version(self) -> dict[str, Any]:
-        async for msg in self.request({"action": "query_version"}):
-            return msg
-        raise QueryError("no answer to query_version")
+    async def query_version(self, *, timeout: float | None = ACTION_TIMEOUT) -> dict[str, Any]:
+        return await self._action("query_version", timeout)
 
-    async def query_models(self) -> list[dict[str, Any]]:
-        async for msg in self.request({"action": "query_models"}):
-            return list(msg.get("models", []))
-        raise QueryError("no answer to query_models")
+    async def query_models(self, *, timeout: float | None = ACTION_TIMEOUT
+                           ) -> list[dict[str, Any]]:
+        """The networks served (the pool asks its members: it waits for one to be ready)."""
+        return list((await self._action("query_models", timeout)).get("models", []))
+
+    async def _action(self, action: str, timeout: float | None) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                async for msg in self.request({"action": action}):
+                    return msg
+        except TimeoutError:
+            raise ActionTimeout(f"no answer to {action} within {timeout:g} s from "
+                                f"{self.channel.description}") from None
+        raise QueryError(f"no answer to {action}")
 
 
 class AnalysisStream:

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from katapool.client.async_client import ANALYZE_TIMEOUT, AnalysisStream, AsyncClient
+from katapool.client.async_client import ACTION_TIMEOUT, ANALYZE_TIMEOUT, AnalysisStream, AsyncClient
 from katapool.client.position import Position
 from katapool.client.results import Analysis
 from katapool.client.transport import ConnectionLost
@@ -127,11 +127,11 @@ class Client:
     def cancel(self, query_id: str | None = None) -> None:
         self._call(self._async.cancel(query_id))
 
-    def query_version(self) -> dict[str, Any]:
-        return self._call(self._async.query_version())
+    def query_version(self, *, timeout: float | None = ACTION_TIMEOUT) -> dict[str, Any]:
+        return self._call(self._async.query_version(timeout=timeout))
 
-    def query_models(self) -> list[dict[str, Any]]:
-        return self._call(self._async.query_models())
+    def query_models(self, *, timeout: float | None = ACTION_TIMEOUT) -> list[dict[str, Any]]:
+        return self._call(self._async.query_models(timeout=timeout))
 
     def close(self) -> None:
         if self._loop.is_running():
