@@ -25,6 +25,11 @@ def test_parse_like_katago() -> None:
     assert bare is not None and bare.id_only
     assert parse("kata-genmove_analyze W 50").streams  # type: ignore[union-attr]
     assert not parse("kata-search_cancellable b").streams  # type: ignore[union-attr]
+    # KataGo reads at most 9 id digits; longer ids get its one-line "?" answer.
+    for line in ("1234567890 name", "0000000013 name"):
+        assert parse(line).id_only, line  # type: ignore[union-attr]
+    assert parse("007 name").echo_id == "7"  # type: ignore[union-attr]
+    assert parse("QUIT").name == "QUIT"  # type: ignore[union-attr]  # names are exact: unknown
 
 
 def _record(state: GameState, line: str, ok: bool = True, body: str = "", played: str | None = None) -> None:
