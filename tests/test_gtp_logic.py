@@ -66,6 +66,24 @@ def test_state_replays_what_the_gui_set_up() -> None:
                           "boardsize 9", "clear_board", "play B E5", "play W C3"]
 
 
+def test_state_replays_loadsgf_in_its_place() -> None:
+    s = GameState()
+    _record(s, "kata-set-param playoutDoublingAdvantage 0.25")  # loadsgf keeps it
+    _record(s, "time_settings 0 5 1")
+    _record(s, "loadsgf game.sgf")
+    _record(s, "undo")  # takes back the game's last move
+    _record(s, "komi 0.5")  # overrides the game's komi
+    _record(s, "play W C7")
+    assert s.replay() == ["kata-set-param playoutDoublingAdvantage 0.25", "time_settings 0 5 1",
+                          "loadsgf game.sgf", "komi 0.5", "undo", "play W C7"]
+    _record(s, "undo")
+    _record(s, "undo")
+    assert s.replay()[-2:] == ["undo", "undo"]
+    _record(s, "clear_board")  # the loaded board goes; its komi and rules stay
+    assert s.replay() == ["kata-set-param playoutDoublingAdvantage 0.25", "time_settings 0 5 1",
+                          "loadsgf game.sgf", "komi 0.5", "clear_board"]
+
+
 def test_throttling_rewrites_analysis_arguments() -> None:
     b = _bridge(min_interval=50, max_moves=10)
 

@@ -5,6 +5,11 @@ Settings (board size, rules, komi, time settings, parameters) are kept as the la
 each kind, replayed in the order they were last set; the position is the list of commands
 since the last reset (``clear_board``, a board size change), with ``undo`` taking one back
 and generated moves recorded as the ``play`` they became.
+
+``loadsgf`` is a setting too (it sets size, komi, rules and the board on top of what was set
+before it, and what is set after it overrides it), kept in its place in that order; the
+board it loaded stays until the next reset, and an ``undo`` of one of its moves is replayed
+as such.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class GameState:
     def __init__(self) -> None:
         self.settings: OrderedDict[str, str] = OrderedDict()
         self.position: list[str] = []
+        self.board_from_sgf = False  # the board is the last loadsgf's (plus self.position)
 
     def _set(self, key: str, line: str) -> None:
         self.settings.pop(key, None)
@@ -36,7 +42,7 @@ class GameState:
         text = " ".join([name, *args])
         if name in ("boardsize", "rectangular_boardsize"):
             if self.settings.get("size") != text:  # KataGo keeps the stones at the same size
-                self.position = []
+                self._reset_board()
             self._set("size", text)
         elif name in ("kata-set-rules", "kgs-rules"):
             self._set("rules", text)
@@ -55,14 +61,14 @@ class GameState:
         elif name in ("kata-set-params",):
             self._set(f"params:{len(self.settings)}", text)
         elif name == "clear_board":
-            self.position = []
+            self._reset_board()
         elif name == "loadsgf":
-            # It sets size, komi, rules and the moves: it replaces everything before it.
-            self.settings = OrderedDict()
-            self.position = [text]
+            self._set("sgf", text)
+            self.position = []
+            self.board_from_sgf = True
         elif name in ("play", "set_free_handicap", "set_position"):
             if name == "set_position":
-                self.position = []
+                self._reset_board()
             self.position.append(text)
         elif name in ("fixed_handicap", "place_free_handicap"):
             stones = body.split()
@@ -73,12 +79,19 @@ class GameState:
                 if self.position[i].startswith("play "):
                     del self.position[i]
                     break
+            else:
+                if self.board_from_sgf:  # it took back a move of the loaded game
+                    self.position.append("undo")
         elif name in _GENMOVES:
             move = played if played is not None else body.strip()
             colour = _COLOURS.get(args[0].lower()) if args else None
             colour = colour or self.to_move()
             if colour and move and move.lower() not in ("resign", "cancelled"):
                 self.position.append(f"play {colour} {move}")
+
+    def _reset_board(self) -> None:
+        self.position = []
+        self.board_from_sgf = False
 
     def to_move(self) -> str:
         """The side to move, as KataGo decides it when a command names none."""
@@ -92,4 +105,5 @@ class GameState:
 
     def replay(self) -> list[str]:
         """Commands that rebuild this state in a freshly started engine."""
-        return [*self.settings.values(), "clear_board", *self.position]
+        board = [] if self.board_from_sgf else ["clear_board"]
+        return [*self.settings.values(), *board, *self.position]
