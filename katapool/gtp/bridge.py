@@ -144,8 +144,10 @@ class GtpBridge:
             self._answer_failed(command)
             return
         command = self._throttle(command)
-        if command.name == "quit" and not self.engine_ok:
-            # Between engines (a restart): the GUI is leaving; do not make it wait for one.
+        if command.name == "quit" and not self.engine_ok \
+                and not any(not p.internal for p in self.pending):
+            # Between engines (a restart) with nothing else owed: the GUI is leaving; do not
+            # make it wait for one. Commands before it are answered first, as KataGo would.
             self.write(f"={command.echo_id} \n\n".encode())
             self.finished.set()
             return
