@@ -3,7 +3,10 @@ replay, throttling, stderr safety."""
 
 from __future__ import annotations
 
-from katapool.gtp.bridge import BridgeOptions, GtpBridge, safe_for_guis
+import asyncio
+import time
+
+from katapool.gtp.bridge import BridgeOptions, GtpBridge, Pending, safe_for_guis
 from katapool.gtp.command import parse
 from katapool.gtp.state import GameState
 
@@ -111,3 +114,28 @@ def test_stderr_lines_are_safe_for_lizzie_and_katrain() -> None:
         assert not safe.startswith(("=", "?", "info", "play", "komi=", "opp_komi=", "Tuning"))
         assert " -> " not in safe and "what()" not in safe and "Uncaught exception" not in safe
     assert safe_for_guis("Model name: g170") == "Model name: g170"
+
+
+def test_stop_deadline_counts_from_when_the_engine_got_to_the_analysis() -> None:
+    """An analysis stopped while queued behind a long genmove: when it becomes the head, the
+    engine has only just been able to stop it; that is no hang."""
+    b = _bridge(stop_timeout=3.0)
+    lost: list[str] = []
+    b._lost = lambda cause, engine: lost.append(cause)  # type: ignore[method-assign]
+    b.engine, b.engine_ok = object(), True  # type: ignore[assignment]
+    now = time.monotonic()
+    analysis = Pending(parse("5 kata-analyze B 10"), stop_requested=True,  # type: ignore[arg-type]
+                       stop_at=now - 40, last_output=now - 40)
+    analysis.became_head = now  # the 40 s genmove before it just ended
+    b.pending.append(analysis)
+
+    async def two_watchdog_rounds() -> None:
+        watch = asyncio.create_task(b._watch())
+        await asyncio.sleep(1.5)
+        assert not lost, lost
+        analysis.became_head = time.monotonic() - 10  # now it is really stuck
+        await asyncio.sleep(1.2)
+        watch.cancel()
+
+    asyncio.run(two_watchdog_rounds())
+    assert lost and "did not stop" in lost[0]

@@ -284,7 +284,9 @@ class GtpBridge:
             if head.command.name not in SEARCHES and quiet > self.options.command_timeout:
                 cause = f"{head.command.name} unanswered for {quiet:.0f} s"
             elif head.command.name in INTERRUPTIBLE and head.stop_at is not None:
-                since_stop = now - max(head.stop_at, head.last_output)
+                # Asked to stop while queued behind a long search: the engine got to it (and
+                # to the stop) only when it became the head.
+                since_stop = now - max(head.stop_at, head.became_head, head.last_output)
                 if since_stop > self.options.stop_timeout:
                     cause = f"{head.command.name} did not stop within {since_stop:.0f} s"
             if cause is not None:
