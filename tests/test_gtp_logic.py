@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from katapool.gtp.bridge import BridgeOptions, GtpBridge, Pending, safe_for_guis
 from katapool.gtp.command import parse
@@ -64,12 +65,13 @@ def test_state_replays_what_the_gui_set_up() -> None:
     _record(s, "boardsize 9")
     _record(s, "play B E5")
     _record(s, "boardsize 9")  # the same size: KataGo keeps the stones
+    _record(s, "rectangular_boardsize 9 9")  # the same size, said another way
     _record(s, "kata-genmove_analyze 50", played="C3")  # no colour: the side to move
     assert s.replay() == ["kata-set-rules japanese", "komi 6.5", "time_settings 0 2 1",
-                          "boardsize 9", "clear_board", "play B E5", "play W C3"]
+                          "rectangular_boardsize 9 9", "clear_board", "play B E5", "play W C3"]
 
 
-def test_state_replays_loadsgf_in_its_place() -> None:
+def test_state_replays_loadsgf_in_its_place(tmp_path: Path) -> None:
     s = GameState()
     _record(s, "kata-set-param playoutDoublingAdvantage 0.25")  # loadsgf keeps it
     _record(s, "time_settings 0 5 1")
@@ -85,6 +87,18 @@ def test_state_replays_loadsgf_in_its_place() -> None:
     _record(s, "clear_board")  # the loaded board goes; its komi and rules stay
     assert s.replay() == ["kata-set-param playoutDoublingAdvantage 0.25", "time_settings 0 5 1",
                           "loadsgf game.sgf", "komi 0.5", "clear_board"]
+    # A board size after a loadsgf: the same as the game's keeps its board, another clears it.
+    game = tmp_path / "nine.sgf"
+    game.write_text("(;GM[1]SZ[9];B[ee];W[cc])")
+    s = GameState()
+    _record(s, "boardsize 19")
+    _record(s, f"loadsgf {game}")
+    _record(s, "boardsize 9")
+    _record(s, "play B G7")
+    assert s.replay() == [f"loadsgf {game}", "boardsize 9", "play B G7"]
+    _record(s, "boardsize 19")
+    _record(s, "play B Q16")
+    assert s.replay() == [f"loadsgf {game}", "boardsize 19", "clear_board", "play B Q16"]
 
 
 def test_throttling_rewrites_analysis_arguments() -> None:

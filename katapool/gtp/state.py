@@ -14,6 +14,7 @@ as such.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 
 from katapool.gtp.command import Command
@@ -28,6 +29,7 @@ class GameState:
         self.settings: OrderedDict[str, str] = OrderedDict()
         self.position: list[str] = []
         self.board_from_sgf = False  # the board is the last loadsgf's (plus self.position)
+        self.size: tuple[int, int] | None = None  # the board's, where known
 
     def _set(self, key: str, line: str) -> None:
         self.settings.pop(key, None)
@@ -41,8 +43,10 @@ class GameState:
         name, args = command.name, list(command.args)
         text = " ".join([name, *args])
         if name in ("boardsize", "rectangular_boardsize"):
-            if self.settings.get("size") != text:  # KataGo keeps the stones at the same size
+            size = _size(args)
+            if size is None or size != self.size:  # KataGo keeps the stones at the same size
                 self._reset_board()
+            self.size = size
             self._set("size", text)
         elif name in ("kata-set-rules", "kgs-rules"):
             self._set("rules", text)
@@ -63,6 +67,7 @@ class GameState:
         elif name == "clear_board":
             self._reset_board()
         elif name == "loadsgf":
+            self.size = _sgf_size(args[0]) if args else None
             self._set("sgf", text)
             self.position = []
             self.board_from_sgf = True
@@ -107,3 +112,29 @@ class GameState:
         """Commands that rebuild this state in a freshly started engine."""
         board = [] if self.board_from_sgf else ["clear_board"]
         return [*self.settings.values(), *board, *self.position]
+
+
+def _size(args: list[str]) -> tuple[int, int] | None:
+    """The size a boardsize command sets (``N``, ``X Y``, ``X:Y``)."""
+    parts = args[0].split(":") if len(args) == 1 else args
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        x, y = (int(p) for p in parts)
+    except ValueError:
+        return None
+    return x, y
+
+
+def _sgf_size(path: str) -> tuple[int, int] | None:
+    """The board size of an SGF file (19 where it names none), None where it cannot be read."""
+    try:
+        with open(path, "rb") as sgf:
+            head = sgf.read(1 << 16).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"SZ\[\s*(\d+)\s*(?::\s*(\d+)\s*)?\]", head)
+    if not found:
+        return (19, 19)
+    x = int(found.group(1))
+    return x, int(found.group(2) or x)
