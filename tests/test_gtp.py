@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -330,3 +331,29 @@ def test_hung_engine_is_replaced(kp: Katapool) -> None:
         assert replacements and child.pid not in replacements
     finally:
         gui.close()
+
+
+def test_restart_restores_a_loaded_game_and_quit_waits_for_earlier_answers(
+        gui: Gui, tmp_path: Path) -> None:
+    # Lines KataGo answers with a bare "?" line (ids past 9 digits) or refuses (names are
+    # exact): answered, framed, nothing else disturbed.
+    gui.send("0000000013 name", "QUIT", "1 name")
+    assert gui.response(re.compile(r"^\? GTP id '0' could not be parsed"))
+    assert gui.response(re.compile(r"^\? unknown command$"))
+    assert gui.response(ok(1)) == ["=1 KataGo"]
+    sgf = tmp_path / "game.sgf"
+    sgf.write_text("(;FF[4]GM[1]SZ[9]KM[5.5];B[ee];W[cc];B[gg];W[cg])")
+    gui.send("2 kata-set-param playoutDoublingAdvantage 0.25", f"3 loadsgf {sgf}", "4 undo",
+             "5 komi 0.5")
+    for i in range(2, 6):
+        gui.response(ok(i))
+    _kill_engine(gui)
+    wait_until(lambda: any("restarting it" in line for line in gui.err), 60, "the restart")
+    # While the new engine starts: commands, then quit. Each is answered, in order.
+    gui.send("6 kata-get-param playoutDoublingAdvantage", "7 printsgf", "8 quit")
+    assert gui.response(ok(6)) == ["=6 0.25"]  # set before the loadsgf: kept
+    game = "\n".join(gui.response(ok(7)))
+    assert "KM[0.5]" in game, game  # set after the loadsgf: it wins
+    assert re.findall(r";([BW])\[(\w\w)\]", game) == [("B", "ee"), ("W", "cc"), ("B", "gg")], game
+    assert gui.response(ok(8)) == ["=8 "]
+    assert gui.proc.wait(30) == 0

@@ -3,7 +3,11 @@ replay, throttling, stderr safety."""
 
 from __future__ import annotations
 
-from katapool.gtp.bridge import BridgeOptions, GtpBridge, safe_for_guis
+import asyncio
+import time
+from pathlib import Path
+
+from katapool.gtp.bridge import BridgeOptions, GtpBridge, Pending, safe_for_guis
 from katapool.gtp.command import parse
 from katapool.gtp.state import GameState
 
@@ -25,6 +29,11 @@ def test_parse_like_katago() -> None:
     assert bare is not None and bare.id_only
     assert parse("kata-genmove_analyze W 50").streams  # type: ignore[union-attr]
     assert not parse("kata-search_cancellable b").streams  # type: ignore[union-attr]
+    # KataGo reads at most 9 id digits; longer ids get its one-line "?" answer.
+    for line in ("1234567890 name", "0000000013 name"):
+        assert parse(line).id_only, line  # type: ignore[union-attr]
+    assert parse("007 name").echo_id == "7"  # type: ignore[union-attr]
+    assert parse("QUIT").name == "QUIT"  # type: ignore[union-attr]  # names are exact: unknown
 
 
 def _record(state: GameState, line: str, ok: bool = True, body: str = "", played: str | None = None) -> None:
@@ -56,9 +65,40 @@ def test_state_replays_what_the_gui_set_up() -> None:
     _record(s, "boardsize 9")
     _record(s, "play B E5")
     _record(s, "boardsize 9")  # the same size: KataGo keeps the stones
+    _record(s, "rectangular_boardsize 9 9")  # the same size, said another way
     _record(s, "kata-genmove_analyze 50", played="C3")  # no colour: the side to move
     assert s.replay() == ["kata-set-rules japanese", "komi 6.5", "time_settings 0 2 1",
-                          "boardsize 9", "clear_board", "play B E5", "play W C3"]
+                          "rectangular_boardsize 9 9", "clear_board", "play B E5", "play W C3"]
+
+
+def test_state_replays_loadsgf_in_its_place(tmp_path: Path) -> None:
+    s = GameState()
+    _record(s, "kata-set-param playoutDoublingAdvantage 0.25")  # loadsgf keeps it
+    _record(s, "time_settings 0 5 1")
+    _record(s, "loadsgf game.sgf")
+    _record(s, "undo")  # takes back the game's last move
+    _record(s, "komi 0.5")  # overrides the game's komi
+    _record(s, "play W C7")
+    assert s.replay() == ["kata-set-param playoutDoublingAdvantage 0.25", "time_settings 0 5 1",
+                          "loadsgf game.sgf", "komi 0.5", "undo", "play W C7"]
+    _record(s, "undo")
+    _record(s, "undo")
+    assert s.replay()[-2:] == ["undo", "undo"]
+    _record(s, "clear_board")  # the loaded board goes; its komi and rules stay
+    assert s.replay() == ["kata-set-param playoutDoublingAdvantage 0.25", "time_settings 0 5 1",
+                          "loadsgf game.sgf", "komi 0.5", "clear_board"]
+    # A board size after a loadsgf: the same as the game's keeps its board, another clears it.
+    game = tmp_path / "nine.sgf"
+    game.write_text("(;GM[1]SZ[9];B[ee];W[cc])")
+    s = GameState()
+    _record(s, "boardsize 19")
+    _record(s, f"loadsgf {game}")
+    _record(s, "boardsize 9")
+    _record(s, "play B G7")
+    assert s.replay() == [f"loadsgf {game}", "boardsize 9", "play B G7"]
+    _record(s, "boardsize 19")
+    _record(s, "play B Q16")
+    assert s.replay() == [f"loadsgf {game}", "boardsize 19", "clear_board", "play B Q16"]
 
 
 def test_throttling_rewrites_analysis_arguments() -> None:
@@ -88,3 +128,28 @@ def test_stderr_lines_are_safe_for_lizzie_and_katrain() -> None:
         assert not safe.startswith(("=", "?", "info", "play", "komi=", "opp_komi=", "Tuning"))
         assert " -> " not in safe and "what()" not in safe and "Uncaught exception" not in safe
     assert safe_for_guis("Model name: g170") == "Model name: g170"
+
+
+def test_stop_deadline_counts_from_when_the_engine_got_to_the_analysis() -> None:
+    """An analysis stopped while queued behind a long genmove: when it becomes the head, the
+    engine has only just been able to stop it; that is no hang."""
+    b = _bridge(stop_timeout=3.0)
+    lost: list[str] = []
+    b._lost = lambda cause, engine: lost.append(cause)  # type: ignore[method-assign]
+    b.engine, b.engine_ok = object(), True  # type: ignore[assignment]
+    now = time.monotonic()
+    analysis = Pending(parse("5 kata-analyze B 10"), stop_requested=True,  # type: ignore[arg-type]
+                       stop_at=now - 40, last_output=now - 40)
+    analysis.became_head = now  # the 40 s genmove before it just ended
+    b.pending.append(analysis)
+
+    async def two_watchdog_rounds() -> None:
+        watch = asyncio.create_task(b._watch())
+        await asyncio.sleep(1.5)
+        assert not lost, lost
+        analysis.became_head = time.monotonic() - 10  # now it is really stuck
+        await asyncio.sleep(1.2)
+        watch.cancel()
+
+    asyncio.run(two_watchdog_rounds())
+    assert lost and "did not stop" in lost[0]

@@ -144,9 +144,11 @@ class GtpBridge:
             self._answer_failed(command)
             return
         command = self._throttle(command)
-        if command.name == "quit" and not self.engine_ok:
-            # Between engines (a restart): the GUI is leaving; do not make it wait for one.
-            self.write(f"={command.id or ''} \n\n".encode())
+        if command.name == "quit" and not self.engine_ok \
+                and not any(not p.internal for p in self.pending):
+            # Between engines (a restart) with nothing else owed: the GUI is leaving; do not
+            # make it wait for one. Commands before it are answered first, as KataGo would.
+            self.write(f"={command.echo_id} \n\n".encode())
             self.finished.set()
             return
         self.pending.append(Pending(command))
@@ -156,7 +158,7 @@ class GtpBridge:
             self.engine.write_nowait(command.raw)
 
     def _answer_failed(self, command: Command) -> None:
-        cid = command.id or ""
+        cid = command.echo_id
         if command.name == "quit":
             self.write(f"={cid} \n\n".encode())
             self.finished.set()
@@ -282,7 +284,9 @@ class GtpBridge:
             if head.command.name not in SEARCHES and quiet > self.options.command_timeout:
                 cause = f"{head.command.name} unanswered for {quiet:.0f} s"
             elif head.command.name in INTERRUPTIBLE and head.stop_at is not None:
-                since_stop = now - max(head.stop_at, head.last_output)
+                # Asked to stop while queued behind a long search: the engine got to it (and
+                # to the stop) only when it became the head.
+                since_stop = now - max(head.stop_at, head.became_head, head.last_output)
                 if since_stop > self.options.stop_timeout:
                     cause = f"{head.command.name} did not stop within {since_stop:.0f} s"
             if cause is not None:
@@ -295,7 +299,7 @@ class GtpBridge:
         self.engine_ok = False
         if self.quitting and all(p.command.name == "quit" for p in self.pending if not p.internal):
             for item in [p for p in self.pending if not p.internal]:
-                self._done(item, ok=True, body="", text=f"={item.command.id or ''} \n\n")
+                self._done(item, ok=True, body="", text=f"={item.command.echo_id} \n\n")
             self.finished.set()
             return
         self._recovering = asyncio.create_task(self._recover(cause))
@@ -341,7 +345,7 @@ class GtpBridge:
         if gui_items and gui_items[0].losses >= 2:
             # Twice the engine died on this very command: a poison command. Answer it, go on.
             bad = gui_items.pop(0)
-            cid = bad.command.id or ""
+            cid = bad.command.echo_id
             self._emit("\n" if bad.header_sent else
                        f"?{cid} katapool: KataGo died twice running this command; not sent again\n\n")
         if gui_items and gui_items[0].played is not None and gui_items[0].header_sent:
@@ -375,7 +379,7 @@ class GtpBridge:
         for item in list(self.pending):
             if item.internal:
                 continue
-            cid = item.command.id or ""
+            cid = item.command.echo_id
             if item.header_sent:
                 self._emit("\n")  # a stream the GUI has started: end it, as KataGo does on error
             elif item.command.name == "quit":

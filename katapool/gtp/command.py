@@ -47,9 +47,15 @@ class Command:
         return self.name in INTERRUPTIBLE
 
     @property
+    def echo_id(self) -> str:
+        """The id as KataGo writes it in its answer (as a number: ``007`` answers ``=7``)."""
+        return str(int(self.id)) if self.id is not None and not self.id_only else ""
+
+    @property
     def id_only(self) -> bool:
-        """A bare id, or one KataGo cannot read (beyond 32 bits): a one-line "?" answer."""
-        return self.id is not None and (not self.name or int(self.id) > 2**31 - 1)
+        """A bare id, or one KataGo cannot read (it takes at most 9 digits, leading zeros
+        included): a one-line "?" answer."""
+        return self.id is not None and (not self.name or len(self.id) > 9)
 
 
 def preprocess(line: str) -> str:
@@ -68,7 +74,7 @@ def parse(line: str) -> Command | None:
     if found:
         cid, text = found.group(1), found.group(2)
     words = text.split()
-    name = words[0].lower() if words else ""
+    name = words[0] if words else ""  # KataGo matches names exactly: `QUIT` is unknown
     return Command(f"{cid} {text}".strip() if cid is not None else text, cid, name, tuple(words[1:]))
 
 
