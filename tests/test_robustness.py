@@ -265,3 +265,83 @@ def test_closed_pipe_is_not_a_traceback(kp: Katapool) -> None:
         shell=True, capture_output=True, text=True, env=kp.env, timeout=300)
     assert len(proc.stdout.splitlines()) == 1 and '"move": 1' in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+# --- mistyped command lines (the CLI sweep) ---------------------------------------------------
+# Each case once ran on (a traceback, a silently ignored or accepted value, work done before an
+# output that could never be written) or named the wrong problem. "/nonexistent" as --katago:
+# the bad value must be caught before the engine is even looked for.
+
+NO_ENGINE = ["--katago", "/nonexistent/katago"]
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from katapool.cli.main import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
+    game, text = tmp / "game.sgf", tmp / "notes.txt"
+    game.write_text("(;GM[1]FF[4]SZ[19]KM[6.5];B[pd];W[dp])")
+    text.write_text("hello\n")
+    cases: dict[str, tuple[list[str], str]] = {
+        "analyze-members": (["analyze", str(game), "--members", "0", *NO_ENGINE],
+                            "--members must be at least 1"),
+        "analyze-top": (["analyze", str(game), "--top", "-1", *NO_ENGINE], "--top cannot be"),
+        "analyze-out": (["analyze", str(game), "-o", str(text / "out"), *NO_ENGINE],
+                        f"notes.txt/out: cannot make the output folder ({text} is a file)"),
+        "validate-onnx": (["model", "validate", str(G170), str(text), "--sgf", str(game),
+                           *NO_ENGINE], "notes.txt: not a readable ONNX file"),
+        "install-backend": (["engine", "install", "--wheel", str(tmp / "none.whl"),
+                             "--backend", "eigen"], "--backend: only with --from release"),
+        "install-bad-backend": (["engine", "install", "--from", "release", "--version", "1.16.4",
+                                 "--backend", "gpu"], "--backend gpu: unknown backend"),
+        "prepare-batch": (["prepare", "--batch-size", "0", *NO_ENGINE],
+                          "--batch-size: must be at least 1"),
+        "gtp-timeout": (["gtp", "--command-timeout", "0", *NO_ENGINE],
+                        "--command-timeout is seconds, more than 0"),
+        "analysis-threads": (["analysis", "-analysis-threads", "-3", *NO_ENGINE],
+                             "-analysis-threads must be at least 1"),
+        "analysis-policy": (["analysis", "--policy", "no_such_key=1", *NO_ENGINE],
+                            "bad --policy: unknown key 'no_such_key'"),
+        "start-listen": (["start", "--listen", "ws://0.0.0.0:99999", "--state-dir",
+                          str(tmp / "state")], "--listen: expected host:port"),
+        "logs-lines": (["logs", "-n", "-3", "--state-dir", str(tmp / "state")],
+                       "--lines cannot be negative"),
+        "export-under-a-file": (["model", "export-onnx", str(G170), "-o", str(text / "x.onnx")],
+                                f"{text} is a file, where a folder is needed"),
+    }
+    return cases[name]
+
+
+SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "install-backend",
+         "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
+         "analysis-policy", "start-listen", "logs-lines", "export-under-a-file"]
+
+
+@pytest.mark.parametrize("case", SWEEP)
+def test_mistyped_command_line_is_one_specific_line(case: str, isolated_env: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (isolated_env / "state" / "logs").mkdir(parents=True)
+    (isolated_env / "state" / "logs" / "daemon.log").write_text("one\ntwo\nthree\nfour\n")
+    argv, needle = _sweep_case(case, isolated_env)
+    code, out, err = _cli(argv, capsys)
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert needle in lines[-1] and lines[-1].startswith(("error: ", "katapool ")), err
+    assert "Traceback" not in err and "pydantic.dev" not in err
+
+
+def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path: Path) -> None:
+    from katapool.engine.discovery import resolve_model
+    from katapool.errors import ModelError
+
+    with pytest.raises(ModelError, match="is a folder: give the network file in it"):
+        resolve_model(tmp_path)
+
