@@ -345,3 +345,16 @@ def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="is a folder: give the network file in it"):
         resolve_model(tmp_path)
 
+
+@pytest.mark.engine
+def test_analysis_threads_flag_works_with_generated_configs(kp: Katapool) -> None:
+    """KaTrain launches `katago analysis ... -analysis-threads N`; with a generated config
+    (which sets numAnalysisThreads) KataGo refused that flag and no member ever started."""
+    query = json.dumps({"id": "q", "moves": [], "rules": "japanese", "komi": 6.5,
+                        "boardXSize": 19, "boardYSize": 19, "maxVisits": 2})
+    proc = subprocess.run([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                           "-analysis-threads", "2"], input=query + "\n", capture_output=True,
+                          text=True, env=kp.env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["id"] for a in answers] == ["q"] and "moveInfos" in answers[0]
