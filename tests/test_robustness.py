@@ -290,6 +290,10 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
     game, text = tmp / "game.sgf", tmp / "notes.txt"
     game.write_text("(;GM[1]FF[4]SZ[19]KM[6.5];B[pd];W[dp])")
     text.write_text("hello\n")
+    not_katago, katago_cfg = tmp / "not-katago", tmp / "katago.cfg"
+    not_katago.write_text("#!/bin/sh\necho hello\n")
+    not_katago.chmod(0o755)
+    katago_cfg.write_text("# a KataGo config given where a pool file goes\nmaxVisits = 5\n")
     cases: dict[str, tuple[list[str], str]] = {
         "analyze-members": (["analyze", str(game), "--members", "0", *NO_ENGINE],
                             "--members must be at least 1"),
@@ -316,13 +320,19 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                        "--lines cannot be negative"),
         "export-under-a-file": (["model", "export-onnx", str(G170), "-o", str(text / "x.onnx")],
                                 f"{text} is a file, where a folder is needed"),
+        "not-katago": (["engine", "info", "--katago", str(not_katago)],
+                       "not-katago is not KataGo: `not-katago version` printed no KataGo version "
+                       "(it printed: hello)"),
+        "start-katago-config": (["start", "-config", str(katago_cfg), "--state-dir",
+                                 str(tmp / "state")], "this looks like a KataGo config"),
     }
     return cases[name]
 
 
 SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "install-backend",
          "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
-         "analysis-policy", "start-listen", "logs-lines", "export-under-a-file"]
+         "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
+         "start-katago-config"]
 
 
 @pytest.mark.parametrize("case", SWEEP)
