@@ -325,6 +325,9 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                        "(it printed: hello)"),
         "start-katago-config": (["start", "-config", str(katago_cfg), "--state-dir",
                                  str(tmp / "state")], "this looks like a KataGo config"),
+        "ray-port": (["ray", "head", "--port", "-1"], "--port: '-1' is not a port (1 to 65535)"),
+        "ray-address": (["ray", "worker", "--address", "head-machine", "--no-prepare"],
+                        "--address: 'head-machine': expected the head's HOST:PORT"),
     }
     return cases[name]
 
@@ -332,7 +335,7 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
 SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "install-backend",
          "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
          "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
-         "start-katago-config"]
+         "start-katago-config", "ray-port", "ray-address"]
 
 
 @pytest.mark.parametrize("case", SWEEP)
@@ -368,3 +371,16 @@ def test_analysis_threads_flag_works_with_generated_configs(kp: Katapool) -> Non
     assert proc.returncode == 0, proc.stderr
     answers = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [a["id"] for a in answers] == ["q"] and "moveInfos" in answers[0]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("command", ["analysis", "gtp"])
+def test_stdin_from_dev_null_is_end_of_input(kp: Katapool, command: str) -> None:
+    """`katapool analysis < /dev/null`: epoll refuses /dev/null, which asyncio found out only
+    in a callback: a traceback, and an end of input that never came (a hang)."""
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.run([sys.executable, "-m", "katapool", command, "-model", str(G170)],
+                              stdin=devnull, capture_output=True, text=True, env=kp.env,
+                              timeout=120)  # a hang guard: it takes seconds
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert "Traceback" not in proc.stderr
