@@ -82,7 +82,9 @@ class _QuietForGuis(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        cleaned = text.replace("what():", "engine said:").replace("what()", "engine said")
+        # Diagnoses already say "engine said: what(): ...": one "engine said", not two.
+        cleaned = text.replace("engine said: what():", "engine said:")
+        cleaned = cleaned.replace("what():", "engine said:").replace("what()", "engine said")
         cleaned = cleaned.replace("Uncaught exception", "uncaught error")
         if cleaned != text:
             record.msg, record.args = cleaned, None
