@@ -331,6 +331,8 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                         "--address: 'head-machine': expected the head's HOST:PORT"),
         "install-wheel": (["engine", "install", "--wheel", str(text)],
                           "--wheel " + str(text) + " is not the KaTrain wheel katapool pins"),
+        "analyze-connect": (["analyze", str(game), "--connect", "http://127.0.0.1:8123"],
+                            "'http://127.0.0.1:8123' is not a daemon address"),
     }
     return cases[name]
 
@@ -338,7 +340,8 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
 SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "install-backend",
          "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
          "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
-         "start-katago-config", "ray-port", "ray-address", "install-wheel"]
+         "start-katago-config", "ray-port", "ray-address", "install-wheel",
+         "analyze-connect"]
 
 
 @pytest.mark.parametrize("case", SWEEP)

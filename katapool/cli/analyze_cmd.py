@@ -166,7 +166,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
     positions = sum(len(r.moves) + 1 for _, r in games)
     model = args.model if args.connect is not None else None
     with ProgressReport(err, transient=args.json) as report:
-        report.note("starting the engine")
+        report.note("connecting to the daemon" if args.connect is not None
+                    else "starting the engine")
         if args.connect is not None:
             client = await AsyncClient.connect(args.connect or None, token=args.token,
                                                token_file=args.token_file)
