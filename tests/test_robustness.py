@@ -333,6 +333,14 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                           "--wheel " + str(text) + " is not the KaTrain wheel katapool pins"),
         "analyze-connect": (["analyze", str(game), "--connect", "http://127.0.0.1:8123"],
                             "'http://127.0.0.1:8123' is not a daemon address"),
+        "bench-chart-folder": (["bench", "--model", str(G170), "--chart", str(tmp),
+                                "--skip", "engine,onnx,tflite"],
+                               f"--chart {tmp} is a folder: give a file"),
+        "bench-chart-under-a-file": (["bench", "--model", str(G170), "--chart",
+                                      str(text / "chart.png"), "--skip", "engine,onnx,tflite"],
+                                     f"cannot make its folder ({text} is a file)"),
+        "analysis-config-folder": (["analysis", "-config", str(tmp), *NO_ENGINE],
+                                   f"-config {tmp} is a folder"),
     }
     return cases[name]
 
@@ -341,7 +349,8 @@ SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "inst
          "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
          "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
          "start-katago-config", "ray-port", "ray-address", "install-wheel",
-         "analyze-connect"]
+         "analyze-connect", "bench-chart-folder", "bench-chart-under-a-file",
+         "analysis-config-folder"]
 
 
 @pytest.mark.parametrize("case", SWEEP)
