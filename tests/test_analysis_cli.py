@@ -382,3 +382,20 @@ def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
     text = stream.getvalue()
     assert "what()" not in text and "Uncaught exception" not in text
     assert "member-0 lost: engine failed: engine said:  CUDA error" in text
+
+
+def test_quieted_diagnosis_says_engine_said_once() -> None:
+    import io
+    import logging
+
+    from katapool.cli.analysis_cmd import _QuietForGuis
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_QuietForGuis())
+    logger = logging.getLogger("katapool.test.quiet-once")
+    logger.addHandler(handler)
+    logger.error("member-0 failed for good: %s", "the network file could not be loaded "
+                 "(engine said: what():  Error loading or parsing model file x.txt)")
+    text = stream.getvalue()
+    assert "what()" not in text and text.count("engine said") == 1, text

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import platform
 import shlex
 import stat
 import subprocess
@@ -264,4 +265,139 @@ def test_closed_pipe_is_not_a_traceback(kp: Katapool) -> None:
         f"--checks 0 --model {shlex.quote(str(G170))} --json | head -1",
         shell=True, capture_output=True, text=True, env=kp.env, timeout=300)
     assert len(proc.stdout.splitlines()) == 1 and '"move": 1' in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+# --- mistyped command lines (the CLI sweep) ---------------------------------------------------
+# Each case once ran on (a traceback, a silently ignored or accepted value, work done before an
+# output that could never be written) or named the wrong problem. "/nonexistent" as --katago:
+# the bad value must be caught before the engine is even looked for.
+
+NO_ENGINE = ["--katago", "/nonexistent/katago"]
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from katapool.cli.main import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
+    game, text = tmp / "game.sgf", tmp / "notes.txt"
+    game.write_text("(;GM[1]FF[4]SZ[19]KM[6.5];B[pd];W[dp])")
+    text.write_text("hello\n")
+    not_katago, katago_cfg = tmp / "not-katago", tmp / "katago.cfg"
+    not_katago.write_text("#!/bin/sh\necho hello\n")
+    not_katago.chmod(0o755)
+    katago_cfg.write_text("# a KataGo config given where a pool file goes\nmaxVisits = 5\n")
+    cases: dict[str, tuple[list[str], str]] = {
+        "analyze-members": (["analyze", str(game), "--members", "0", *NO_ENGINE],
+                            "--members must be at least 1"),
+        "analyze-top": (["analyze", str(game), "--top", "-1", *NO_ENGINE], "--top cannot be"),
+        "analyze-out": (["analyze", str(game), "-o", str(text / "out"), *NO_ENGINE],
+                        f"notes.txt/out: cannot make the output folder ({text} is a file)"),
+        "validate-onnx": (["model", "validate", str(G170), str(text), "--sgf", str(game),
+                           *NO_ENGINE], "notes.txt: not a readable ONNX file"),
+        "install-backend": (["engine", "install", "--wheel", str(tmp / "none.whl"),
+                             "--backend", "eigen"], "--backend: only with --from release"),
+        "install-bad-backend": (["engine", "install", "--from", "release", "--version", "1.16.4",
+                                 "--backend", "gpu"], "--backend gpu: unknown backend"),
+        "prepare-batch": (["prepare", "--batch-size", "0", *NO_ENGINE],
+                          "--batch-size: must be at least 1"),
+        "gtp-timeout": (["gtp", "--command-timeout", "0", *NO_ENGINE],
+                        "--command-timeout is seconds, more than 0"),
+        "analysis-threads": (["analysis", "-analysis-threads", "-3", *NO_ENGINE],
+                             "-analysis-threads must be at least 1"),
+        "analysis-policy": (["analysis", "--policy", "no_such_key=1", *NO_ENGINE],
+                            "bad --policy: unknown key 'no_such_key'"),
+        "start-listen": (["start", "--listen", "ws://0.0.0.0:99999", "--state-dir",
+                          str(tmp / "state")], "--listen: expected host:port"),
+        "logs-lines": (["logs", "-n", "-3", "--state-dir", str(tmp / "state")],
+                       "--lines cannot be negative"),
+        "export-under-a-file": (["model", "export-onnx", str(G170), "-o", str(text / "x.onnx")],
+                                f"{text} is a file, where a folder is needed"),
+        "not-katago": (["engine", "info", "--katago", str(not_katago)],
+                       "not-katago is not KataGo: `not-katago version` printed no KataGo version "
+                       "(it printed: hello)"),
+        "start-katago-config": (["start", "-config", str(katago_cfg), "--state-dir",
+                                 str(tmp / "state")], "this looks like a KataGo config"),
+        "ray-port": (["ray", "head", "--port", "-1"], "--port: '-1' is not a port (1 to 65535)"),
+        "ray-address": (["ray", "worker", "--address", "head-machine", "--no-prepare"],
+                        "--address: 'head-machine': expected the head's HOST:PORT"),
+        "install-wheel": (["engine", "install", "--wheel", str(text)],
+                          "--wheel " + str(text) + " is not the KaTrain wheel katapool pins"),
+        "analyze-connect": (["analyze", str(game), "--connect", "http://127.0.0.1:8123"],
+                            "'http://127.0.0.1:8123' is not a daemon address"),
+        "bench-chart-folder": (["bench", "--model", str(G170), "--chart", str(tmp),
+                                "--skip", "engine,onnx,tflite"],
+                               f"--chart {tmp} is a folder: give a file"),
+        "bench-chart-under-a-file": (["bench", "--model", str(G170), "--chart",
+                                      str(text / "chart.png"), "--skip", "engine,onnx,tflite"],
+                                     f"cannot make its folder ({text} is a file)"),
+        "analysis-config-folder": (["analysis", "-config", str(tmp), *NO_ENGINE],
+                                   f"-config {tmp} is a folder"),
+    }
+    return cases[name]
+
+
+SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "install-backend",
+         "install-bad-backend", "prepare-batch", "gtp-timeout", "analysis-threads",
+         "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
+         "start-katago-config", "ray-port", "ray-address", "install-wheel",
+         "analyze-connect", "bench-chart-folder", "bench-chart-under-a-file",
+         "analysis-config-folder"]
+
+
+@pytest.mark.parametrize("case", SWEEP)
+def test_mistyped_command_line_is_one_specific_line(case: str, isolated_env: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (isolated_env / "state" / "logs").mkdir(parents=True)
+    (isolated_env / "state" / "logs" / "daemon.log").write_text("one\ntwo\nthree\nfour\n")
+    if case == "install-wheel" and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("KaTrain's wheel is x86-64 only: the install stops before the wheel")
+    argv, needle = _sweep_case(case, isolated_env)
+    code, out, err = _cli(argv, capsys)
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert needle in lines[-1] and lines[-1].startswith(("error: ", "katapool ")), err
+    assert "Traceback" not in err and "pydantic.dev" not in err
+
+
+def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path: Path) -> None:
+    from katapool.engine.discovery import resolve_model
+    from katapool.errors import ModelError
+
+    with pytest.raises(ModelError, match="is a folder: give the network file in it"):
+        resolve_model(tmp_path)
+
+
+@pytest.mark.engine
+def test_analysis_threads_flag_works_with_generated_configs(kp: Katapool) -> None:
+    """KaTrain launches `katago analysis ... -analysis-threads N`; with a generated config
+    (which sets numAnalysisThreads) KataGo refused that flag and no member ever started."""
+    query = json.dumps({"id": "q", "moves": [], "rules": "japanese", "komi": 6.5,
+                        "boardXSize": 19, "boardYSize": 19, "maxVisits": 2})
+    proc = subprocess.run([sys.executable, "-m", "katapool", "analysis", "-model", str(G170),
+                           "-analysis-threads", "2"], input=query + "\n", capture_output=True,
+                          text=True, env=kp.env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["id"] for a in answers] == ["q"] and "moveInfos" in answers[0]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("command", ["analysis", "gtp"])
+def test_stdin_from_dev_null_is_end_of_input(kp: Katapool, command: str) -> None:
+    """`katapool analysis < /dev/null`: epoll refuses /dev/null, which asyncio found out only
+    in a callback: a traceback, and an end of input that never came (a hang)."""
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.run([sys.executable, "-m", "katapool", command, "-model", str(G170)],
+                              stdin=devnull, capture_output=True, text=True, env=kp.env,
+                              timeout=120)  # a hang guard: it takes seconds
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     assert "Traceback" not in proc.stderr

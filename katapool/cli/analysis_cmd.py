@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from katapool import paths
 from katapool.cli.shared_options import (
     add_config,
@@ -80,7 +82,9 @@ class _QuietForGuis(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        cleaned = text.replace("what():", "engine said:").replace("what()", "engine said")
+        # Diagnoses already say "engine said: what(): ...": one "engine said", not two.
+        cleaned = text.replace("engine said: what():", "engine said:")
+        cleaned = cleaned.replace("what():", "engine said:").replace("what()", "engine said")
         cleaned = cleaned.replace("Uncaught exception", "uncaught error")
         if cleaned != text:
             record.msg, record.args = cleaned, None
@@ -96,8 +100,18 @@ def _policy(pairs: list[str]) -> PoolPolicy:
         values[key.strip()] = value.strip()
     try:
         return PoolPolicy.model_validate(values)
-    except ValueError as exc:
-        raise ConfigError(f"bad --policy: {exc}".replace("\n", " ")) from None
+    except ValidationError as exc:
+        raise ConfigError(f"bad --policy: {_first_problem(exc)} (`--policy help` lists every "
+                          "key)") from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    # pydantic's own text runs to several lines and a URL: one line, key and value, instead.
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    return f"{key}={first.get('input')!r}: {first['msg']}"
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:
@@ -110,6 +124,8 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     members = args.members or (len(gpus) if gpus else 1)
     if members < 1:
         raise ConfigError(f"--members must be at least 1 (got {members})")
+    if args.analysis_threads is not None and args.analysis_threads < 1:
+        raise ConfigError(f"-analysis-threads must be at least 1 (got {args.analysis_threads})")
     if args.override_config:
         # Imported only when needed: a plain start does without config validation's models.
         from katapool.config.overrides import check_override_arg

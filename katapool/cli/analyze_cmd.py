@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 DEFAULT_VISITS = 16
 
 
+def _check_out_dir(folder: Path) -> None:
+    """The output folder exists (made now) and takes files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        raise ConfigError(f"-o {folder}: cannot make the output folder ({why})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"-o {folder}: the output folder is not writable")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     started = time.monotonic()
     args.gpus = gpu_indices(args, "katapool analyze")  # a wrong kind fails before any work
@@ -91,6 +105,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checks cannot be negative (got {args.checks})")
     if not 0 < args.mistake < 1:
         raise ConfigError(f"--mistake is a winrate loss between 0 and 1 (got {args.mistake})")
+    if args.members < 1:
+        raise ConfigError(f"--members must be at least 1 (got {args.members})")
+    if args.top < 0:
+        raise ConfigError(f"--top cannot be negative (got {args.top})")
     games: list[tuple[Path, GameRecord]] = [(path, load_sgf(path)) for path in args.games]
     stems = [p.stem for p, _ in games]
     if len(set(stems)) != len(stems):  # two games with one name must not overwrite each other
@@ -104,6 +122,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
+    _check_out_dir(args.out)  # an unwritable -o must not cost a whole review first
     run = asyncio.run(_run(args, games, budget, started))
     failed = 0
     for stem, review in zip(stems, run.reviews, strict=True):
@@ -147,7 +166,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
     positions = sum(len(r.moves) + 1 for _, r in games)
     model = args.model if args.connect is not None else None
     with ProgressReport(err, transient=args.json) as report:
-        report.note("starting the engine")
+        report.note("connecting to the daemon" if args.connect is not None
+                    else "starting the engine")
         if args.connect is not None:
             client = await AsyncClient.connect(args.connect or None, token=args.token,
                                                token_file=args.token_file)

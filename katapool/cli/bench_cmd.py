@@ -53,6 +53,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _chart_path(path: Path) -> Path:
+    """The chart's file, checked now; matplotlib adds .png to a name without a suffix."""
+    if path.is_dir():
+        raise ConfigError(f"--chart {path} is a folder: give a file, e.g. "
+                          f"{path / DEFAULT_CHART}")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        raise ConfigError(f"--chart {path}: cannot make its folder ({why})") from None
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from katapool.bench.runner import BenchSettings, parse_skip, run_bench
     from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
@@ -65,6 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              iterations=args.iterations, skip=skip,
                              calibration=list(args.calibration))
     settings.check()
+    if not args.no_chart:
+        args.chart = _chart_path(args.chart)  # before the minutes of measuring
 
     resolved: ResolvedEngine | None = None
     info: EngineInfo | None = None

@@ -80,6 +80,8 @@ def resolve_katago_args(args: argparse.Namespace) -> KataGoArgs:
     from katapool.engine.probe import probe_version
 
     for cfg in args.config:
+        if cfg.is_dir():
+            raise ConfigError(f"-config {cfg} is a folder: give the KataGo .cfg file")
         if not cfg.is_file():
             raise ConfigError(f"-config {cfg}: no such file")
     resolved = resolve_engine(args.katago)

@@ -149,11 +149,14 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
                 websocket = address[5:].rstrip("/")
             else:
                 raise ConfigError(f"--listen {address!r}: expected unix:PATH or ws://HOST:PORT")
+        from pydantic import ValidationError
+
         try:
             listen = type(pool_file.listen).model_validate(
                 {**pool_file.listen.model_dump(), "unix": unix, "websocket": websocket})
-        except ValueError as exc:
-            raise ConfigError(f"--listen: {exc}".replace("\n", " ")) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]  # pydantic's own text: several lines and a URL
+            raise ConfigError(f"--listen: {first['msg'].removeprefix('Value error, ')}") from None
         pool_file = pool_file.model_copy(update={"listen": listen})
     if getattr(args, "token_file", None) is not None:
         path = args.token_file.expanduser().resolve()
@@ -367,6 +370,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise ConfigError(f"--lines cannot be negative (got {args.lines})")
     state = _state(args)
     logs = state.logs
     try:

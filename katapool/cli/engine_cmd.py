@@ -87,6 +87,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_install(args: argparse.Namespace) -> int:
     if sum(map(bool, (args.path, args.source, args.fastest))) > 1:
         raise InstallError("use one of --path, --from and --fastest")
+    if args.source != "release":
+        # Release-only options never silently install something else (KaTrain's engine).
+        stray = [flag for flag, value in (("--version", args.version), ("--backend", args.backend),
+                                          ("--sha256", args.sha256), ("--asset", args.asset),
+                                          ("--base-url", args.base_url)) if value]
+        if stray:
+            raise InstallError(f"{', '.join(stray)}: only with --from release "
+                               f"(e.g. --from release --version 1.16.4 --backend eigen)")
+    if args.backend:
+        try:
+            Backend.parse(args.backend)
+        except ValueError as exc:
+            raise InstallError(f"--backend {args.backend}: {exc}") from None
     why: str | None = None
     if args.fastest:
         from katapool.engine.fastest import install_fastest

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -78,6 +79,8 @@ def cmd_gtp(args: argparse.Namespace) -> int:
     for value, flag in ((args.min_interval, "--min-interval"), (args.max_moves, "--max-moves")):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if not 0 < args.command_timeout < math.inf:  # 0 or less: every command looks stuck
+        raise ConfigError(f"--command-timeout is seconds, more than 0 (got {args.command_timeout})")
     if args.override_config:
         # Imported only when needed: a GUI's plain start does without pydantic.
         from katapool.config.overrides import check_override_arg

@@ -63,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        _error(f"{exc.strerror or exc}{where}")
+        _error(_os_error_text(exc))
         return 1
     except KeyboardInterrupt:
         _error(None)
         return 130
+
+
+def _os_error_text(exc: OSError) -> str:
+    if isinstance(exc, FileExistsError) and exc.filename and os.path.isfile(exc.filename):
+        # mkdir(exist_ok=True) on a path through a file: "File exists" names no problem.
+        return f"{exc.filename} is a file, where a folder is needed"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _error(message: str | None) -> None:

@@ -15,7 +15,7 @@ from katapool.cli.model_mobile_cmd import register_mobile
 from katapool.cli.model_trt_cmd import register_trt
 from katapool.cli.quantize_cmd import register_quantize
 from katapool.cli.shared_options import add_katago
-from katapool.errors import ConfigError, KatapoolError
+from katapool.errors import ConfigError, KatapoolError, ModelError
 from katapool.models import load_model, summarize
 
 
@@ -161,6 +161,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         onnx_bytes = args.onnx.read_bytes()
     except OSError as exc:
         raise KatapoolError(f"cannot read {args.onnx}: {exc.strerror}") from None
+    _check_onnx(args.onnx, onnx_bytes)  # before the engine starts: a wrong file is one line
     info = probe_version(resolve_engine(args.katago).path)
     built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
     with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
@@ -182,6 +183,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
                               "KataGo's testgpuerror limits apply to p99"))
         out.print("[green]passed[/]" if report.passed else "[red]failed[/]")
     return 0 if report.passed else 1
+
+
+def _check_onnx(path: Path, data: bytes) -> None:
+    import onnx
+
+    try:
+        onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX file ({exc}); give the file "
+                         "`katapool model export-onnx` wrote") from None
 
 
 def error_table(report: Any, title: str, caption: str) -> Table:

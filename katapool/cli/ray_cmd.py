@@ -19,12 +19,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = p.add_subparsers(dest="ray_command", required=True, metavar="COMMAND")
 
     head = rsub.add_parser("head", help="start a Ray head here (for users without a cluster)")
-    head.add_argument("--port", type=int, default=DEFAULT_PORT)
+    head.add_argument("--port", type=_port, default=DEFAULT_PORT)
     _node_args(head, default_cpu_members=0)
     head.set_defaults(func=cmd_head)
 
     worker = rsub.add_parser("worker", help="prepare this machine and join it to a cluster")
-    worker.add_argument("--address", required=True, metavar="HOST:PORT", help="the head's address")
+    worker.add_argument("--address", required=True, type=_address, metavar="HOST:PORT",
+                        help="the head's address")
     _node_args(worker, default_cpu_members=None)
     add_model(worker, "network to prepare for (default: the engine's bundled one)")
     worker.add_argument("--no-prepare", action="store_true", help="skip engine install and "
@@ -32,6 +33,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker.add_argument("--fast", action="store_true", help="OpenCL: reference tuning now, "
                         "full tune later (see katapool prepare --fast)")
     worker.set_defaults(func=cmd_worker)
+
+
+def _port(text: str) -> int:
+    # Checked here: Ray itself answers a bad port with an assertion's traceback.
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return port
+
+
+def _address(text: str) -> str:
+    """HOST:PORT, checked before the minutes of engine install and tuning that precede the join."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected the head's HOST:PORT, e.g. "
+                                         f"10.0.0.5:{DEFAULT_PORT}")
+    try:
+        _port(port)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
 
 
 def _node_args(p: argparse.ArgumentParser, default_cpu_members: int | None) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -33,6 +34,8 @@ async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[
     end = asyncio.Event()
     reader = asyncio.StreamReader(limit=limit)
     try:
+        if not _pollable(sys.stdin.fileno()):
+            raise ValueError("stdin cannot be polled")
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                      os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0))
     except (ValueError, OSError):
@@ -75,6 +78,14 @@ async def start_stdin_reader(loop: asyncio.AbstractEventLoop, submit: Callable[[
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can watch ``fd``. A character device other than a terminal
+    (``< /dev/null``) passes asyncio's pipe check but epoll refuses it later, in a callback:
+    a traceback and an end of input that never comes."""
+    mode = os.fstat(fd).st_mode
+    return not stat.S_ISCHR(mode) or os.isatty(fd)
 
 
 async def _skip_line(reader: asyncio.StreamReader) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from katapool.errors import KatapoolError
+from katapool.errors import ConfigError, KatapoolError
 from katapool.pool import Pool
 from katapool.pool.router import Session
 from katapool.server.state import TOKEN_ENV, StateDir, check_token, read_token_file
@@ -256,5 +256,8 @@ def channel_for(address: str | None, token: str | None = None,
     address = address or default_address()
     if address.startswith(("ws://", "wss://")):
         return WebSocketChannel(address, resolve_token(token, token_file))
+    if "://" in address:  # else taken for a socket path: "no daemon at nonsense:/x"
+        raise ConfigError(f"{address!r} is not a daemon address: use unix:PATH, a socket path "
+                          "or ws://HOST:PORT (wss:// with TLS)")
     path = address[5:] if address.startswith("unix:") else address
     return UnixChannel(Path(path).expanduser())

@@ -7,6 +7,7 @@ at once. Without a file, :func:`default_pool_file` builds one from the devices f
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -229,6 +230,9 @@ def load_pool_file(path: Path) -> PoolFile:
     return parse_pool_file(text, str(path))
 
 
+_KATAGO_LINE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9_]*\s*=", re.MULTILINE)
+
+
 def parse_pool_file(text: str, source: str = "katapool.yaml") -> PoolFile:
     try:
         node = yaml.compose(text)
@@ -245,7 +249,11 @@ def parse_pool_file(text: str, source: str = "katapool.yaml") -> PoolFile:
         lines = {}
         _index_lines(node, (), lines)
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: expected a mapping of settings at the top")
+        hint = ""
+        if _KATAGO_LINE.search(text):  # `katago -config` habits: the wrong kind of file
+            hint = ("; this looks like a KataGo config (key = value): a pool file is YAML and "
+                    "names KataGo configs under models.NAME.configs (docs/daemon.md)")
+        raise ConfigError(f"{source}:1: expected a mapping of settings at the top{hint}")
     try:
         return PoolFile.model_validate(data)
     except ValidationError as exc:

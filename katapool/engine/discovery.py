@@ -63,6 +63,9 @@ def resolve_model(
     candidate = explicit or os.environ.get("KATAPOOL_MODEL")
     if candidate:
         path = Path(candidate).expanduser()
+        if path.is_dir():
+            raise ModelError(f"model {path} is a folder: give the network file in it "
+                             "(.bin.gz)")
         if not path.is_file():
             raise ModelError(f"model not found: {path}")
         return path.absolute()

@@ -27,7 +27,7 @@ from katapool.engine.backend import Backend
 from katapool.engine.download import download, sha256_of, verify_sha256
 from katapool.engine.manifest import EngineRecord, load_manifest, save_manifest
 from katapool.engine.probe import EngineInfo, check_launchable, probe_version
-from katapool.errors import EngineStartError, InstallError
+from katapool.errors import ChecksumError, EngineStartError, InstallError
 
 # The KaTrain wheel on PyPI ships a Linux KataGo (OpenCL, AppImage) and a network.
 KATRAIN_VERSION = "1.20.0"
@@ -111,7 +111,12 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
     if wheel is not None:
         if not wheel.is_file():
             raise InstallError(f"wheel not found: {wheel}")
-        wheel_sha = verify_sha256(wheel, KATRAIN_SHA256)
+        try:
+            wheel_sha = verify_sha256(wheel, KATRAIN_SHA256)
+        except ChecksumError:  # a local file: not a download gone wrong, the wrong file
+            raise InstallError(f"--wheel {wheel} is not the KaTrain wheel katapool pins "
+                               f"({KATRAIN_WHEEL}): sha256 mismatch, expected "
+                               f"{KATRAIN_SHA256[:16]}...") from None
     else:
         wheel = fetch_katrain_wheel(console)
         wheel_sha = KATRAIN_SHA256

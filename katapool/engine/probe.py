@@ -170,6 +170,10 @@ def _run_version(path: Path, timeout: float) -> EngineInfo:
     proc = run_engine(path, ["version"], timeout=timeout)
     text = proc.stdout + proc.stderr
     match = _VERSION_RE.search(text)
+    if proc.returncode == 0 and not match:
+        said = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        raise EngineStartError(f"{path} is not KataGo: `{path.name} version` printed no KataGo "
+                               "version" + (f" (it printed: {said[:120]})" if said else ""))
     if proc.returncode != 0 or not match:
         raise EngineStartError(f"{path}: {diagnose(text, proc.returncode)}")
     git = _GIT_RE.search(text)
