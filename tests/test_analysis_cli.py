@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -366,17 +368,20 @@ def test_report_fields_as_katago_reads_them(kp: Katapool) -> None:
     assert [r["isDuringSearch"] for r in of("first")] == [True, False]
 
 
-def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
-    import io
-    import logging
-
+def _quieted(name: str) -> tuple[logging.Logger, io.StringIO]:
+    """A logger whose output goes through the filter `katapool analysis` puts on stderr."""
     from katapool.cli.analysis_cmd import _QuietForGuis
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(_QuietForGuis())
-    logger = logging.getLogger("katapool.test.quiet")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
+    return logger, stream
+
+
+def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
+    logger, stream = _quieted("katapool.test.quiet")
     logger.warning("%s lost: %s", "member-0",
                    "engine failed: what():  CUDA error; Uncaught exception in thread")
     text = stream.getvalue()
@@ -385,16 +390,7 @@ def test_stderr_never_says_what_katrain_takes_for_a_crash() -> None:
 
 
 def test_quieted_diagnosis_says_engine_said_once() -> None:
-    import io
-    import logging
-
-    from katapool.cli.analysis_cmd import _QuietForGuis
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(_QuietForGuis())
-    logger = logging.getLogger("katapool.test.quiet-once")
-    logger.addHandler(handler)
+    logger, stream = _quieted("katapool.test.quiet-once")
     logger.error("member-0 failed for good: %s", "the network file could not be loaded "
                  "(engine said: what():  Error loading or parsing model file x.txt)")
     text = stream.getvalue()

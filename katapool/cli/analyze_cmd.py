@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import err, make_folder, out
 from katapool.cli.progress import ProgressReport
 from katapool.cli.shared_options import add_device, add_katago, add_model, add_preset, gpu_indices
 from katapool.client.async_client import AsyncClient
@@ -75,13 +75,7 @@ DEFAULT_VISITS = 16
 
 def _check_out_dir(folder: Path) -> None:
     """The output folder exists (made now) and takes files."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
-                       None)
-        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
-        raise ConfigError(f"-o {folder}: cannot make the output folder ({why})") from None
+    make_folder(folder, f"-o {folder}: cannot make the output folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"-o {folder}: the output folder is not writable")
 

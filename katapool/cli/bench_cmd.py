@@ -13,7 +13,7 @@ from rich.table import Table
 
 from katapool.bench.chart import human_rate, human_seconds, human_size
 from katapool.bench.result import BenchReport, BenchRow
-from katapool.cli.common import err, out
+from katapool.cli.common import err, make_folder, out
 from katapool.cli.shared_options import add_katago, add_model
 from katapool.errors import ConfigError, KatapoolError
 
@@ -60,12 +60,7 @@ def _chart_path(path: Path) -> Path:
                           f"{path / DEFAULT_CHART}")
     if not path.suffix:
         path = path.with_suffix(".png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
-        raise ConfigError(f"--chart {path}: cannot make its folder ({why})") from None
+    make_folder(path.parent, f"--chart {path}: cannot make its folder")
     return path
 
 

@@ -11,6 +11,7 @@ from katapool.cli.shared_options import add_katago, add_model
 from katapool.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
     from rich.console import Console
 
     from katapool.engine.discovery import ResolvedEngine
@@ -54,6 +55,24 @@ def engine_from_args(args: argparse.Namespace, fresh: bool = False) -> EngineCho
 
     resolved = resolve_engine(getattr(args, "katago", None))
     return EngineChoice(resolved, probe_version(resolved.path, fresh=fresh))
+
+
+def make_folder(folder: Path, failure: str) -> None:
+    """Make ``folder`` now, before any long work; if it cannot be, ``failure`` and why (a file in
+    the way is named: mkdir's own "File exists" names no problem)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        raise ConfigError(f"{failure} ({why})") from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The first problem pydantic found, in one line (its own text runs to several lines and a
+    URL)."""
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
 def model_from_args(args: argparse.Namespace, engine: EngineChoice | None) -> Path:

@@ -18,7 +18,7 @@ import psutil
 from pydantic import ValidationError
 from rich.live import Live
 
-from katapool.cli.common import err, out
+from katapool.cli.common import err, out, validation_message
 from katapool.cli.shared_options import (
     add_config,
     add_device,
@@ -149,14 +149,11 @@ def _pool_file(args: argparse.Namespace) -> PoolFile:
                 websocket = address[5:].rstrip("/")
             else:
                 raise ConfigError(f"--listen {address!r}: expected unix:PATH or ws://HOST:PORT")
-        from pydantic import ValidationError
-
         try:
             listen = type(pool_file.listen).model_validate(
                 {**pool_file.listen.model_dump(), "unix": unix, "websocket": websocket})
         except ValidationError as exc:
-            first = exc.errors()[0]  # pydantic's own text: several lines and a URL
-            raise ConfigError(f"--listen: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(f"--listen: {validation_message(exc)}") from None
         pool_file = pool_file.model_copy(update={"listen": listen})
     if getattr(args, "token_file", None) is not None:
         path = args.token_file.expanduser().resolve()
@@ -191,8 +188,7 @@ def _with_model_options(pool_file: PoolFile, args: argparse.Namespace) -> PoolFi
         field = str(first["loc"][0]) if first["loc"] else ""
         flag = _MODEL_FLAGS.get(field, field)
         key = (first.get("ctx") or {}).get("key")
-        raise ConfigError(f"{flag}{f' {key}' if key else ''}: "
-                          f"{first['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{flag}{f' {key}' if key else ''}: {validation_message(exc)}") from None
     return pool_file.model_copy(update={"models": {**pool_file.models, "main": spec}})
 
 
@@ -203,8 +199,7 @@ def _on_cluster(pool_file: PoolFile, address: str) -> PoolFile:
     try:
         return PoolFile.model_validate({**pool_file.model_dump(), "ray": address})
     except ValidationError as exc:
-        first = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"--ray {address!r}: {first}") from None
+        raise ConfigError(f"--ray {address!r}: {validation_message(exc)}") from None
 
 
 def cmd_start(args: argparse.Namespace) -> int:

@@ -129,23 +129,23 @@ def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None
     for directory in (log_dir, paths.data_dir() / "logs" / "analysis"):
         prune_logs(directory)
     prefix = f"{os.getpid()}-" if log_prefix is None else log_prefix
-    # (config args, extra overrides, -analysis-threads passed on)
-    per_member: list[tuple[list[str], list[str], bool]] = []
+    per_member: list[tuple[list[str], list[str]]] = []  # (config args, extra overrides)
+    threads = spec.analysis_threads
     for i, setup in enumerate(member_setups(spec) if setups is None else setups):
         if setup.config_text is None:
-            per_member.append(([a for c in spec.configs for a in ("-config", str(c))],
-                               list(setup.overrides), True))
+            per_member.append(([a for c in spec.configs for a in ("-config", str(c))]
+                               + (["-analysis-threads", str(threads)] if threads else []),
+                               list(setup.overrides)))
         else:
             cfg = run_dir / f"member-{i}.cfg"
             cfg.write_text(setup.config_text)
             # A generated config sets numAnalysisThreads, and KataGo refuses -analysis-threads
             # beside it: the flag's value goes in as an override of that key instead.
-            threads = [f"numAnalysisThreads={spec.analysis_threads}"] \
-                if spec.analysis_threads else []
-            per_member.append((["-config", str(cfg)], [*setup.overrides, *threads], False))
+            per_member.append((["-config", str(cfg)], [
+                *setup.overrides, *([f"numAnalysisThreads={threads}"] if threads else [])]))
 
     def factory_for(index: int) -> MemberFactory:
-        config_args, moved, pass_threads = per_member[index]
+        config_args, moved = per_member[index]
 
         def make(slot: int, generation: int) -> LocalMember:
             argv = [str(spec.info.path), "analysis", *config_args, "-model", str(spec.model)]
@@ -153,8 +153,6 @@ def build_factories(spec: LaunchSpec, run_dir: Path, log_dir: Path | None = None
                 argv += ["-human-model", str(spec.human_model)]
             for override in [*spec.overrides, *moved]:
                 argv += ["-override-config", override]
-            if spec.analysis_threads and pass_threads:
-                argv += ["-analysis-threads", str(spec.analysis_threads)]
             return LocalMember(f"member-{slot}", argv, start_timeout=spec.start_timeout,
                                stderr_log=log_dir / f"{prefix}member-{slot}.stderr.log")
         return make
