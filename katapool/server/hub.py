@@ -226,8 +226,7 @@ class Hub:
     def connect(self, deliver: Deliver, peer: str, control: bool = False,
                 hang_up: HangUp | None = None) -> Connection:
         """A new client; ``hang_up`` closes its transport when the daemon stops."""
-        conn = Connection(self, deliver, peer, control)
-        conn.hang_up = hang_up
+        conn = Connection(self, deliver, peer, control, hang_up)
         limit = self.limits.max_connections
         if len(self.connections) >= limit:
             # Over the limit: no queries (each gets this error), but the daemon's own controls
@@ -302,7 +301,8 @@ class Connection:
 
     _fanouts = itertools.count(1)
 
-    def __init__(self, hub: Hub, deliver: Deliver, peer: str, control: bool) -> None:
+    def __init__(self, hub: Hub, deliver: Deliver, peer: str, control: bool,
+                 hang_up: HangUp | None = None) -> None:
         self.hub = hub
         self._deliver = deliver
         self.peer = peer
@@ -313,7 +313,7 @@ class Connection:
         self._fanout: dict[str, tuple[dict[str, Any], int, list[dict[str, Any]]]] = {}
         self._controls = 0
         self.refused: str | None = None  # why this connection may send no queries
-        self.hang_up: HangUp | None = None
+        self.hang_up = hang_up  # closes its transport when the daemon stops
 
     # --- in ------------------------------------------------------------------------------------
 
