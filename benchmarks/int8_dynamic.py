@@ -5,7 +5,7 @@ DynamicQuantizeMatMul), so no calibration range clips them. Can it give, for a n
 within KataGo's FP16 limits that is faster than the FP32 export?
 
     .venv/bin/python benchmarks/int8_dynamic.py [--net NET ...] [--forms mm-s8 mm-u8 ...]
-        [--mixed-form mm-u8] [--budget 0.5 1.0] [--no-mixed] [--bench-seconds 4]
+        [--mixed-form mm-u8] [--budget 0.5 1.0] [--no-mixed] [--accuracy-always] [--bench-seconds 4]
         [--cache DIR] [--json OUT.json]
 
 Per network:
@@ -23,6 +23,10 @@ Per network:
    positions; units go INT8 least sensitive first, the curve at eighths then bisection on all
    96 calibration positions for each ``--budget``; each chosen file on the held-out positions
    and timed like step 1.
+
+``mm-block8`` is not ``quantize_dynamic``: each product becomes ONNX Runtime's MatMulNBits
+(8-bit weights per 32 inputs, activations quantized per row and 32 inputs on every run).
+``--accuracy-always`` judges (and searches) a form even when it is slower than FP32.
 
 Evaluations run 8 positions per batch, as timed: a dynamic range covers the whole batch.
 Uses the engine reference int8_mixed_report.py keeps in --cache (made there if missing).
@@ -53,6 +57,11 @@ FORMS: dict[str, dict[str, Any]] = {
     "mm-u8": {"ops": ["MatMul"], "weights": "uint8", "per_channel": False},
     # ConvInteger: u8 weights (s8 weights measured 3x slower still on this CPU)
     "conv+mm-u8": {"ops": ["Conv", "MatMul"], "weights": "uint8", "per_channel": False},
+    # block-wise: ONNX Runtime's MatMulNBits, 8-bit weights with a scale per 32 inputs, and
+    # accuracy level 4 = the activations quantized to INT8 per row and per block of 32 inputs
+    # on every run (an integer product), so neither a position's nor a channel group's range
+    # sets another's resolution, as one scale per tensor does
+    "mm-block8": {"ops": ["MatMul"], "blockwise": {"bits": 8, "block": 32, "accuracy_level": 4}},
 }
 
 
@@ -74,6 +83,8 @@ def dynamic(proto: Any, form: dict[str, Any], nodes: Sequence[str]) -> bytes:
 
     if not nodes:
         return bytes(proto.SerializeToString())
+    if "blockwise" in form:
+        return blockwise(proto, nodes, **form["blockwise"])
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, once a trial
     with tempfile.TemporaryDirectory(prefix="kp-dyn-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "dyn.onnx"
@@ -85,6 +96,50 @@ def dynamic(proto: Any, form: dict[str, Any], nodes: Sequence[str]) -> bytes:
                          else QuantType.QUInt8,
                          nodes_to_quantize=list(nodes))
         return dst.read_bytes()
+
+
+def blockwise(proto: Any, nodes: Sequence[str], bits: int, block: int,
+              accuracy_level: int) -> bytes:
+    """``nodes`` (MatMuls by a constant weight) as MatMulNBits: weights symmetric per output
+    column and block of ``block`` inputs, stored with ONNX Runtime's default zero point."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    weights = {t.name: t for t in model.graph.initializer}
+    wanted = set(nodes)
+    half = 2 ** (bits - 1)
+    for i, node in enumerate(model.graph.node):
+        if node.name not in wanted or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # K x N
+        k, n = w.shape
+        blocks = -(-k // block)
+        padded = np.zeros((blocks * block, n), np.float32)
+        padded[:k] = w
+        cols = padded.T.reshape(n, blocks, block)
+        scale = np.abs(cols).max(-1) / (half - 1)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(cols / scale[..., None]), -half, half - 1).astype(np.int32) + half
+        packed = q.astype(np.uint8) if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+        model.graph.initializer.extend([
+            numpy_helper.from_array(packed, f"{node.name}.nbits"),
+            numpy_helper.from_array(scale.astype(np.float32).reshape(-1), f"{node.name}.nbits_scale")])
+        replaced = helper.make_node(
+            "MatMulNBits", [node.input[0], f"{node.name}.nbits", f"{node.name}.nbits_scale"],
+            list(node.output), name=node.name, domain="com.microsoft", K=k, N=n, bits=bits,
+            block_size=block, accuracy_level=accuracy_level)
+        model.graph.node.remove(node)
+        model.graph.node.insert(i, replaced)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for t in unused:
+        model.graph.initializer.remove(t)
+    return bytes(model.SerializeToString())
 
 
 def optimized_ops(onnx_bytes: bytes) -> dict[str, int]:
@@ -99,7 +154,8 @@ def optimized_ops(onnx_bytes: bytes) -> dict[str, int]:
         ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath).graph
     wanted = ("Conv", "FusedConv", "ConvInteger", "MatMul", "FusedMatMul", "MatMulInteger",
-              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear")
+              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
+              "MatMulNBits")
     counts = collections.Counter(n.op_type for n in graph.node)
     return {k: counts[k] for k in wanted if counts[k]}
 
@@ -259,7 +315,7 @@ def one_network(net: Path, args: argparse.Namespace) -> dict[str, Any]:
                                  "speed": timed(fp32_bytes, whole, args.bench_seconds, args.threads)}
         log(f"{label} whole ({len(nodes)} nodes): speed {speed_text(entry['speed'])}; "
             f"runs {entry['ops']}")
-        if faster(entry["speed"]):
+        if faster(entry["speed"]) or args.accuracy_always:
             entry["held_out"] = judge.held_out(whole)
             log(f"{label} whole: held out {entry['held_out']['ratio']:.2f}x limits "
                 f"{entry['held_out']['p99']}")
@@ -308,6 +364,9 @@ def main() -> None:
                     help="the form searched node by node, when it is faster whole but over the "
                     "limits (mm-u8: s8 weights saturate AVX2's u8 x s8 product)")
     ap.add_argument("--no-mixed", action="store_true", help="whole-trunk forms only")
+    ap.add_argument("--accuracy-always", action="store_true",
+                    help="judge a whole form's accuracy even when it is not faster (what a CPU "
+                    "with faster integer kernels would get)")
     ap.add_argument("--bench-seconds", type=float, default=4.0)
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads when timing "
                     "(default: its own, all cores)")
