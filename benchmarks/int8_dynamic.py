@@ -24,8 +24,9 @@ Per network:
    96 calibration positions for each ``--budget``; each chosen file on the held-out positions
    and timed like step 1.
 
-``mm-block8`` is not ``quantize_dynamic``: each product becomes ONNX Runtime's MatMulNBits
-(8-bit weights per 32 inputs, activations quantized per row and 32 inputs on every run).
+``mm-block8`` and ``mm-row8`` are not ``quantize_dynamic``: each product becomes ONNX Runtime's
+MatMulNBits (8-bit weights per 32 inputs, activations quantized per row and 32 inputs on every
+run), or a per-row QuantizeLinear, MatMulInteger and the scales applied to its int32 result.
 ``--accuracy-always`` judges (and searches) a form even when it is slower than FP32.
 
 Evaluations run 8 positions per batch, as timed: a dynamic range covers the whole batch.
@@ -62,6 +63,9 @@ FORMS: dict[str, dict[str, Any]] = {
     # on every run (an integer product), so neither a position's nor a channel group's range
     # sets another's resolution, as one scale per tensor does
     "mm-block8": {"ops": ["MatMul"], "blockwise": {"bits": 8, "block": 32, "accuracy_level": 4}},
+    # one scale per row (board point of one position) from standard operators: QuantizeLinear
+    # per row, MatMulInteger, the scales applied to its int32 result
+    "mm-row8": {"ops": ["MatMul"], "per_row": True},
 }
 
 
@@ -85,6 +89,8 @@ def dynamic(proto: Any, form: dict[str, Any], nodes: Sequence[str]) -> bytes:
         return bytes(proto.SerializeToString())
     if "blockwise" in form:
         return blockwise(proto, nodes, **form["blockwise"])
+    if form.get("per_row"):
+        return per_row(proto, nodes)
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, once a trial
     with tempfile.TemporaryDirectory(prefix="kp-dyn-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "dyn.onnx"
@@ -138,6 +144,67 @@ def blockwise(proto: Any, nodes: Sequence[str], bits: int, block: int,
     used = {name for node in model.graph.node for name in node.input}
     unused = [t for t in model.graph.initializer if t.name not in used]
     for t in unused:
+        model.graph.initializer.remove(t)
+    return bytes(model.SerializeToString())
+
+
+def per_row(proto: Any, nodes: Sequence[str]) -> bytes:
+    """``nodes`` (MatMuls by a constant weight) with their input quantized to u8 per row
+    (symmetric around 128: ONNX Runtime's MatMulInteger takes no per-row zero point) on every
+    run, u8 weights per output column (also around 128), integer product, float scales after."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    weights = {t.name: t for t in model.graph.initializer}
+    consts = {"kp_row.last": np.array([-1], np.int64), "kp_row.c127": np.array(127, np.float32),
+              "kp_row.tiny": np.array(1e-12, np.float32), "kp_row.z": np.array(128, np.uint8),
+              "kp_row.zero": np.array(0, np.float32), "kp_row.c128": np.array(128, np.float32),
+              "kp_row.head": np.array([0], np.int64)}
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    wanted = set(nodes)
+    for i, node in reversed(list(enumerate(model.graph.node))):
+        if node.name not in wanted or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+        k, n = w.shape
+        wscale = np.abs(w).max(0) / 127
+        wscale[wscale == 0] = 1.0
+        p = node.name + ".row"
+        model.graph.initializer.extend([
+            numpy_helper.from_array((np.round(w / wscale) + 128).astype(np.uint8), p + ".wq"),
+            numpy_helper.from_array(wscale.astype(np.float32), p + ".wscale"),
+            numpy_helper.from_array(np.array([-1, k], np.int64), p + ".flat2"),
+            numpy_helper.from_array(np.array([n], np.int64), p + ".n")])
+        a, y = node.input[0], node.output[0]
+        new = [
+            helper.make_node("Reshape", [a, p + ".flat2"], [p + ".a2"]),
+            helper.make_node("Abs", [p + ".a2"], [p + ".abs"]),
+            helper.make_node("ReduceMax", [p + ".abs"], [p + ".top"], axes=[-1], keepdims=1),
+            helper.make_node("Div", [p + ".top", "kp_row.c127"], [p + ".s0"]),
+            helper.make_node("Max", [p + ".s0", "kp_row.tiny"], [p + ".s"]),
+            helper.make_node("Reshape", [p + ".s", "kp_row.last"], [p + ".s1"]),
+            helper.make_node("Mul", [p + ".s1", "kp_row.zero"], [p + ".z0"]),
+            helper.make_node("Add", [p + ".z0", "kp_row.c128"], [p + ".z1"]),
+            helper.make_node("Cast", [p + ".z1"], [p + ".zrows"], to=TensorProto.UINT8),
+            helper.make_node("QuantizeLinear", [p + ".a2", p + ".s1", p + ".zrows"], [p + ".aq"],
+                             axis=0),
+            helper.make_node("MatMulInteger", [p + ".aq", p + ".wq", "kp_row.z", "kp_row.z"],
+                             [p + ".yi"]),
+            helper.make_node("Cast", [p + ".yi"], [p + ".yf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [p + ".yf", p + ".s"], [p + ".y1"]),
+            helper.make_node("Mul", [p + ".y1", p + ".wscale"], [p + ".y2"]),
+            helper.make_node("Shape", [a], [p + ".shape"]),
+            helper.make_node("Slice", [p + ".shape", "kp_row.head", "kp_row.last"], [p + ".lead"]),
+            helper.make_node("Concat", [p + ".lead", p + ".n"], [p + ".outshape"], axis=0),
+            helper.make_node("Reshape", [p + ".y2", p + ".outshape"], [y], name=node.name)]
+        model.graph.node.remove(node)
+        for j, extra in enumerate(new):
+            model.graph.node.insert(i + j, extra)
+    used = {name for node in model.graph.node for name in node.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
         model.graph.initializer.remove(t)
     return bytes(model.SerializeToString())
 
