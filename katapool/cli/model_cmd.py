@@ -161,11 +161,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         onnx_bytes = args.onnx.read_bytes()
     except OSError as exc:
         raise KatapoolError(f"cannot read {args.onnx}: {exc.strerror}") from None
-    _check_onnx(args.onnx, onnx_bytes)  # before the engine starts: a wrong file is one line
-    info = probe_version(resolve_engine(args.katago).path)
-    built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
+    # Before the engine starts: a wrong file or game is one line, not minutes then a traceback.
+    proto = _check_onnx(args.onnx, onnx_bytes)
+    exported_from = {p.key: p.value for p in proto.metadata_props}.get("name")
+    if exported_from not in (None, model.name):
+        raise ConfigError(f"{args.onnx} is an export of {exported_from}, not of {model.name}: "
+                          "give the network it was exported from")
     with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
-        positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions)
+        positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions,
+                                     board=onnx_board(proto))
+        info = probe_version(resolve_engine(args.katago).path)
+        built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
         cfg = Path(tmp) / "gtp.cfg"
         cfg.write_text(built.text)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -185,14 +191,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _check_onnx(path: Path, data: bytes) -> None:
+def _check_onnx(path: Path, data: bytes) -> Any:
     import onnx
 
     try:
-        onnx.load_from_string(data)
+        return onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ModelError(f"{path}: not a readable ONNX file ({exc}); give the file "
                          "`katapool model export-onnx` wrote") from None
+
+
+def onnx_board(proto: Any) -> int | None:
+    """The board size an ONNX graph is fixed to (its spatial input's last dimension), or None
+    when the graph leaves it open."""
+    for item in proto.graph.input:
+        if item.name in ("InputSpatial", "InputMask"):
+            dims = item.type.tensor_type.shape.dim
+            if len(dims) == 4 and dims[3].dim_value > 0:
+                return int(dims[3].dim_value)
+    return None
 
 
 def error_table(report: Any, title: str, caption: str) -> Table:

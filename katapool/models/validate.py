@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from katapool import paths
-from katapool.errors import EngineError, ModelError
+from katapool.errors import ConfigError, EngineError, ModelError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.models.desc import ModelDesc
 from katapool.models.symmetry import apply_symmetry, invert_symmetry
@@ -86,17 +86,26 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
     return copies
 
 
-def sample_positions(games: list[Path], count: int, seed: int = 7) -> list[Position]:
-    """``count`` positions spread over the games (without handicap or setup stones)."""
+def sample_positions(games: list[Path], count: int, seed: int = 7,
+                     board: int | None = None) -> list[Position]:
+    """``count`` positions spread over the games (without handicap or setup stones); only
+    ``board`` x ``board`` ones when given (a graph of fixed board size takes no other)."""
     rng = random.Random(seed)
     pool: list[Position] = []
+    sizes: set[int] = set()
     for path in games:
         record: GameRecord = load_sgf(path)
         if record.initial_stones:
             continue
+        sizes.add(record.size)
+        if board is not None and record.size != board:
+            continue
         to_move = [record.moves[k][0] == "B" for k in range(len(record.moves))]
         pool += [Position(path, k, record.size, to_move[k] if k < len(to_move)
                           else record.moves[-1][0] == "W") for k in range(len(record.moves) + 1)]
+    if not pool and sizes:
+        raise ConfigError(f"the games hold no {board}x{board} positions (board sizes: "
+                          f"{', '.join(map(str, sorted(sizes)))}); give {board}x{board} games")
     if not pool:
         raise ModelError("no usable positions in the given games")
     rng.shuffle(pool)

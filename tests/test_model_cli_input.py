@@ -1,0 +1,58 @@
+"""`katapool model ...` given the wrong thing: one clear line, a non-zero exit, before any
+engine starts and with no file left behind. In-process (``main``) and engine-free, so fast:
+an engine is never reached (``isolated_env`` has none, and the old code failed on that)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from test_model_inspect import _tiny_text_model
+
+from conftest import G170
+from katapool.cli.main import main
+from katapool.models import load_model
+from katapool.models.export_onnx import export_onnx
+
+NINE_BY_NINE = "(;GM[1]FF[4]SZ[9]KM[7];B[ee];W[cc];B[gg];W[cg];B[gc])"
+
+
+@pytest.fixture(scope="module")
+def tiny_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.txt"
+    path.write_text(_tiny_text_model(np.random.default_rng(4)))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["model", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, " ".join(captured.err.split())
+
+
+def test_validate_refuses_another_networks_export(isolated_env: Path, tiny_net: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_file = isolated_env / "tiny.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    game = isolated_env / "nine.sgf"
+    game.write_text(NINE_BY_NINE)
+    code, out, err = _run(capsys, "validate", str(G170), str(onnx_file), "--sgf", str(game),
+                          "--positions", "2")
+    assert code == 2 and out == ""
+    assert f"{onnx_file} is an export of tiny-net, not of g170-b6c96" in err, err
+
+
+def test_validate_refuses_games_of_another_board_size(isolated_env: Path, tiny_net: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_file = isolated_env / "tiny9.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    game = isolated_env / "nineteen.sgf"
+    game.write_text(NINE_BY_NINE.replace("SZ[9]", "SZ[19]"))
+    code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
+                          "--positions", "2")
+    assert code == 2 and out == ""
+    assert "the games hold no 9x9 positions (board sizes: 19)" in err, err
+    assert "Traceback" not in err
