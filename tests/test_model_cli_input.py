@@ -56,3 +56,28 @@ def test_validate_refuses_games_of_another_board_size(isolated_env: Path, tiny_n
     assert code == 2 and out == ""
     assert "the games hold no 9x9 positions (board sizes: 19)" in err, err
     assert "Traceback" not in err
+
+
+def test_outputs_need_their_own_suffix_and_never_overwrite_the_input(
+        isolated_env: Path, tiny_net: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fp32 = isolated_env / "tiny.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(fp32))
+    before = fp32.read_bytes()
+    network_like = isolated_env / "tiny-export.bin.gz"
+    cases = [
+        (["export-onnx", str(tiny_net), "-o", str(network_like)], "named *.onnx", network_like),
+        (["export-tflite", str(tiny_net), "-o", str(isolated_env / "t.onnx"), "--no-check",
+          "--board", "9"], "named *.tflite", isolated_env / "t.onnx"),
+        (["quantize", str(fp32), "--fp16", "--positions", "0", "-o", str(fp32)],
+         "is the input file", None),
+        (["quantize", str(fp32), "--fp16", "--positions", "0", "-o",
+          str(isolated_env / "q.txt")], "named *.onnx", isolated_env / "q.txt"),
+    ]
+    (isolated_env / "folder.onnx").mkdir()
+    cases.append((["quantize", str(fp32), "--fp16", "--positions", "0", "-o",
+                   str(isolated_env / "folder.onnx")], "folder.onnx is a directory", None))
+    for args, message, not_written in cases:
+        code, out, err = _run(capsys, *args)
+        assert code == 2 and message in err and out == "", (args, err)
+        assert not_written is None or not not_written.exists(), args
+    assert fp32.read_bytes() == before

@@ -334,7 +334,7 @@ def test_cli_bad_input_gets_one_clear_line(fresh_kp: Katapool, tmp_path: Path, c
     elif case == "unwritable":
         (tmp_path / "file").write_text("")
         out = tmp_path / "file" / "net.mlpackage"
-        expect = "is not a writable directory"
+        expect = "file is a file, where a folder is needed"
     elif case == "fp16-range":
         text = re.sub(r"(b0/w1\n3\n3\n8\n8\n1\n1\n)[^\n]+", r"\g<1>1000000.0", text, count=1)
         extra = ["--fp16"]

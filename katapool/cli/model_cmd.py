@@ -108,14 +108,15 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from katapool.models.export_check import output_file, write_atomically
     from katapool.models.export_onnx import export_onnx
 
+    output_file(args.output, ".onnx", "an ONNX graph")
     if args.via_engine:
         return _export_via_engine(args)
     model = load_model(args.model)
     proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(proto.SerializeToString())
+    write_atomically(args.output, proto.SerializeToString())
     err.print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes): {model.name}, "
               f"{args.board}x{args.board}, opset {proto.opset_import[0].version}")
     return 0

@@ -86,8 +86,9 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.set_defaults(func=cmd_export_coreml)
 
 
-def _validate_args(args: argparse.Namespace) -> None:
-    from katapool.models.export_check import writable_output
+def _validate_args(args: argparse.Namespace, suffix: str | None = None) -> None:
+    """``suffix``: the file name's ending (TFLite); a Core ML package checks its own."""
+    from katapool.models.export_check import output_file, writable_output
 
     if not 2 <= args.board <= 19:
         raise ConfigError(f"--board {args.board}: KataGo networks take 2 to 19")
@@ -96,7 +97,10 @@ def _validate_args(args: argparse.Namespace) -> None:
     for game in [*args.sgf, *getattr(args, "calibration", [])]:
         if not game.is_file():
             raise ConfigError(f"{game}: no such game file")
-    writable_output(args.output)
+    if suffix:
+        output_file(args.output, suffix, "a TFLite model")
+    else:
+        writable_output(args.output)
 
 
 def cmd_export_tflite(args: argparse.Namespace) -> int:
@@ -114,7 +118,7 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
     from katapool.models.oplist import from_onnx
     from katapool.models.validate import FP16_LIMITS, FP32_LIMITS, compare, session_evals
 
-    _validate_args(args)
+    _validate_args(args, ".tflite")
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration GAME... (positions to calibrate on)")
     if args.calibration and not args.int8:

@@ -112,6 +112,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ConfigError("--board is for network input: an ONNX export has its board size")
     if not 0 < args.percentile <= 100:
         raise ConfigError(f"--percentile {args.percentile}: must be in (0, 100]")
+    from katapool.models.export_check import output_file, write_atomically
+
+    output_file(args.output, ".onnx", "an ONNX model", inputs=(args.model, args.network))
     proto, network = _load(args)
     quantize.check_katapool_export(proto)
     validation_games = args.sgf or args.calibration
@@ -172,10 +175,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         else:
             converted = quantize.to_int8(proto, feeds, quantize.Int8Options(
                 args.calibration_method, args.percentile, activations=args.activations))
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        import onnx
-
-        onnx.save(converted, str(args.output))
+        write_atomically(args.output, converted.SerializeToString())
         progress.add_task("checking FP32 and the new model", total=None)
         variants = [check_variant(model, "fp32", fp32, samples, args.bench_batch, args.bench_seconds),
                     check_variant(model, quantize.precision_of(converted),

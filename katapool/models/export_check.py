@@ -80,10 +80,25 @@ def writable_output(path: Path) -> None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise ConfigError(f"cannot write {path}: {probe} is a file, where a folder is needed")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {path}: {probe} is not a writable directory")
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"cannot write {path}: permission denied")
+
+
+def output_file(path: Path, suffix: str, kind: str, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Fail before any work when ``path`` is no place for the new ``kind`` file: a name
+    without ``suffix`` (``-o net.bin.gz`` would put a graph where a network is looked for),
+    one of the command's own inputs (overwritten before it is compared with), or a place that
+    cannot be written."""
+    if not path.name.lower().endswith(suffix):
+        raise ConfigError(f"-o {path}: {kind} is written to a file named *{suffix}")
+    for given in inputs:
+        if given is not None and path.exists() and given.exists() and path.samefile(given):
+            raise ConfigError(f"-o {path} is the input file: write the new file elsewhere")
+    writable_output(path)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
