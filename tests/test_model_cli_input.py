@@ -81,3 +81,26 @@ def test_outputs_need_their_own_suffix_and_never_overwrite_the_input(
         assert code == 2 and message in err and out == "", (args, err)
         assert not_written is None or not not_written.exists(), args
     assert fp32.read_bytes() == before
+
+
+def test_written_files_get_ordinary_modes(tmp_path: Path) -> None:
+    """Files written through a temporary file (mkstemp: owner-only) and packages coremltools
+    saved from its temporary folder get the modes of a plainly created file and folder."""
+    import os
+    import stat
+
+    from katapool.models.export_check import ordinary_modes, write_atomically
+
+    old = os.umask(0o027)
+    try:
+        write_atomically(tmp_path / "net.tflite", b"data")
+        package = tmp_path / "net.mlpackage"
+        (package / "Data").mkdir(parents=True, mode=0o700)
+        (package / "Data" / "model.mlmodel").write_bytes(b"x")
+        (package / "Data" / "model.mlmodel").chmod(0o600)
+        ordinary_modes(package)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "net.tflite").stat().st_mode) == 0o640
+    assert stat.S_IMODE((package / "Data").stat().st_mode) == 0o750
+    assert stat.S_IMODE((package / "Data" / "model.mlmodel").stat().st_mode) == 0o640

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,12 @@ def test_export_checks_then_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert meta["name"] == "g170-b6c96-s175395328-d26788732" and meta["modelVersion"] == "8"
     assert meta["pos_len_x"] == "9" and meta["katapool.precision"] == "fp16"
     assert spec.description.metadata.author == "katapool"
+    # Readable by others as any new file is (coremltools saves owner-only ones).
+    from katapool.models.export_check import umask
+
+    for path in [out, *out.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask()
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
     # A failed check leaves the earlier package alone and writes nothing beside it.
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.setitem(REPLAY_LIMITS, "fp16", 0.0)

@@ -101,10 +101,37 @@ def output_file(path: Path, suffix: str, kind: str, inputs: tuple[Path | None, .
     writable_output(path)
 
 
+def umask() -> int:
+    """The process's file-creation mask: Linux shows it; elsewhere it is read by setting it
+    (for an instant, which other threads creating files could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(root: Path) -> None:
+    """Modes a plainly created file or folder would have (rw-r--r-- under the usual umask):
+    temporary files and folders are made owner-only, and a renamed one keeps that."""
+    mask = umask()
+    root.chmod(0o777 & ~mask if root.is_dir() else 0o666 & ~mask)
+    if root.is_dir():
+        for sub in root.rglob("*"):
+            if not sub.is_symlink():
+                sub.chmod(0o777 & ~mask if sub.is_dir() else 0o666 & ~mask)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all, with the modes of an ordinary new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -428,6 +428,9 @@ def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board
         result = CoreMLResult(None, precision, batch, check.size_bytes, checks, check.op_counts,
                               errors, limit, list(NOT_VERIFIED))
         if result.passed:
+            from katapool.models.export_check import ordinary_modes
+
+            ordinary_modes(built)  # coremltools saves owner-only files (it builds in a temp dir)
             _put_in_place(built, output)
             result.path = output
         return result
