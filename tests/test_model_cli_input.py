@@ -104,3 +104,13 @@ def test_written_files_get_ordinary_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "net.tflite").stat().st_mode) == 0o640
     assert stat.S_IMODE((package / "Data").stat().st_mode) == 0o750
     assert stat.S_IMODE((package / "Data" / "model.mlmodel").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("option", [["--postprocess"], ["--board", "9"]])
+def test_via_engine_refuses_options_the_engine_does_not_take(
+        isolated_env: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = isolated_env / "net.onnx"
+    code, out, err = _run(capsys, "export-onnx", str(G170), "-o", str(out_file), "--via-engine",
+                          *option)
+    assert code == 2 and "--board and --postprocess are katapool's exporter's options" in err, err
+    assert out == "" and not out_file.exists()

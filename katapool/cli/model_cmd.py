@@ -113,6 +113,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     output_file(args.output, ".onnx", "an ONNX graph")
     if args.via_engine:
+        if args.postprocess or args.board != 19:
+            raise ConfigError("--via-engine writes what the engine's emitter writes: "
+                              "--board and --postprocess are katapool's exporter's options")
         return _export_via_engine(args)
     model = load_model(args.model)
     proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
