@@ -114,3 +114,26 @@ def test_via_engine_refuses_options_the_engine_does_not_take(
                           *option)
     assert code == 2 and "--board and --postprocess are katapool's exporter's options" in err, err
     assert out == "" and not out_file.exists()
+
+
+def test_input_model_is_checked_before_the_engine(isolated_env: Path, tiny_net: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_file = isolated_env / "g170.onnx"
+    onnx.save(export_onnx(load_model(G170), board=9), str(onnx_file))
+    game = isolated_env / "nine.sgf"
+    game.write_text(NINE_BY_NINE)
+    old_net = isolated_env / "old.txt"  # version 5: other input features than g170's v8
+    old_net.write_text(tiny_net.read_text().replace("tiny-net\n8", "tiny-net\n5", 1))
+    common = ["--sgf", str(game), "--positions", "2", "--input-model"]
+    for args, message in [
+        (["validate", str(G170), str(onnx_file), *common, str(isolated_env / "none.bin.gz")],
+         "cannot read"),
+        (["validate", str(G170), str(onnx_file), *common, str(old_net)],
+         "its input features (model version 5"),
+        (["quantize", str(onnx_file), "--fp16", "--network", str(G170), "-o",
+          str(isolated_env / "q.onnx"), *common, str(old_net)], "its input features"),
+    ]:
+        code, out, err = _run(capsys, *args)
+        assert code != 0 and message in err and out == "", (args, err)
+        assert "--input-model" in err or "none.bin.gz" in err
+    assert not (isolated_env / "q.onnx").exists()

@@ -153,6 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from katapool.models.validate import (
         FP16_LIMITS,
         FP32_LIMITS,
+        check_input_model,
         sample_positions,
         validate,
         with_explicit_rules,
@@ -171,6 +172,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if exported_from not in (None, model.name):
         raise ConfigError(f"{args.onnx} is an export of {exported_from}, not of {model.name}: "
                           "give the network it was exported from")
+    if args.input_model:
+        check_input_model(args.input_model, model)
     with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
         positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions,
                                      board=onnx_board(proto))

@@ -134,6 +134,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     meta = {p.key: p.value for p in proto.metadata_props}
     if model is not None and meta.get("name") not in (None, model.name):
         raise ConfigError(f"{args.model} is an export of {meta['name']}, not of {model.name}")
+    if args.input_model and model is not None and needs_engine:
+        from katapool.models.validate import check_input_model
+
+        check_input_model(args.input_model, model)
     fp32 = proto.SerializeToString()
     calibration_count = args.calibration_positions if args.int8 else 0
 

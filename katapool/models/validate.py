@@ -128,6 +128,25 @@ def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
     return spatial, global_
 
 
+def _input_features(version: int) -> int:
+    """The input-feature set a model version reads (KataGo's numbering: 3 to 7)."""
+    return 7 if version >= 8 else 3 if version <= 4 else version - 1
+
+
+def check_input_model(path: Path, model: ModelDesc) -> None:
+    """``path`` (``--input-model``) must be a readable network that is fed the same input
+    tensors as ``model``; found before the engine starts, not in its first evalsgf."""
+    from katapool.models.desc import load_model
+
+    other = load_model(path)
+    if (_input_features(other.version), other.spatial_inputs, other.global_inputs) != \
+            (_input_features(model.version), model.spatial_inputs, model.global_inputs):
+        raise ConfigError(f"--input-model {path}: its input features (model version "
+                          f"{other.version}, {other.spatial_inputs} spatial, {other.global_inputs} "
+                          f"global) are not {model.name}'s (version {model.version}, "
+                          f"{model.spatial_inputs} spatial, {model.global_inputs} global)")
+
+
 INPUTS_CACHE_FORMAT = 1
 INPUTS_CACHE_KEEP = 4096  # files (about 30 KB each for 19x19); the oldest go first
 
