@@ -137,3 +137,18 @@ def test_input_model_is_checked_before_the_engine(isolated_env: Path, tiny_net: 
         assert code != 0 and message in err and out == "", (args, err)
         assert "--input-model" in err or "none.bin.gz" in err
     assert not (isolated_env / "q.onnx").exists()
+
+
+def test_build_trt_output_checked_before_tensorrt(isolated_env: Path, tiny_net: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """-o net.onnx would have replaced the model with the engine, found after minutes of build
+    (or, without TensorRT, never said at all)."""
+    onnx_file = isolated_env / "net.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    before = onnx_file.read_bytes()
+    (isolated_env / "file").write_text("")
+    for target, message in [(onnx_file, "named *.plan or *.engine or *.trt"),
+                            (isolated_env / "file" / "net.plan", "file is a file")]:
+        code, out, err = _run(capsys, "build-trt", str(onnx_file), "-o", str(target))
+        assert code == 2 and message in err and out == "", err
+    assert onnx_file.read_bytes() == before

@@ -88,13 +88,16 @@ def writable_output(path: Path) -> None:
         raise ConfigError(f"cannot write {path}: permission denied")
 
 
-def output_file(path: Path, suffix: str, kind: str, inputs: tuple[Path | None, ...] = ()) -> None:
+def output_file(path: Path, suffix: str | tuple[str, ...], kind: str,
+                inputs: tuple[Path | None, ...] = ()) -> None:
     """Fail before any work when ``path`` is no place for the new ``kind`` file: a name
-    without ``suffix`` (``-o net.bin.gz`` would put a graph where a network is looked for),
-    one of the command's own inputs (overwritten before it is compared with), or a place that
-    cannot be written."""
-    if not path.name.lower().endswith(suffix):
-        raise ConfigError(f"-o {path}: {kind} is written to a file named *{suffix}")
+    without ``suffix`` (one of them; ``-o net.bin.gz`` would put a graph where a network is
+    looked for), one of the command's own inputs (overwritten before it is compared with), or
+    a place that cannot be written."""
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if not path.name.lower().endswith(suffixes):
+        raise ConfigError(f"-o {path}: {kind} is written to a file named "
+                          + " or ".join(f"*{s}" for s in suffixes))
     for given in inputs:
         if given is not None and path.exists() and given.exists() and path.samefile(given):
             raise ConfigError(f"-o {path} is the input file: write the new file elsewhere")
