@@ -152,3 +152,17 @@ def test_build_trt_output_checked_before_tensorrt(isolated_env: Path, tiny_net: 
         code, out, err = _run(capsys, "build-trt", str(onnx_file), "-o", str(target))
         assert code == 2 and message in err and out == "", err
     assert onnx_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--bench-batch", "100000"], "--bench-batch must be 1 to 1024 (got 100000)"),
+    (["--bench-batch", "0"], "--bench-batch must be 1 to 1024 (got 0)"),
+    (["--bench-seconds", "nan"], "--bench-seconds must be 0 or more (got nan)"),
+])
+def test_quantize_speed_options_out_of_range(isolated_env: Path, tiny_net: Path, option: list[str],
+                                             message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = isolated_env / "q.onnx"
+    code, out, err = _run(capsys, "quantize", str(tiny_net), "--fp16", "--positions", "0",
+                          "--board", "9", "-o", str(out_file), *option)
+    assert code == 2 and message in err and out == "", err
+    assert not out_file.exists()

@@ -15,6 +15,7 @@ from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, ModelError
 
 NETWORK_SUFFIXES = (".bin.gz", ".bin", ".txt.gz", ".txt")
+MAX_BENCH_BATCH = 1024
 
 
 def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,7 +59,8 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--input-model", type=Path, metavar="NET",
                    help="a smaller network with the same input features to dump input tensors")
     q.add_argument("--board", type=int, default=19, help="board size when exporting (default 19)")
-    q.add_argument("--bench-batch", type=int, default=8, help="batch for the speed figure")
+    q.add_argument("--bench-batch", type=int, default=8,
+                   help=f"batch for the speed figure (default 8, at most {MAX_BENCH_BATCH})")
     q.add_argument("--bench-seconds", type=float, default=3.0,
                    help="seconds per speed figure (0 skips it)")
     q.add_argument("--json", action="store_true")
@@ -103,8 +105,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.calibration_positions < 1:
         raise ConfigError(f"--calibration-positions must be at least 1 "
                           f"(got {args.calibration_positions})")
-    if args.bench_batch < 1 or args.bench_seconds < 0:
-        raise ConfigError("--bench-batch must be at least 1 and --bench-seconds 0 or more")
+    if not 1 <= args.bench_batch <= MAX_BENCH_BATCH:
+        # Its synthetic inputs are allocated whole: a mistyped 100000 is gigabytes.
+        raise ConfigError(f"--bench-batch must be 1 to {MAX_BENCH_BATCH} (got {args.bench_batch})")
+    if not args.bench_seconds >= 0:
+        raise ConfigError(f"--bench-seconds must be 0 or more (got {args.bench_seconds})")
     is_network = args.model.name.endswith(NETWORK_SUFFIXES)
     if is_network and args.network:
         raise ConfigError("--network is for ONNX input: this input is the network itself")
