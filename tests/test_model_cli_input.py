@@ -166,3 +166,15 @@ def test_quantize_speed_options_out_of_range(isolated_env: Path, tiny_net: Path,
                           "--board", "9", "-o", str(out_file), *option)
     assert code == 2 and message in err and out == "", err
     assert not out_file.exists()
+
+
+def test_a_game_katago_cannot_take_is_named_as_given(isolated_env: Path, tiny_net: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_file = isolated_env / "tiny9.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    game = isolated_env / "big.sgf"
+    game.write_text("(;GM[1]FF[4]SZ[25]KM[7];B[dd])")
+    code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
+                          "--positions", "2")
+    assert code == 1 and out == ""
+    assert f"error: {game}: board size 25 is larger than KataGo's 19" in err, err  # not a temp copy

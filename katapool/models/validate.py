@@ -71,12 +71,16 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
     GTP's `loadsgf` fall back to different defaults, and the inputs must be the same."""
     from sgfmill import sgf
 
+    from katapool.game.record import parse_sgf
+
     copies = []
     for i, path in enumerate(games):
         try:
-            game = sgf.Sgf_game.from_bytes(path.read_bytes())
+            data = path.read_bytes()
+            game = sgf.Sgf_game.from_bytes(data)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: not a readable SGF game ({exc})") from None
+        parse_sgf(data, str(path))  # what KataGo cannot take is said of the user's file, not a copy
         root = game.get_root()
         if not root.has_property("RU"):
             root.set("RU", "Chinese")
