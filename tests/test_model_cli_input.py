@@ -178,3 +178,16 @@ def test_a_game_katago_cannot_take_is_named_as_given(isolated_env: Path, tiny_ne
                           "--positions", "2")
     assert code == 1 and out == ""
     assert f"error: {game}: board size 25 is larger than KataGo's 19" in err, err  # not a temp copy
+
+
+def test_a_move_on_an_occupied_point_is_found_before_the_engine(
+        isolated_env: Path, tiny_net: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """evalsgf used to abort on it half-way, naming a temporary copy of the game."""
+    onnx_file = isolated_env / "tiny9.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    game = isolated_env / "illegal.sgf"
+    game.write_text("(;GM[1]FF[4]SZ[9]KM[7];B[dd];W[ee];B[ee];W[cc])")
+    code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
+                          "--positions", "2")
+    assert code == 1 and out == ""
+    assert f"{game}: move 3 (B E5) is on an occupied point" in err, err

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from katapool import paths
-from katapool.errors import ConfigError, EngineError, ModelError
+from katapool.errors import ConfigError, EngineError, GameRecordError, ModelError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.models.desc import ModelDesc
 from katapool.models.symmetry import apply_symmetry, invert_symmetry
@@ -81,6 +81,7 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: not a readable SGF game ({exc})") from None
         parse_sgf(data, str(path))  # what KataGo cannot take is said of the user's file, not a copy
+        _check_moves(game, path)
         root = game.get_root()
         if not root.has_property("RU"):
             root.set("RU", "Chinese")
@@ -88,6 +89,28 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
         copy.write_bytes(game.serialise())
         copies.append(copy)
     return copies
+
+
+def _check_moves(game: Any, path: Path) -> None:
+    """A move on an occupied point makes the engine abort half-way through the positions;
+    found here, before it starts, and said of the user's file."""
+    from sgfmill import sgf_moves
+
+    from katapool.game.record import to_gtp
+
+    try:
+        board, plays = sgf_moves.get_setup_and_moves(game)
+    except ValueError:
+        return  # setup KataGo cannot take: parse_sgf has its own words for it
+    for number, (colour, move) in enumerate(plays, 1):
+        if move is None:
+            continue
+        try:
+            board.play(*move, colour)
+        except ValueError:
+            raise GameRecordError(f"{path}: move {number} ({colour.upper()} "
+                                  f"{to_gtp(move, game.get_size())}) is on an occupied point; "
+                                  "KataGo cannot replay the game") from None
 
 
 def sample_positions(games: list[Path], count: int, seed: int = 7,
