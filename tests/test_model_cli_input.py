@@ -191,3 +191,18 @@ def test_a_move_on_an_occupied_point_is_found_before_the_engine(
                           "--positions", "2")
     assert code == 1 and out == ""
     assert f"{game}: move 3 (B E5) is on an occupied point" in err, err
+
+
+@pytest.mark.parametrize("command, suffix", [("export-tflite", ".tflite"),
+                                             ("export-coreml", ".mlpackage")])
+def test_no_check_with_check_games_is_refused(isolated_env: Path, tiny_net: Path, command: str,
+                                              suffix: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The games were silently unused: the user believed the file was checked on them."""
+    game = isolated_env / "nine.sgf"
+    game.write_text(NINE_BY_NINE)
+    out_file = isolated_env / f"net{suffix}"
+    code, out, err = _run(capsys, command, str(tiny_net), "-o", str(out_file), "--board", "9",
+                          "--no-check", "--sgf", str(game))
+    assert code == 2 and "with --no-check there is no check" in err and out == "", err
+    assert not out_file.exists()

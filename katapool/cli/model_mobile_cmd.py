@@ -94,6 +94,8 @@ def _validate_args(args: argparse.Namespace, suffix: str | None = None) -> None:
         raise ConfigError(f"--board {args.board}: KataGo networks take 2 to 19")
     if args.positions < 1:
         raise ConfigError(f"--positions must be at least 1 (got {args.positions})")
+    if args.no_check and args.sgf:
+        raise ConfigError("--sgf gives the check's positions: with --no-check there is no check")
     for game in [*args.sgf, *getattr(args, "calibration", [])]:
         if not game.is_file():
             raise ConfigError(f"{game}: no such game file")
