@@ -206,3 +206,15 @@ def test_no_check_with_check_games_is_refused(isolated_env: Path, tiny_net: Path
                           "--no-check", "--sgf", str(game))
     assert code == 2 and "with --no-check there is no check" in err and out == "", err
     assert not out_file.exists()
+
+
+def test_export_coreml_leaves_a_file_of_the_packages_name_alone(
+        isolated_env: Path, tiny_net: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was renamed to a hidden .old file to make room and never removed."""
+    notes = isolated_env / "net.mlpackage"
+    notes.write_text("my notes")
+    code, out, err = _run(capsys, "export-coreml", str(tiny_net), "-o", str(notes), "--board", "9",
+                          "--no-check")
+    assert code == 2 and "is a file, not a Core ML package" in err and out == "", err
+    assert notes.read_text() == "my notes"
+    assert sorted(p.name for p in isolated_env.iterdir() if "mlpackage" in p.name) == [notes.name]

@@ -291,6 +291,11 @@ def test_bad_requests_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ModelError, match=r"pip install 'katapool\[coreml\]'"):
         build_coreml(from_onnx(block_graph(BLOCKS["ordinary-relu"][0], C, B)))
     assert list(tmp_path.iterdir()) == []
+    notes = tmp_path / "notes.mlpackage"  # a file: it would be set aside and never removed
+    notes.write_text("mine")
+    with pytest.raises(ModelError, match="is a file, not a Core ML package"):
+        export_coreml(G170, notes, "fp32", board=19, batch=None, postprocess=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.mlpackage"]
 
 
 def test_coremltools_noise_never_reaches_the_output() -> None:

@@ -242,6 +242,9 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
     _validate_args(args)
     if args.output.suffix != ".mlpackage":
         raise ConfigError(f"{args.output}: a Core ML package is a directory named *.mlpackage")
+    if args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"{args.output} is a file, not a Core ML package (a directory): "
+                          "choose another name")
     if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
         raise ConfigError(f"--batch {args.batch}: must be 1 to {MAX_BATCH}")
     import_coremltools()  # the extra is missing: say so before any work
