@@ -218,3 +218,16 @@ def test_export_coreml_leaves_a_file_of_the_packages_name_alone(
     assert code == 2 and "is a file, not a Core ML package" in err and out == "", err
     assert notes.read_text() == "my notes"
     assert sorted(p.name for p in isolated_env.iterdir() if "mlpackage" in p.name) == [notes.name]
+
+
+def test_a_reduced_precision_file_failing_the_fp32_limits_is_told_why(tiny_net: Path) -> None:
+    """`validate net.bin.gz net-fp16.onnx` said only 'failed': the default limits are FP32's."""
+    from katapool.cli.model_cmd import limits_note
+    from katapool.models.quantize import to_fp16
+
+    fp32 = export_onnx(load_model(tiny_net), board=9)
+    assert limits_note(fp32, "fp32") is None
+    fp16 = to_fp16(fp32)
+    assert "computes in FP16" in (limits_note(fp16, "fp32") or "")
+    assert "--limits fp16" in (limits_note(fp16, "fp32") or "")
+    assert limits_note(fp16, "fp16") is None

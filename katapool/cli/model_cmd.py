@@ -195,7 +195,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                       f"{report.positions} positions",
                               "KataGo's testgpuerror limits apply to p99"))
         out.print("[green]passed[/]" if report.passed else "[red]failed[/]")
+    note = limits_note(proto, args.limits)
+    if note and not report.passed:
+        err.print(f"[yellow]{args.onnx} {note}[/]")
     return 0 if report.passed else 1
+
+
+def limits_note(proto: Any, limits: str) -> str | None:
+    """Why a reduced-precision file failed the FP32 limits (the default), and what to ask for."""
+    import onnx
+
+    if limits != "fp32":
+        return None
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        kind = "INT8"
+    elif any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        kind = "FP16"
+    else:
+        return None
+    return (f"computes in {kind}: KataGo's FP32 limits are not its pass line; "
+            "--limits fp16 compares it with KataGo's FP16 limits")
 
 
 def _check_onnx(path: Path, data: bytes) -> Any:
