@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,12 @@ def test_export_checks_then_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert meta["name"] == "g170-b6c96-s175395328-d26788732" and meta["modelVersion"] == "8"
     assert meta["pos_len_x"] == "9" and meta["katapool.precision"] == "fp16"
     assert spec.description.metadata.author == "katapool"
+    # Readable by others as any new file is (coremltools saves owner-only ones).
+    from katapool.models.export_check import umask
+
+    for path in [out, *out.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask()
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
     # A failed check leaves the earlier package alone and writes nothing beside it.
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.setitem(REPLAY_LIMITS, "fp16", 0.0)
@@ -284,6 +291,11 @@ def test_bad_requests_say_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ModelError, match=r"pip install 'katapool\[coreml\]'"):
         build_coreml(from_onnx(block_graph(BLOCKS["ordinary-relu"][0], C, B)))
     assert list(tmp_path.iterdir()) == []
+    notes = tmp_path / "notes.mlpackage"  # a file: it would be set aside and never removed
+    notes.write_text("mine")
+    with pytest.raises(ModelError, match="is a file, not a Core ML package"):
+        export_coreml(G170, notes, "fp32", board=19, batch=None, postprocess=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.mlpackage"]
 
 
 def test_coremltools_noise_never_reaches_the_output() -> None:
@@ -334,7 +346,7 @@ def test_cli_bad_input_gets_one_clear_line(fresh_kp: Katapool, tmp_path: Path, c
     elif case == "unwritable":
         (tmp_path / "file").write_text("")
         out = tmp_path / "file" / "net.mlpackage"
-        expect = "is not a writable directory"
+        expect = "file is a file, where a folder is needed"
     elif case == "fp16-range":
         text = re.sub(r"(b0/w1\n3\n3\n8\n8\n1\n1\n)[^\n]+", r"\g<1>1000000.0", text, count=1)
         extra = ["--fp16"]

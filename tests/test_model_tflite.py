@@ -266,7 +266,7 @@ def test_bad_input_gets_one_clear_line(fresh_kp: Katapool, tmp_path: Path, case:
         blocker = tmp_path / "file"
         blocker.write_text("")
         args[2] = str(blocker / "net.tflite")
-        expect = "is not a writable directory"
+        expect = "file is a file, where a folder is needed"
     elif case == "fp16-range":
         args[0] = str(_tiny(tmp_path, lambda t: re.sub(r"(b0/w1\n3\n3\n8\n8\n1\n1\n)[^\n]+",
                                                        r"\g<1>1000000.0", t, count=1)))

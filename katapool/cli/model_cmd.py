@@ -108,14 +108,18 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from katapool.models.export_check import output_file, write_atomically
     from katapool.models.export_onnx import export_onnx
 
+    output_file(args.output, ".onnx", "an ONNX graph")
     if args.via_engine:
+        if args.postprocess or args.board != 19:
+            raise ConfigError("--via-engine writes what the engine's emitter writes: "
+                              "--board and --postprocess are katapool's exporter's options")
         return _export_via_engine(args)
     model = load_model(args.model)
     proto = export_onnx(model, board=args.board, postprocess=args.postprocess)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(proto.SerializeToString())
+    write_atomically(args.output, proto.SerializeToString())
     err.print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes): {model.name}, "
               f"{args.board}x{args.board}, opset {proto.opset_import[0].version}")
     return 0
@@ -149,6 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from katapool.models.validate import (
         FP16_LIMITS,
         FP32_LIMITS,
+        check_input_model,
         sample_positions,
         validate,
         with_explicit_rules,
@@ -161,11 +166,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         onnx_bytes = args.onnx.read_bytes()
     except OSError as exc:
         raise KatapoolError(f"cannot read {args.onnx}: {exc.strerror}") from None
-    _check_onnx(args.onnx, onnx_bytes)  # before the engine starts: a wrong file is one line
-    info = probe_version(resolve_engine(args.katago).path)
-    built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
+    # Before the engine starts: a wrong file or game is one line, not minutes then a traceback.
+    proto = _check_onnx(args.onnx, onnx_bytes)
+    exported_from = {p.key: p.value for p in proto.metadata_props}.get("name")
+    if exported_from not in (None, model.name):
+        raise ConfigError(f"{args.onnx} is an export of {exported_from}, not of {model.name}: "
+                          "give the network it was exported from")
+    if args.input_model:
+        check_input_model(args.input_model, model)
     with tempfile.TemporaryDirectory(prefix="katapool-validate-") as tmp:
-        positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions)
+        positions = sample_positions(with_explicit_rules(args.sgf, Path(tmp)), args.positions,
+                                     board=onnx_board(proto))
+        info = probe_version(resolve_engine(args.katago).path)
+        built = build_config(mode=Mode.GTP, info=info, model=args.model, preset="desktop")
         cfg = Path(tmp) / "gtp.cfg"
         cfg.write_text(built.text)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -182,17 +195,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                       f"{report.positions} positions",
                               "KataGo's testgpuerror limits apply to p99"))
         out.print("[green]passed[/]" if report.passed else "[red]failed[/]")
+    note = limits_note(proto, args.limits)
+    if note and not report.passed:
+        err.print(f"[yellow]{args.onnx} {note}[/]")
     return 0 if report.passed else 1
 
 
-def _check_onnx(path: Path, data: bytes) -> None:
+def limits_note(proto: Any, limits: str) -> str | None:
+    """Why a reduced-precision file failed the FP32 limits (the default), and what to ask for."""
+    import onnx
+
+    if limits != "fp32":
+        return None
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        kind = "INT8"
+    elif any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        kind = "FP16"
+    else:
+        return None
+    return (f"computes in {kind}: KataGo's FP32 limits are not its pass line; "
+            "--limits fp16 compares it with KataGo's FP16 limits")
+
+
+def _check_onnx(path: Path, data: bytes) -> Any:
     import onnx
 
     try:
-        onnx.load_from_string(data)
+        return onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ModelError(f"{path}: not a readable ONNX file ({exc}); give the file "
                          "`katapool model export-onnx` wrote") from None
+
+
+def onnx_board(proto: Any) -> int | None:
+    """The board size an ONNX graph is fixed to (its spatial input's last dimension), or None
+    when the graph leaves it open."""
+    for item in proto.graph.input:
+        if item.name in ("InputSpatial", "InputMask"):
+            dims = item.type.tensor_type.shape.dim
+            if len(dims) == 4 and dims[3].dim_value > 0:
+                return int(dims[3].dim_value)
+    return None
 
 
 def error_table(report: Any, title: str, caption: str) -> Table:

@@ -86,17 +86,23 @@ def register_mobile(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     c.set_defaults(func=cmd_export_coreml)
 
 
-def _validate_args(args: argparse.Namespace) -> None:
-    from katapool.models.export_check import writable_output
+def _validate_args(args: argparse.Namespace, suffix: str | None = None) -> None:
+    """``suffix``: the file name's ending (TFLite); a Core ML package checks its own."""
+    from katapool.models.export_check import output_file, writable_output
 
     if not 2 <= args.board <= 19:
         raise ConfigError(f"--board {args.board}: KataGo networks take 2 to 19")
     if args.positions < 1:
         raise ConfigError(f"--positions must be at least 1 (got {args.positions})")
+    if args.no_check and args.sgf:
+        raise ConfigError("--sgf gives the check's positions: with --no-check there is no check")
     for game in [*args.sgf, *getattr(args, "calibration", [])]:
         if not game.is_file():
             raise ConfigError(f"{game}: no such game file")
-    writable_output(args.output)
+    if suffix:
+        output_file(args.output, suffix, "a TFLite model")
+    else:
+        writable_output(args.output)
 
 
 def cmd_export_tflite(args: argparse.Namespace) -> int:
@@ -114,7 +120,7 @@ def cmd_export_tflite(args: argparse.Namespace) -> int:
     from katapool.models.oplist import from_onnx
     from katapool.models.validate import FP16_LIMITS, FP32_LIMITS, compare, session_evals
 
-    _validate_args(args)
+    _validate_args(args, ".tflite")
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration GAME... (positions to calibrate on)")
     if args.calibration and not args.int8:
@@ -236,6 +242,9 @@ def cmd_export_coreml(args: argparse.Namespace) -> int:
     _validate_args(args)
     if args.output.suffix != ".mlpackage":
         raise ConfigError(f"{args.output}: a Core ML package is a directory named *.mlpackage")
+    if args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"{args.output} is a file, not a Core ML package (a directory): "
+                          "choose another name")
     if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
         raise ConfigError(f"--batch {args.batch}: must be 1 to {MAX_BATCH}")
     import_coremltools()  # the extra is missing: say so before any work

@@ -13,6 +13,8 @@ from rich.table import Table
 from katapool.cli.common import err, out
 from katapool.errors import ConfigError
 
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")  # KataGo's cache files; trtexec's habits
+
 
 def register_trt(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = msub.add_parser("build-trt", help="a TensorRT engine from an ONNX export (NVIDIA GPU and "
@@ -26,7 +28,8 @@ def register_trt(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                 "FP16 flag (TensorRT 11: quantize --fp16 first)")
     precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
                            help="INT8 from a Q/DQ model (model quantize --int8)")
-    b.add_argument("-o", "--output", type=Path, required=True, help="the engine file (.plan)")
+    b.add_argument("-o", "--output", type=Path, required=True,
+                   help="the engine file (.plan, .engine or .trt)")
     b.add_argument("--max-batch", type=int, default=16, metavar="N",
                    help="largest batch the engine takes: the nnMaxBatchSize KataGo will use "
                         "(profile: min 1, opt = max = N; default 16)")
@@ -47,6 +50,11 @@ def cmd_build_trt(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-batch must be at least 1 (got {args.max_batch})")
     if args.workspace_mib is not None and args.workspace_mib < 1:
         raise ConfigError(f"--workspace-mib must be at least 1 (got {args.workspace_mib})")
+    from katapool.models.export_check import output_file
+
+    # Before TensorRT is asked anything: a build takes minutes, and -o net.onnx would
+    # overwrite the model it was built from.
+    output_file(args.output, PLAN_SUFFIXES, "a TensorRT engine", inputs=(args.onnx,))
     reason = tensorrt_status()
     if reason is not None:
         raise TensorRTUnavailableError(f"cannot build a TensorRT engine here: {reason}")

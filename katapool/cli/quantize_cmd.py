@@ -15,6 +15,7 @@ from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, ModelError
 
 NETWORK_SUFFIXES = (".bin.gz", ".bin", ".txt.gz", ".txt")
+MAX_BENCH_BATCH = 1024
 
 
 def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,7 +59,8 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.add_argument("--input-model", type=Path, metavar="NET",
                    help="a smaller network with the same input features to dump input tensors")
     q.add_argument("--board", type=int, default=19, help="board size when exporting (default 19)")
-    q.add_argument("--bench-batch", type=int, default=8, help="batch for the speed figure")
+    q.add_argument("--bench-batch", type=int, default=8,
+                   help=f"batch for the speed figure (default 8, at most {MAX_BENCH_BATCH})")
     q.add_argument("--bench-seconds", type=float, default=3.0,
                    help="seconds per speed figure (0 skips it)")
     q.add_argument("--json", action="store_true")
@@ -103,8 +105,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.calibration_positions < 1:
         raise ConfigError(f"--calibration-positions must be at least 1 "
                           f"(got {args.calibration_positions})")
-    if args.bench_batch < 1 or args.bench_seconds < 0:
-        raise ConfigError("--bench-batch must be at least 1 and --bench-seconds 0 or more")
+    if not 1 <= args.bench_batch <= MAX_BENCH_BATCH:
+        # Its synthetic inputs are allocated whole: a mistyped 100000 is gigabytes.
+        raise ConfigError(f"--bench-batch must be 1 to {MAX_BENCH_BATCH} (got {args.bench_batch})")
+    if not args.bench_seconds >= 0:
+        raise ConfigError(f"--bench-seconds must be 0 or more (got {args.bench_seconds})")
     is_network = args.model.name.endswith(NETWORK_SUFFIXES)
     if is_network and args.network:
         raise ConfigError("--network is for ONNX input: this input is the network itself")
@@ -112,6 +117,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ConfigError("--board is for network input: an ONNX export has its board size")
     if not 0 < args.percentile <= 100:
         raise ConfigError(f"--percentile {args.percentile}: must be in (0, 100]")
+    from katapool.models.export_check import output_file, write_atomically
+
+    output_file(args.output, ".onnx", "an ONNX model", inputs=(args.model, args.network))
     proto, network = _load(args)
     quantize.check_katapool_export(proto)
     validation_games = args.sgf or args.calibration
@@ -131,6 +139,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     meta = {p.key: p.value for p in proto.metadata_props}
     if model is not None and meta.get("name") not in (None, model.name):
         raise ConfigError(f"{args.model} is an export of {meta['name']}, not of {model.name}")
+    if args.input_model and model is not None and needs_engine:
+        from katapool.models.validate import check_input_model
+
+        check_input_model(args.input_model, model)
     fp32 = proto.SerializeToString()
     calibration_count = args.calibration_positions if args.int8 else 0
 
@@ -172,10 +184,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         else:
             converted = quantize.to_int8(proto, feeds, quantize.Int8Options(
                 args.calibration_method, args.percentile, activations=args.activations))
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        import onnx
-
-        onnx.save(converted, str(args.output))
+        write_atomically(args.output, converted.SerializeToString())
         progress.add_task("checking FP32 and the new model", total=None)
         variants = [check_variant(model, "fp32", fp32, samples, args.bench_batch, args.bench_seconds),
                     check_variant(model, quantize.precision_of(converted),

@@ -80,16 +80,61 @@ def writable_output(path: Path) -> None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise ConfigError(f"cannot write {path}: {probe} is a file, where a folder is needed")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {path}: {probe} is not a writable directory")
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"cannot write {path}: permission denied")
 
 
+def output_file(path: Path, suffix: str | tuple[str, ...], kind: str,
+                inputs: tuple[Path | None, ...] = ()) -> None:
+    """Fail before any work when ``path`` is no place for the new ``kind`` file: a name
+    without ``suffix`` (one of them; ``-o net.bin.gz`` would put a graph where a network is
+    looked for), one of the command's own inputs (overwritten before it is compared with), or
+    a place that cannot be written."""
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if not path.name.lower().endswith(suffixes):
+        raise ConfigError(f"-o {path}: {kind} is written to a file named "
+                          + " or ".join(f"*{s}" for s in suffixes))
+    for given in inputs:
+        if given is not None and path.exists() and given.exists() and path.samefile(given):
+            raise ConfigError(f"-o {path} is the input file: write the new file elsewhere")
+    writable_output(path)
+
+
+def umask() -> int:
+    """The process's file-creation mask: Linux shows it; elsewhere it is read by setting it
+    (for an instant, which other threads creating files could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(root: Path) -> None:
+    """Modes a plainly created file or folder would have (rw-r--r-- under the usual umask):
+    temporary files and folders are made owner-only, and a renamed one keeps that."""
+    mask = umask()
+    root.chmod(0o777 & ~mask if root.is_dir() else 0o666 & ~mask)
+    if root.is_dir():
+        for sub in root.rglob("*"):
+            if not sub.is_symlink():
+                sub.chmod(0o777 & ~mask if sub.is_dir() else 0o666 & ~mask)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all, with the modes of an ordinary new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

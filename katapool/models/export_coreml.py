@@ -402,6 +402,9 @@ def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board
     output = Path(output)
     if output.suffix != ".mlpackage":
         raise ModelError(f"{output}: a Core ML package is a directory named *.mlpackage")
+    if output.exists() and not output.is_dir():
+        # It would be set aside for the package and never removed (a folder's removal).
+        raise ModelError(f"{output} is a file, not a Core ML package (a directory)")
     if precision not in PRECISIONS:
         raise ModelError(f"Core ML precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if not output.parent.is_dir():
@@ -428,6 +431,9 @@ def export_coreml(model_path: Path, output: Path, precision: str = "fp16", board
         result = CoreMLResult(None, precision, batch, check.size_bytes, checks, check.op_counts,
                               errors, limit, list(NOT_VERIFIED))
         if result.passed:
+            from katapool.models.export_check import ordinary_modes
+
+            ordinary_modes(built)  # coremltools saves owner-only files (it builds in a temp dir)
             _put_in_place(built, output)
             result.path = output
         return result

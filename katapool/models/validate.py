@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from katapool import paths
-from katapool.errors import EngineError, ModelError
+from katapool.errors import ConfigError, EngineError, GameRecordError, ModelError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.models.desc import ModelDesc
 from katapool.models.symmetry import apply_symmetry, invert_symmetry
@@ -71,12 +71,17 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
     GTP's `loadsgf` fall back to different defaults, and the inputs must be the same."""
     from sgfmill import sgf
 
+    from katapool.game.record import parse_sgf
+
     copies = []
     for i, path in enumerate(games):
         try:
-            game = sgf.Sgf_game.from_bytes(path.read_bytes())
+            data = path.read_bytes()
+            game = sgf.Sgf_game.from_bytes(data)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: not a readable SGF game ({exc})") from None
+        parse_sgf(data, str(path))  # what KataGo cannot take is said of the user's file, not a copy
+        _check_moves(game, path)
         root = game.get_root()
         if not root.has_property("RU"):
             root.set("RU", "Chinese")
@@ -86,17 +91,48 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
     return copies
 
 
-def sample_positions(games: list[Path], count: int, seed: int = 7) -> list[Position]:
-    """``count`` positions spread over the games (without handicap or setup stones)."""
+def _check_moves(game: Any, path: Path) -> None:
+    """A move on an occupied point makes the engine abort half-way through the positions;
+    found here, before it starts, and said of the user's file."""
+    from sgfmill import sgf_moves
+
+    from katapool.game.record import to_gtp
+
+    try:
+        board, plays = sgf_moves.get_setup_and_moves(game)
+    except ValueError:
+        return  # setup KataGo cannot take: parse_sgf has its own words for it
+    for number, (colour, move) in enumerate(plays, 1):
+        if move is None:
+            continue
+        try:
+            board.play(*move, colour)
+        except ValueError:
+            raise GameRecordError(f"{path}: move {number} ({colour.upper()} "
+                                  f"{to_gtp(move, game.get_size())}) is on an occupied point; "
+                                  "KataGo cannot replay the game") from None
+
+
+def sample_positions(games: list[Path], count: int, seed: int = 7,
+                     board: int | None = None) -> list[Position]:
+    """``count`` positions spread over the games (without handicap or setup stones); only
+    ``board`` x ``board`` ones when given (a graph of fixed board size takes no other)."""
     rng = random.Random(seed)
     pool: list[Position] = []
+    sizes: set[int] = set()
     for path in games:
         record: GameRecord = load_sgf(path)
         if record.initial_stones:
             continue
+        sizes.add(record.size)
+        if board is not None and record.size != board:
+            continue
         to_move = [record.moves[k][0] == "B" for k in range(len(record.moves))]
         pool += [Position(path, k, record.size, to_move[k] if k < len(to_move)
                           else record.moves[-1][0] == "W") for k in range(len(record.moves) + 1)]
+    if not pool and sizes:
+        raise ConfigError(f"the games hold no {board}x{board} positions (board sizes: "
+                          f"{', '.join(map(str, sorted(sizes)))}); give {board}x{board} games")
     if not pool:
         raise ModelError("no usable positions in the given games")
     rng.shuffle(pool)
@@ -117,6 +153,25 @@ def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
         spatial = data["binaryInputNCHW"].reshape(1, -1, pos.size, pos.size).astype(np.float32)
         global_ = data["globalInputNC"].astype(np.float32)
     return spatial, global_
+
+
+def _input_features(version: int) -> int:
+    """The input-feature set a model version reads (KataGo's numbering: 3 to 7)."""
+    return 7 if version >= 8 else 3 if version <= 4 else version - 1
+
+
+def check_input_model(path: Path, model: ModelDesc) -> None:
+    """``path`` (``--input-model``) must be a readable network that is fed the same input
+    tensors as ``model``; found before the engine starts, not in its first evalsgf."""
+    from katapool.models.desc import load_model
+
+    other = load_model(path)
+    if (_input_features(other.version), other.spatial_inputs, other.global_inputs) != \
+            (_input_features(model.version), model.spatial_inputs, model.global_inputs):
+        raise ConfigError(f"--input-model {path}: its input features (model version "
+                          f"{other.version}, {other.spatial_inputs} spatial, {other.global_inputs} "
+                          f"global) are not {model.name}'s (version {model.version}, "
+                          f"{model.spatial_inputs} spatial, {model.global_inputs} global)")
 
 
 INPUTS_CACHE_FORMAT = 1
