@@ -123,6 +123,18 @@ def test_bad_input(kp: Katapool, args: list[str], message: str) -> None:
     assert proc.stdout == ""
 
 
+def test_calibration_games_of_another_size_are_refused_before_measuring(
+        kp: Katapool, tmp_path: Path) -> None:
+    """Every file is timed at 19x19: 9x9 games once failed each INT8 row after the others ran."""
+    game = tmp_path / "nine.sgf"
+    game.write_text("(;GM[1]FF[4]SZ[9]KM[7]RU[Japanese];B[ee];W[cc];B[gg])")
+    proc = kp.run("bench", "--model", str(G170), "--skip", "engine,tflite,tensorrt",
+                  "--calibration", str(game), "--no-chart", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no 19x19 positions (board sizes: 9)" in proc.stderr, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
 # --- pieces, without the engine ----------------------------------------------------------------
 
 def test_iterations_follow_the_time_of_one_evaluation() -> None:

@@ -30,6 +30,7 @@ from katapool.errors import ConfigError, KatapoolError
 PARTS = ("engine", "onnx", "tflite", "tensorrt")
 SYNTHETIC_POSITIONS = 8
 CALIBRATION_POSITIONS = 16
+BENCH_BOARD = 19  # every file is exported and timed at KataGo's usual board size
 SYNTHETIC_NOTE = "speed only: synthetic calibration; accuracy: katapool model quantize"
 # ONNX Runtime GPU providers: (method, backend, precisions measured).
 GPU_PROVIDERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -137,7 +138,7 @@ def make_variants(model_path: Path, on_step: Step, calibrate: Calibrate | None) 
     on_step("ONNX: exporting the network")
     try:
         began = time.perf_counter()
-        proto = export_onnx(load_model(model_path))
+        proto = export_onnx(load_model(model_path), board=BENCH_BOARD)
         fp32 = proto.SerializeToString()
         export_s = time.perf_counter() - began
     except Exception as exc:  # a network the exporter does not cover, memory, ...
@@ -431,7 +432,7 @@ def _real_calibration(settings: BenchSettings, info: EngineInfo, report: DeviceR
         games = workdir / "games"
         games.mkdir(exist_ok=True)
         positions = sample_positions(with_explicit_rules(settings.calibration, games),
-                                     CALIBRATION_POSITIONS)
+                                     CALIBRATION_POSITIONS, board=BENCH_BOARD)
         cfg = workdir / "calibration.cfg"
         cfg.write_text(build_config(mode=Mode.GTP, info=info, model=settings.model,
                                     preset="desktop", log_dir=workdir / "logs",
@@ -454,6 +455,11 @@ def run_bench(settings: BenchSettings, info: EngineInfo | None, engine_problem: 
     if settings.calibration and info is None:
         raise ConfigError(f"--calibration needs the KataGo engine to read the games: "
                           f"{engine_problem or 'no engine'}")
+    if settings.calibration:
+        from katapool.models.validate import sample_positions
+
+        # before any measuring: games of another size would fail each INT8 row, minutes later
+        sample_positions(list(settings.calibration), 1, board=BENCH_BOARD)
     summary = summarize(load_model(settings.model))
     on_step("looking at this machine's devices")
     engines = [info, *other_engines] if info is not None else []
