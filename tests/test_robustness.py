@@ -341,6 +341,17 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                                      f"cannot make its folder ({text} is a file)"),
         "analysis-config-folder": (["analysis", "-config", str(tmp), *NO_ENGINE],
                                    f"-config {tmp} is a folder"),
+        # A path the user names is checked even where the command could do without it.
+        "devices-katago": (["devices", *NO_ENGINE], "--katago /nonexistent/katago: no such file"),
+        "devices-not-katago": (["devices", "--katago", str(not_katago)],
+                               "not-katago is not KataGo"),
+        "devices-model": (["devices", "--model", str(tmp / "none.bin.gz")],
+                          f"model not found: {tmp / 'none.bin.gz'}"),
+        "export-katago-unused": (["model", "export-onnx", str(G170), "-o", str(tmp / "x.onnx"),
+                                  *NO_ENGINE], "--katago /nonexistent/katago: no such file"),
+        "tflite-katago-unused": (["model", "export-tflite", str(G170), "-o",
+                                  str(tmp / "x.tflite"), "--no-check", *NO_ENGINE],
+                                 "--katago /nonexistent/katago: no such file"),
     }
     return cases[name]
 
@@ -350,7 +361,8 @@ SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "inst
          "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
          "start-katago-config", "ray-port", "ray-address", "install-wheel",
          "analyze-connect", "bench-chart-folder", "bench-chart-under-a-file",
-         "analysis-config-folder"]
+         "analysis-config-folder", "devices-katago", "devices-not-katago", "devices-model",
+         "export-katago-unused", "tflite-katago-unused"]
 
 
 @pytest.mark.parametrize("case", SWEEP)

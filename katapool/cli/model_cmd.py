@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import check_named_engine, err, out
 from katapool.cli.model_mobile_cmd import register_mobile
 from katapool.cli.model_trt_cmd import register_trt
 from katapool.cli.quantize_cmd import register_quantize
@@ -110,6 +110,7 @@ def register_conversion(msub: argparse._SubParsersAction[argparse.ArgumentParser
 def cmd_export(args: argparse.Namespace) -> int:
     from katapool.models.export_onnx import export_onnx
 
+    check_named_engine(args)
     if args.via_engine:
         return _export_via_engine(args)
     model = load_model(args.model)

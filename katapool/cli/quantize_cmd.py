@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import check_named_engine, err, out
 from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, ModelError
 
@@ -112,6 +112,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ConfigError("--board is for network input: an ONNX export has its board size")
     if not 0 < args.percentile <= 100:
         raise ConfigError(f"--percentile {args.percentile}: must be in (0, 100]")
+    check_named_engine(args)
     proto, network = _load(args)
     quantize.check_katapool_export(proto)
     validation_games = args.sgf or args.calibration
