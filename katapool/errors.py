@@ -18,7 +18,13 @@ class EngineNotFoundError(KatapoolError):
 
 
 class EngineStartError(KatapoolError):
-    """The KataGo binary exists but would not start or run; the message holds the diagnosis."""
+    """The KataGo binary exists but would not start or run; the message holds the diagnosis.
+    ``exited``: the engine ran and quit on its own before it was ready (it said why), rather
+    than failing to spawn or to answer in time."""
+
+    def __init__(self, message: str, *, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
 
 
 class EngineError(KatapoolError):

@@ -9,6 +9,7 @@ starts at once, so these tests take seconds.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -49,8 +50,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def network(tmp_path: Path) -> Path:
+    """A network's header and nothing after it: katapool checks no more of a network the
+    user names, and the fake engine reads none of it."""
     path = tmp_path / "net.bin.gz"
-    path.write_bytes(b"not read by the fake engine")
+    path.write_bytes(gzip.compress(b"fake-net\n8\n22\n19\n"))
     return path
 
 

@@ -178,6 +178,17 @@ def test_t9_t10_lizgoban(gui: Gui) -> None:
     gui.drain_stream(LZ_LINE)
     raw = gui.response(ok(cid))
     assert raw[0] == f"={cid} symmetry 0" and any(line.startswith("policyPass") for line in raw)
+    # `all`: KataGo's eight blocks, a blank line between each, all in the one answer (the
+    # next answer after it, in its place); block 0 is the answer above (KataGo trims the
+    # trailing space of an answer's last line only).
+    cid = one("kata-raw-nn all")
+    cid2 = one("name")
+    blocks = [gui.response(ok(cid))] + [gui.response(re.compile(r"^symmetry \d$"))
+                                         for _ in range(7)]
+    assert [b[0].removeprefix(f"={cid} ") for b in blocks] == [f"symmetry {i}" for i in range(8)]
+    assert [ln.rstrip() for ln in blocks[0][1:]] == [ln.rstrip() for ln in raw[1:]]
+    assert all(len(b) == len(raw) for b in blocks)
+    assert gui.response(ok(cid2)) == [f"={cid2} KataGo"]
     for flag in ("pvVisits", "pvEdgeVisits", "ownershipStdev", "movesOwnership", "rootInfo"):
         cid = one(f"kata-analyze 1 {flag} true")
         gui.stream(cid, at_least=0)

@@ -153,3 +153,42 @@ def test_stop_deadline_counts_from_when_the_engine_got_to_the_analysis() -> None
 
     asyncio.run(two_watchdog_rounds())
     assert lost and "did not stop" in lost[0]
+
+
+def test_raw_nn_answers_pass_through_whole() -> None:
+    """`kata-raw-nn all` (and kata-raw-human-nn all) answer one block per symmetry with blank
+    lines between; one symmetry, one block. The GUI gets KataGo's bytes: every block, and the
+    answers after it in their places (the lines fed here have KataGo's framing; the real
+    engine's answer goes through in test_gtp.py's LizGoban session)."""
+    written: list[bytes] = []
+
+    async def spawn(first: bool) -> object:
+        raise AssertionError("no engine in this test")
+
+    b = GtpBridge(spawn, written.append, lambda line: None)  # type: ignore[arg-type]
+
+    def block(symmetry: int) -> list[str]:
+        return [f"symmetry {symmetry}", "whiteWin 0.460000", "policy", "0.1 0.2 ", "policyPass 0.0 "]
+
+    def answer(prefix: str, symmetries: range) -> list[str]:
+        lines: list[str] = []
+        for s in symmetries:
+            lines += [*block(s), ""]  # a blank after each block; the last one ends the answer
+        lines[0] = prefix + lines[0]
+        return lines
+
+    expected = [
+        ("7 kata-raw-nn all", answer("=7 ", range(8))),
+        ("kata-raw-human-nn b ALL", answer("= ", range(8))),
+        ("kata-raw-nn 3", answer("= ", range(3, 4))),
+        ("kata-raw-nn w all 0.5", answer("= ", range(8))),
+        ("kata-raw-nn", ["? Expected a symmetry argument 'all' or index [0-7]", ""]),
+        ("name", ["= KataGo", ""]),
+    ]
+    for command, _ in expected:
+        b.on_gui_line(command)
+    for _, lines in expected:
+        for line in lines:
+            b._on_engine_line(line)
+    assert b"".join(written) == "".join("\n".join(lines) + "\n" for _, lines in expected).encode()
+    assert not b.pending

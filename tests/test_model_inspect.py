@@ -170,6 +170,39 @@ def test_corrupt_binary_files(tmp_path: Path) -> None:
         load_model(tmp_path / "net.onnx")
 
 
+def test_header_check_knows_a_network_by_its_start(tmp_path: Path) -> None:
+    """The cheap check on networks the user names: a network (any format KataGo loads, even
+    one cut short past its header: only the header is read) passes; anything else is one
+    line saying why it is no network."""
+    from katapool.models.reader import check_network_file
+
+    text = _tiny_text_model(np.random.default_rng(3))
+    good = {"tiny.txt": text.encode(), "tiny.txt.gz": gzip.compress(text.encode()),
+            "tiny.gz": gzip.compress(text.encode()),
+            "cut.bin.gz": gzip.compress(gzip.decompress(G170.read_bytes())[:50_000])}
+    for name, data in good.items():
+        (tmp_path / name).write_bytes(data)
+        assert check_network_file(tmp_path / name).name in ("tiny-net", G170.name[:-7]), name
+    assert check_network_file(G170).version == 8
+    assert check_network_file(TRANSFORMER_KV).version == 17
+    bad = {
+        "notes.txt": (b"meeting notes\n", "expected the model version (an integer), found 'notes'"),
+        "empty.bin.gz": (b"", "the file is empty"),
+        "noise.bin.gz": (bytes(range(256)) * 4, "not gzip-compressed, as its name says"),
+        "broken.bin.gz": (b"\x1f\x8b" + bytes(64),
+                          "not a readable gzip file (Unknown compression method)"),
+        "packed-noise.bin.gz": (gzip.compress(bytes(range(256)) * 4),
+                                "it starts with binary data, not a network's name"),
+        "old.txt": (b"ancient 2 22 19\n", "model version 2 (KataGo reads 3 and later)"),
+        "net.onnx": (b"x", "KataGo loads only .bin.gz, .bin, .txt.gz, .txt or .gz files"),
+    }
+    for name, (data, why) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError) as info:
+            check_network_file(tmp_path / name)
+        assert str(info.value) == f"{tmp_path / name} is not a KataGo network: {why}", name
+
+
 def test_cli_inspect(fresh_kp: Katapool, tmp_path: Path) -> None:
     proc = fresh_kp.run("model", "inspect", str(TRANSFORMER_KV), "--json", check=True)
     info = json.loads(proc.stdout)

@@ -209,7 +209,11 @@ def test_one_broken_member_does_not_stop_the_pool(pool_env: Path, tmp_path: Path
         broken.factory = make_broken
         async with pool:
             await pool.supervisor.wait_until_all_settled()
-            assert broken.state is SlotState.FAILED and "nnMaxBatchSize" in (broken.last_cause or "")
+            assert broken.state is SlotState.FAILED
+            # KataGo's own words, after two starts: the same refusal twice ends the retries.
+            assert "Key 'nnMaxBatchSize' must be in the range" in (broken.last_cause or "")
+            assert broken.generation == 2 and broken.last_cause.startswith(  # type: ignore[union-attr]
+                "failed to start twice the same way")
             s = pool.session(c)
             for i in range(4):
                 s.submit(query(f"q{i}", visits=2))

@@ -341,6 +341,19 @@ def _sweep_case(name: str, tmp: Path) -> tuple[list[str], str]:
                                      f"cannot make its folder ({text} is a file)"),
         "analysis-config-folder": (["analysis", "-config", str(tmp), *NO_ENGINE],
                                    f"-config {tmp} is a folder"),
+        # A path the user names is checked even where the command could do without it.
+        "devices-katago": (["devices", *NO_ENGINE], "--katago /nonexistent/katago: no such file"),
+        "devices-not-katago": (["devices", "--katago", str(not_katago)],
+                               "not-katago is not KataGo"),
+        "devices-model": (["devices", "--model", str(tmp / "none.bin.gz")],
+                          f"model not found: {tmp / 'none.bin.gz'}"),
+        "devices-not-a-network": (["devices", "--model", str(text)],
+                                  f"{text} is not a KataGo network: expected the model version"),
+        "export-katago-unused": (["model", "export-onnx", str(G170), "-o", str(tmp / "x.onnx"),
+                                  *NO_ENGINE], "--katago /nonexistent/katago: no such file"),
+        "tflite-katago-unused": (["model", "export-tflite", str(G170), "-o",
+                                  str(tmp / "x.tflite"), "--no-check", *NO_ENGINE],
+                                 "--katago /nonexistent/katago: no such file"),
     }
     return cases[name]
 
@@ -350,7 +363,8 @@ SWEEP = ["analyze-members", "analyze-top", "analyze-out", "validate-onnx", "inst
          "analysis-policy", "start-listen", "logs-lines", "export-under-a-file", "not-katago",
          "start-katago-config", "ray-port", "ray-address", "install-wheel",
          "analyze-connect", "bench-chart-folder", "bench-chart-under-a-file",
-         "analysis-config-folder"]
+         "analysis-config-folder", "devices-katago", "devices-not-katago", "devices-model",
+         "devices-not-a-network", "export-katago-unused", "tflite-katago-unused"]
 
 
 @pytest.mark.parametrize("case", SWEEP)
@@ -374,6 +388,47 @@ def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match="is a folder: give the network file in it"):
         resolve_model(tmp_path)
+
+
+def test_only_networks_the_user_names_are_checked(tmp_path: Path, isolated_env: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """-model and $KATAPOOL_MODEL must name a network; an installed engine's bundled one is
+    trusted as recorded (tests record stand-ins)."""
+    from katapool.engine.discovery import ResolvedEngine, resolve_model
+    from katapool.engine.manifest import EngineRecord
+    from katapool.errors import ModelError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("meeting notes\n")
+    with pytest.raises(ModelError, match=r"notes.txt is not a KataGo network: expected the model"):
+        resolve_model(notes)
+    assert resolve_model(G170) == G170
+    monkeypatch.setenv("KATAPOOL_MODEL", str(notes))
+    with pytest.raises(ModelError, match="notes.txt is not a KataGo network"):
+        resolve_model()
+    monkeypatch.delenv("KATAPOOL_MODEL")
+    stand_in = tmp_path / "net.bin.gz"
+    stand_in.write_bytes(b"x")
+    record = EngineRecord(name="e", version="1.18.1", backend=Backend.EIGEN,
+                          path=tmp_path / "katago", sha256="0", source="path", managed=False,
+                          model=stand_in)
+    assert resolve_model(None, ResolvedEngine(record.path, "manifest", record)) == stand_in
+
+
+@pytest.mark.engine
+def test_a_named_file_that_is_no_network_is_refused_before_any_config(kp: Katapool,
+                                                                      tmp_path: Path) -> None:
+    notes, noise = tmp_path / "notes.txt", tmp_path / "noise.bin.gz"
+    notes.write_text("meeting notes\n")
+    noise.write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "gtp.cfg"
+    for model, why in ((notes, "expected the model version"), (noise, "not gzip-compressed")):
+        proc = kp.run("config", "generate", "--mode", "gtp", "-model", str(model), "-o", str(out))
+        assert proc.returncode != 0 and not out.exists()
+        assert f"error: {model} is not a KataGo network: " in proc.stderr and why in proc.stderr
+    # engine info's device check no longer passes over a network named wrong.
+    info = kp.run("engine", "info", "--model", str(tmp_path / "none.bin.gz"))
+    assert info.returncode != 0 and f"model not found: {tmp_path / 'none.bin.gz'}" in info.stderr
 
 
 @pytest.mark.engine

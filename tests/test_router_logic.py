@@ -9,6 +9,7 @@ test_pool.py and test_chaos.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -23,10 +24,12 @@ from katapool.pool.supervisor import Slot, SlotState
 class ScriptedMember:
     """FAKE: answers every turn at once; dies on any query carrying "poison"."""
 
-    def __init__(self, name: str, start_delay: float = 0.0, fail_start: str | None = None) -> None:
+    def __init__(self, name: str, start_delay: float = 0.0, fail_start: str | None = None,
+                 exits: bool = False) -> None:
         self.name = name
         self.start_delay = start_delay
         self.fail_start = fail_start
+        self.exits = exits  # its failed start is an engine that quit saying why
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._alive = False
         self.received: list[dict[str, Any]] = []
@@ -38,7 +41,8 @@ class ScriptedMember:
     async def start(self) -> None:
         await asyncio.sleep(self.start_delay)
         if self.fail_start:
-            raise MemberStartError(self.fail_start, permanent="bad config" in self.fail_start)
+            raise MemberStartError(self.fail_start, permanent="bad config" in self.fail_start,
+                                   exited=self.exits)
         self._alive = True
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -175,6 +179,61 @@ def test_crash_budget_stops_a_flapping_member() -> None:
     state, cause, generation = asyncio.run(go())
     assert state is SlotState.FAILED and generation == 4
     assert cause is not None and "4 times" in cause and "out of memory" in cause
+
+
+SAID = "member-0 died before it was ready: engine failed: Key 'x' must be in the range 1 to 9"
+
+
+def test_a_start_failing_twice_the_same_way_fails_the_slot_at_once() -> None:
+    """An engine that quits before it was ever ready, saying the same thing twice (but for
+    KataGo's time stamp), will say it again: no backoff and restarts through the crash
+    budget; its words reach the queries waiting."""
+    said = (f"2026-12-07 06:00:{g % 60:02d}+0000: {SAID}" for g in itertools.count())
+
+    async def go() -> tuple[SlotState, str | None, int, Collector]:
+        c = Collector()
+        pool = Pool([lambda i, g: ScriptedMember("bad", fail_start=next(said), exits=True)],
+                    FAST)
+        await pool.start(wait="none")
+        pool.session(c).submit(q("waiting"))
+        await asyncio.wait_for(pool.supervisor.wait_until_all_settled(), 60)  # a hang guard
+        slot = pool.supervisor.slots[0]
+        await pool.close()
+        return slot.state, slot.last_cause, slot.generation, c
+
+    state, cause, generation, c = asyncio.run(go())
+    assert state is SlotState.FAILED and generation == 2
+    assert cause is not None and cause.startswith("failed to start twice the same way") \
+        and SAID in cause
+    [err] = c.by_id["waiting"]
+    assert "no engine available" in err["error"] and "must be in the range 1 to 9" in err["error"]
+
+
+def test_start_failures_that_may_pass_or_follow_a_ready_member_keep_the_crash_budget() -> None:
+    """Restarts as before: failures that differ, a failure that is no engine's own word (a
+    spawn error, a timeout), and a slot whose member was ready once and then crashed."""
+    budget = FAST.model_copy(update={"crash_budget": 3})
+    cases = {
+        "differing": lambda i, g: ScriptedMember("m", fail_start=f"{SAID} (try {g})", exits=True),
+        "not the engine's word": lambda i, g: ScriptedMember("m", fail_start="could not spawn"),
+        "was ready": lambda i, g: ScriptedMember("m", fail_start=None if g == 1 else SAID,
+                                                  exits=True),
+    }
+
+    async def go(factory: Any) -> tuple[SlotState, int]:
+        pool = Pool([factory], budget)
+        await pool.start(wait="none")
+        if factory is cases["was ready"]:
+            await pool.supervisor.wait_until_any_ready()
+            pool.session(Collector()).submit(q("poison", poison=True))  # it crashes
+            await wait_for(lambda: pool.supervisor.slots[0].generation > 1, 60, "its restart")
+        await asyncio.wait_for(pool.supervisor.wait_until_all_settled(), 60)  # a hang guard
+        slot = pool.supervisor.slots[0]
+        await pool.close()
+        return slot.state, slot.generation
+
+    for name, factory in cases.items():
+        assert asyncio.run(go(factory)) == (SlotState.FAILED, 4), name
 
 
 def test_clear_cache_is_acknowledged_before_the_pool_drains() -> None:

@@ -75,6 +75,15 @@ def validation_message(exc: ValidationError) -> str:
     return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
+def check_named_engine(args: argparse.Namespace) -> None:
+    """An engine named by --katago must exist, also where this run may not start it (an
+    export without its engine check): a wrong path is said, not passed over."""
+    if getattr(args, "katago", None):
+        from katapool.engine.discovery import resolve_engine
+
+        resolve_engine(args.katago)
+
+
 def model_from_args(args: argparse.Namespace, engine: EngineChoice | None) -> Path:
     from katapool.engine.discovery import resolve_model
 

@@ -42,12 +42,18 @@ class EngineRow:
 
 
 def _engines(args: argparse.Namespace) -> tuple[list[EngineRow], list[str]]:
-    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one."""
+    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one. Without
+    one that runs the devices are still listed (with a note); but an engine named by --katago
+    that is missing or does not run is an error, as in every other command."""
     notes: list[str] = []
     candidates: list[tuple[str, ResolvedEngine, bool]] = []
     manifest = load_manifest()
-    try:
+    if args.katago:
         chosen = resolve_engine(args.katago)
+        name = chosen.record.name if chosen.record else str(chosen.path)
+        return [EngineRow(name, chosen.path, True, probe_version(chosen.path), None, chosen)], notes
+    try:
+        chosen = resolve_engine(None)
         if chosen.origin == "manifest":
             default = manifest.default_engine()
             candidates = [(r.name, ResolvedEngine(r.path, "manifest", r),
@@ -83,6 +89,8 @@ def _runs_on(row: EngineRow, report: DeviceReport) -> list[str]:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     katago = model = None
+    # A network named by -model must be one, whether or not an OpenCL engine needs it.
+    named_model = resolve_model(args.model) if args.model else None
     engines, notes = _engines(args)
     if args.profile:
         return _show_profiles(args, engines)
@@ -91,7 +99,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
                    if e.info is not None and e.info.backend is Backend.OPENCL), None)
     if lister is not None:
         try:
-            model = resolve_model(args.model, lister.resolved)
+            model = named_model or resolve_model(None, lister.resolved)
             katago = lister.path
         except KatapoolError as exc:
             notes.append(f"OpenCL devices not listed: {exc}")

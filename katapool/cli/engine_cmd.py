@@ -166,6 +166,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    # A network named by -model must be one (not just a skipped device check).
+    named_model = resolve_model(args.model) if args.model else None
     choice = engine_from_args(args, fresh=True)  # a health check: asked now, not remembered
     info = choice.info
     data: dict[str, object] = {
@@ -177,7 +179,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         data["built_with"] = " ".join(record.build_options)
     if info.backend is Backend.OPENCL:
         try:
-            model = resolve_model(args.model, choice.resolved)
+            model = named_model or resolve_model(None, choice.resolved)
             devices, why = opencl_devices(info.path, model, fresh=True)
             data["opencl_devices"] = [f"{d.index}: {d.name}" for d in devices]
             if why:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import check_named_engine, err, out
 from katapool.cli.model_mobile_cmd import register_mobile
 from katapool.cli.model_trt_cmd import register_trt
 from katapool.cli.quantize_cmd import register_quantize
@@ -112,6 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from katapool.models.export_onnx import export_onnx
 
     output_file(args.output, ".onnx", "an ONNX graph")
+    check_named_engine(args)
     if args.via_engine:
         if args.postprocess or args.board != 19:
             raise ConfigError("--via-engine writes what the engine's emitter writes: "

@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import check_named_engine, err, out
 from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError
 
@@ -92,6 +92,7 @@ def _validate_args(args: argparse.Namespace, suffix: str | None = None) -> None:
 
     if not 2 <= args.board <= 19:
         raise ConfigError(f"--board {args.board}: KataGo networks take 2 to 19")
+    check_named_engine(args)
     if args.positions < 1:
         raise ConfigError(f"--positions must be at least 1 (got {args.positions})")
     if args.no_check and args.sgf:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from katapool.cli.common import err, out
+from katapool.cli.common import check_named_engine, err, out
 from katapool.cli.shared_options import add_katago
 from katapool.errors import ConfigError, ModelError
 
@@ -120,6 +120,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from katapool.models.export_check import output_file, write_atomically
 
     output_file(args.output, ".onnx", "an ONNX model", inputs=(args.model, args.network))
+    check_named_engine(args)
     proto, network = _load(args)
     quantize.check_katapool_export(proto)
     validation_games = args.sgf or args.calibration

@@ -103,7 +103,7 @@ class MemberHost:
         try:
             await self.member.start()
         except MemberStartError as exc:
-            return {"error": exc.cause, "permanent": exc.permanent}
+            return {"error": exc.cause, "permanent": exc.permanent, "exited": exc.exited}
         self._wake = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
         return {"pid": self.member.pid, "label": self.label, "version": self.version,

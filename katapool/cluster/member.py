@@ -127,7 +127,8 @@ class RayMember:
         except Exception as exc:
             raise MemberStartError(f"node lost while starting: {_brief(exc)}", False) from None
         if "error" in started:
-            raise MemberStartError(f"on {self.node}: {started['error']}", started["permanent"])
+            raise MemberStartError(f"on {self.node}: {started['error']}", started["permanent"],
+                                   bool(started.get("exited")))
         self.pid, self.label = started["pid"], started["label"]
         self.version, self.git_hash = started["version"], started["git_hash"]
         self._stream = self.actor.stream.options(num_returns="streaming").remote()

@@ -10,6 +10,7 @@ from typing import Literal
 
 from katapool.engine.manifest import EngineRecord, load_manifest
 from katapool.errors import EngineNotFoundError, ModelError
+from katapool.models.reader import check_network_file
 
 Origin = Literal["flag", "environment", "manifest", "PATH"]
 
@@ -59,7 +60,8 @@ def resolve_model(
 ) -> Path:
     """A network: ``--model``, ``KATAPOOL_MODEL``, else the one bundled with the engine, else
     one bundled with another installed engine (an Eigen build or release brings none; KaTrain's
-    engine does)."""
+    engine does). A network the user names is checked to be one (its header only: cheap);
+    the manifest's are trusted."""
     candidate = explicit or os.environ.get("KATAPOOL_MODEL")
     if candidate:
         path = Path(candidate).expanduser()
@@ -68,6 +70,7 @@ def resolve_model(
                              "(.bin.gz)")
         if not path.is_file():
             raise ModelError(f"model not found: {path}")
+        check_network_file(path)  # a named file that is no network: said now, not by the engine
         return path.absolute()
     manifest = load_manifest()
     record = engine.record if engine else manifest.default_engine()

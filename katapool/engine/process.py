@@ -211,7 +211,7 @@ class EngineProcess:
         if self._proc.returncode is not None:
             await self._finish_stderr()
             cause = diagnose(self.tail_text(), self._proc.returncode)
-            raise EngineStartError(f"{self.name} died before it was ready: {cause}")
+            raise EngineStartError(f"{self.name} died before it was ready: {cause}", exited=True)
         await self.kill()
         raise EngineStartError(
             f"{self.name} was not ready within {self.start_timeout:.0f} s "

@@ -37,6 +37,12 @@ _HEADER = re.compile(r"^=\d*$")
 _UNSAFE_PREFIXES = ("=", "?", "info", "play", "komi=", "opp_komi=", "Tuning")
 
 
+def _blocks_begun(lines: list[str]) -> int:
+    """The symmetry blocks of a `kata-raw-nn` answer begun so far (the first follows "=id ")."""
+    first = lines[0].split(" ", 1)[1] if " " in lines[0] else ""
+    return sum(1 for text in (first, *lines[1:]) if text.startswith("symmetry "))
+
+
 def safe_for_guis(line: str) -> str:
     """A stderr line no GUI can mistake for GTP or analysis output (Lizzie merges stderr
     into stdout), and that KaTrain does not read as a fatal error."""
@@ -220,8 +226,8 @@ class GtpBridge:
         command = head.command
         if not head.lines:
             if not line.startswith(("=", "?")):
-                # Before an answer starts: a stray line (KataGo's `kata-raw-nn all` blocks,
-                # the extra blank after a failed kata-set-param). Never anyone's answer.
+                # Before an answer starts: a stray line (the extra blank after a failed
+                # kata-set-param). Never anyone's answer.
                 if line.strip():
                     log.info("engine wrote outside any answer: %s", line[:200])
                 return
@@ -248,6 +254,9 @@ class GtpBridge:
         if line == "":
             first = head.lines[0]
             ok = first.startswith("=")
+            if ok and 0 < _blocks_begun(head.lines) < command.answer_blocks:
+                head.lines.append(line)  # between two symmetries' blocks: the answer goes on
+                return
             body = "\n".join([first.split(" ", 1)[1] if " " in first else "", *head.lines[1:]])
             # A stream the GUI already has the header of (re-run after a crash) can only end.
             text = "\n" if head.header_sent else "\n".join(head.lines) + "\n\n"

@@ -22,6 +22,10 @@ SEARCHES = INTERRUPTIBLE | SELF_ENDING_STREAMS | frozenset({
     "kata-raw-nn", "kata-raw-human-nn", "final_score", "final_status_list", "loadsgf",
     # A new board size rebuilds the network's buffers (a TensorRT engine, minutes).
     "boardsize", "rectangular_boardsize"})
+# Answers of one block per symmetry asked for, blank lines between them (KataGo's own framing,
+# kept as it is): eight blocks for "all", else one.
+RAW_NN = frozenset({"kata-raw-nn", "kata-raw-human-nn"})
+SYMMETRIES = 8
 ANALYZE_FAMILY = frozenset({"lz-analyze", "kata-analyze", "analyze", "lz-genmove_analyze",
                             "kata-genmove_analyze", "genmove_analyze", "kata-search_analyze",
                             "kata-search_analyze_cancellable"})
@@ -45,6 +49,14 @@ class Command:
     @property
     def interruptible(self) -> bool:
         return self.name in INTERRUPTIBLE
+
+    @property
+    def answer_blocks(self) -> int:
+        """Blank-separated blocks in a successful answer (all but the last blank line belong
+        to it)."""
+        if self.name in RAW_NN and any(a.lower() == "all" for a in self.args):
+            return SYMMETRIES
+        return 1
 
     @property
     def echo_id(self) -> str:

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from katapool.errors import ModelError
-from katapool.models.reader import ModelFile, TokenReader, open_model_file
+from katapool.models.reader import OLDEST_VERSION, ModelFile, TokenReader, open_model_file, read_header
 
-OLDEST_VERSION = 3
 NEWEST_VERSION = 17
 ACTIVATIONS = {"ACTIVATION_IDENTITY": "identity", "ACTIVATION_RELU": "relu",
                "ACTIVATION_MISH": "mish", "ACTIVATION_SILU": "silu"}
@@ -419,13 +418,13 @@ class _Parser:
 
     def model(self) -> ModelDesc:
         r = self.r
-        name = r.token("the model name")
-        version = self.version = r.integer("the model version")
-        if not OLDEST_VERSION <= version <= NEWEST_VERSION:
+        head = read_header(r)
+        name, version, spatial, global_ = head.name, head.version, head.spatial_inputs, \
+            head.global_inputs
+        self.version = version
+        if version > NEWEST_VERSION:
             raise ModelError(f"{self.source.path}: model version {version} is not supported "
                              f"(katapool reads versions {OLDEST_VERSION} to {NEWEST_VERSION})")
-        spatial, global_ = r.integer("spatial input channels"), r.integer("global input channels")
-        self._check(spatial > 0 and global_ > 0, "bad input channel counts")
         post = tuple(r.number("a post-processing multiplier") for _ in range(7)) \
             if version >= 13 else DEFAULT_POSTPROCESS
         meta_version = 0

@@ -1,6 +1,9 @@
 """Low-level reading of KataGo model files: a whitespace-separated token stream whose float
 arrays are either decimal text (``.txt``) or ``@BIN@`` + little-endian float32 (``.bin``),
 optionally gzipped. There are no length prefixes: the grammar (``desc.py``) says what comes.
+
+numpy is imported only to read float arrays: the header check (:func:`check_network_file`) runs
+on the start-up path of the protocol commands, which do without it.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from katapool.errors import ModelError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _SPACE = b" \t\r\n\v\f"
+EXTENSIONS = (".bin.gz", ".bin", ".txt.gz", ".txt", ".gz")  # what KataGo loads
+HEADER_BYTES = 1 << 12  # far more than a header's few short tokens
+GZIP_MAGIC = b"\x1f\x8b"
+OLDEST_VERSION = 3  # KataGo loads no older network
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class ModelFile:
 def open_model_file(path: Path) -> ModelFile:
     """Read ``.bin.gz``, ``.bin``, ``.txt.gz`` or ``.txt`` (other ``.gz``: binary, else text)."""
     name = path.name.lower()
-    if not name.endswith((".gz", ".bin", ".txt")):
+    if not name.endswith(EXTENSIONS):
         raise ModelError(f"{path}: a KataGo model ends in .bin.gz, .bin, .txt.gz or .txt")
     try:
         raw = path.read_bytes()
@@ -89,6 +98,8 @@ class TokenReader:
             raise self._fail(f"expected {what} (a number), found {text[:40]!r}") from None
 
     def floats(self, count: int, what: str) -> np.ndarray:
+        import numpy as np
+
         if count < 0:
             raise self._fail(f"{what}: negative size")
         if self.binary:
@@ -111,3 +122,60 @@ class TokenReader:
     def at_end(self) -> bool:
         rest = self.data[self.pos:]
         return not rest.strip(_SPACE)
+
+
+@dataclass(frozen=True)
+class NetworkHeader:
+    name: str
+    version: int
+    spatial_inputs: int
+    global_inputs: int
+
+
+def read_header(r: TokenReader) -> NetworkHeader:
+    """The tokens every network starts with: name, model version, input channel counts."""
+    name = r.token("the model name")
+    if not name.isascii() or not name.isprintable():
+        raise r._fail("it starts with binary data, not a network's name")
+    version = r.integer("the model version")
+    if version < OLDEST_VERSION:
+        raise r._fail(f"model version {version} (KataGo reads {OLDEST_VERSION} and later)")
+    spatial, global_ = r.integer("spatial input channels"), r.integer("global input channels")
+    if spatial <= 0 or global_ <= 0:
+        raise r._fail(f"bad input channel counts {spatial}, {global_}")
+    return NetworkHeader(name, version, spatial, global_)
+
+
+def check_network_file(path: Path) -> NetworkHeader:
+    """A cheap check that ``path`` is a network KataGo can load, reading only its first bytes:
+    an extension KataGo takes, gzip where it says .gz, and a network's header. Raises
+    :class:`ModelError` "… is not a KataGo network: why"."""
+    def refuse(why: str) -> ModelError:
+        return ModelError(f"{path} is not a KataGo network: {why}")
+
+    name = path.name.lower()
+    if not name.endswith(EXTENSIONS):
+        raise refuse("KataGo loads only .bin.gz, .bin, .txt.gz, .txt or .gz files")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(HEADER_BYTES)
+            if not start:
+                raise refuse("the file is empty")
+            if name.endswith(".gz"):
+                if not start.startswith(GZIP_MAGIC):
+                    raise refuse("not gzip-compressed, as its name says")
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f) as unzipped:
+                    start = unzipped.read(HEADER_BYTES)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise refuse(f"not a readable gzip file ({exc or 'cut short'})") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    binary = not name.removesuffix(".gz").endswith(".txt")
+    reader = TokenReader(ModelFile(path, start, binary, sha256="", size=len(start)))
+    try:
+        return read_header(reader)
+    except ModelError as exc:
+        # The reader's own wording ends in "corrupt, truncated or not a KataGo model".
+        why = str(exc).removeprefix(f"{path}: ").split(" (at byte")[0]
+        raise refuse(why) from None

@@ -18,12 +18,14 @@ from katapool.errors import EngineStartError, KatapoolError
 
 class MemberStartError(KatapoolError):
     """A member could not be started; ``cause`` is the diagnosis, ``permanent`` says whether
-    trying again can help."""
+    trying again can help. ``exited``: the engine quit on its own before it was ready (so the
+    same cause twice in a row is no passing trouble: see the supervisor)."""
 
-    def __init__(self, cause: str, permanent: bool) -> None:
+    def __init__(self, cause: str, permanent: bool, exited: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
         self.permanent = permanent
+        self.exited = exited
 
 
 # Failures that a restart cannot fix: report them instead of restarting forever.
@@ -73,4 +75,4 @@ class LocalMember(AnalysisProcess):
             await super().start()
         except EngineStartError as exc:
             cause = str(exc)
-            raise MemberStartError(cause, is_permanent(cause)) from None
+            raise MemberStartError(cause, is_permanent(cause), exc.exited) from None

@@ -3,7 +3,8 @@
 Each member slot runs one lifecycle task: (backoff) → start (one slot at a time, so several
 members never build TensorRT engines at once) → serve until the member dies or fails a health
 check → report the loss → restart, unless its crash budget is spent or the cause is one a
-restart cannot fix. Health has three levels: *alive* (the process), *responsive*
+restart cannot fix: a known one, or an engine that quit before it was ever ready with the same
+words twice in a row. Health has three levels: *alive* (the process), *responsive*
 (``query_version`` answered) and *functional* (a 1-visit canary analysed, the only check that
 proves the network and search threads work).
 """
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +37,8 @@ OUTBOX_MAX_MESSAGES = 100_000
 INPUT_BACKLOG_MAX_BYTES = 64 << 20
 RESTART_CAUSES = ("died", "unresponsive", "not functional", "stuck", "backlog")
 LOCAL_NODE = "local"  # the node of a member that names none
+# KataGo's log-line time stamp: two start failures differing only by it are the same failure.
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?(?:[+-]\d{4})?:? ?")
 
 
 def restart_cause(reason: str) -> str:
@@ -76,6 +80,8 @@ class Slot:
         self.deaths: deque[float] = deque()
         self.last_cause: str | None = None
         self.ready_since: float | None = None
+        self.ever_ready = False  # a member from its current factory has been ready
+        self.last_start_failure: str | None = None  # while never ready: how the last start failed
         self.last_analysis_output = 0.0
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.unhealthy: asyncio.Event = asyncio.Event()
@@ -194,6 +200,21 @@ class Supervisor:
         return float(min(self.policy.backoff_max,
                          self.policy.backoff_initial * 2 ** (len(faults) - 2)))
 
+    @staticmethod
+    def _fails_the_same_way(slot: Slot, exc: MemberStartError) -> bool:
+        """True when the engine quit before it was ready with the same words as at the slot's
+        previous start, and no member of this slot was ever ready: its setup is at fault (a
+        value KataGo refuses, a network it cannot load), which more restarts only delay.
+        Spawn failures and start timeouts may pass, and a member once ready keeps its whole
+        crash budget."""
+        if slot.ever_ready or not exc.exited:
+            slot.last_start_failure = None
+            return False
+        said = _TIMESTAMP.sub("", exc.cause)
+        repeated = said == slot.last_start_failure
+        slot.last_start_failure = said
+        return repeated
+
     def _record_death(self, slot: Slot, cause: str) -> bool:
         """Count a death; True if the slot may restart."""
         now = time.monotonic()
@@ -249,8 +270,10 @@ class Supervisor:
                     await member.start()
             except MemberStartError as exc:
                 slot.member = None
-                if exc.permanent:  # queries waiting for it hear so before the cleanup
-                    await self._fail(slot, exc.cause)
+                repeated = self._fails_the_same_way(slot, exc)
+                if exc.permanent or repeated:  # queries waiting for it hear so before the cleanup
+                    await self._fail(slot, exc.cause if exc.permanent
+                                     else f"failed to start twice the same way: {exc.cause}")
                     with contextlib.suppress(Exception):
                         await member.kill()
                     return
@@ -269,6 +292,7 @@ class Supervisor:
                     await member.kill()
                 return
             slot.state = SlotState.READY
+            slot.ever_ready = True
             slot.last_node = slot.node
             slot.draining = False
             slot.replace.clear()
@@ -444,6 +468,7 @@ class Supervisor:
             await self.changed.wait_for(lambda: slot.state in (SlotState.READY, SlotState.FAILED)
                                         or self._closing)
         slot.factory = factory
+        slot.ever_ready, slot.last_start_failure = False, None  # a new setup, untried
         if slot.state is SlotState.FAILED:
             slot.deaths.clear()
             slot.state = SlotState.STARTING
