@@ -69,7 +69,7 @@ def _engine(found: _Found) -> list[Check]:
         found.resolved = resolve_engine()
         found.info = probe_version(found.resolved.path)
     except KatapoolError as exc:
-        return [Check("engine", "problem", str(exc), INSTALL)]
+        return [Check("engine", "problem", str(exc), exc.fix or INSTALL)]
     info = found.info
     return [Check("engine", "ok", f"KataGo {info.version} ({info.backend.label} backend) at "
                   f"{info.path} (from {found.resolved.origin})")]

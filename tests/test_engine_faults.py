@@ -1,0 +1,75 @@
+"""Engine provisioning and preparation when something is broken: a damaged or foreign
+manifest, an installed engine whose binary is gone, an install cut short or run twice at once,
+a tuner interrupted, a tuning file cut short, a file that is no network.
+
+Fast by design: in-process calls against a private data directory, and FAKE engines (named as
+such, in tests/fakes) where a fault must be injected; no real KataGo runs here.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from katapool.cli.main import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return " ".join(lines[0].split())
+
+
+def _write_manifest(data_dir: Path, content: str | bytes) -> Path:
+    path = data_dir / "engines" / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    return path
+
+
+def _doctor_check(name: str) -> object:
+    from katapool.doctor import run_checks
+
+    return next(c for c in run_checks() if c.name == name)
+
+
+# --- the engine manifest ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"default": "x", "engi', "Invalid JSON: EOF while parsing"),  # cut short
+    ('{"engines": {}}', "engines: Input should be a valid array"),  # wrong type
+    ('{"engines": [{"name": 3}]}', "engines.0.name: Input should be a valid string"),
+    (b"\xff\xfe\x00garbage", "Invalid JSON"),  # not text at all: once a traceback
+])
+def test_a_damaged_manifest_is_one_line_naming_the_problem_and_the_fix(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str], content: str | bytes,
+        problem: str) -> None:
+    path = _write_manifest(isolated_env / "data", content)
+    code, _, err = _cli(["engine", "list"], capsys)
+    line = _one_error_line(err)
+    assert code == 1 and f"engine manifest {path} is damaged" in line and problem in line, line
+    fix = f"mv {path} {path}.damaged && katapool engine install"
+    assert fix in line
+    check = _doctor_check("engine")
+    assert check.status == "problem" and check.fix == fix  # type: ignore[attr-defined]
+
+
+def test_the_manifest_is_readable_by_other_users(isolated_env: Path) -> None:
+    """A service account runs the engines an administrator installed (the folders are
+    world-readable): the manifest once kept mkstemp's 0600."""
+    from katapool.engine.manifest import Manifest, save_manifest
+    from katapool.paths import manifest_path
+
+    save_manifest(Manifest())
+    assert stat.S_IMODE(manifest_path().stat().st_mode) == 0o644
