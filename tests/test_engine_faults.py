@@ -8,10 +8,15 @@ such, in tests/fakes) where a fault must be injected; no real KataGo runs here.
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
 import pytest
+
+from conftest import ROOT
+
+FAKE_EIGEN = ROOT / "tests" / "fakes" / "fake_quick_katago"
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -27,6 +32,11 @@ def _one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return " ".join(lines[0].split())
+
+
+def _record(name: str, path: Path, source: str = "path") -> dict[str, object]:
+    return {"name": name, "version": "1.18.1", "backend": "eigen", "path": str(path),
+            "sha256": "0" * 64, "source": source, "managed": source != "path"}
 
 
 def _write_manifest(data_dir: Path, content: str | bytes) -> Path:
@@ -73,3 +83,32 @@ def test_the_manifest_is_readable_by_other_users(isolated_env: Path) -> None:
 
     save_manifest(Manifest())
     assert stat.S_IMODE(manifest_path().stat().st_mode) == 0o644
+
+
+# --- an installed engine whose binary is gone ---------------------------------------------------
+
+def test_a_default_engine_without_its_binary_names_both_ways_out(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = isolated_env / "moved-away" / "katago"
+    _write_manifest(isolated_env / "data", json.dumps({
+        "default": "gone", "engines": [_record("other", FAKE_EIGEN), _record("gone", gone)]}))
+    code, _, err = _cli(["engine", "info"], capsys)
+    line = _one_error_line(err)
+    assert code == 1 and f"installed engine 'gone' is missing its binary {gone}" in line
+    # Not `katapool engine install`, which installs another engine and leaves this one broken.
+    assert "`katapool engine install --path BINARY --name gone`" in line
+    assert "`katapool engine remove gone`; then other is the default" in line
+    check = _doctor_check("engine")
+    assert check.fix == "katapool engine remove gone"  # type: ignore[attr-defined]
+
+    code, out, _ = _cli(["engine", "list"], capsys)
+    assert code == 0 and "(missing)" in out and "gone: its binary is gone" in out
+    code, out, _ = _cli(["devices", "--json"], capsys)
+    engines = {e["name"]: e for e in json.loads(out)["engines"]}
+    # The broken default no longer hides the engine that works.
+    assert engines["other"]["version"] == "1.18.1" and engines["other"]["devices"] == ["cpu"]
+    assert engines["gone"]["version"] is None and engines["gone"]["default"] is True
+
+    _cli(["engine", "remove", "gone"], capsys)
+    code, out, _ = _cli(["engine", "info", "--json"], capsys)
+    assert code == 0 and json.loads(out)["path"] == str(FAKE_EIGEN)

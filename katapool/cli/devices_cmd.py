@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,19 +43,24 @@ class EngineRow:
 
 
 def _engines(args: argparse.Namespace) -> tuple[list[EngineRow], list[str]]:
-    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one."""
+    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one (a broken
+    default among them, with its problem: the others still list their devices)."""
     notes: list[str] = []
     candidates: list[tuple[str, ResolvedEngine, bool]] = []
-    manifest = load_manifest()
     try:
-        chosen = resolve_engine(args.katago)
-        if chosen.origin == "manifest":
+        if args.katago or os.environ.get("KATAPOOL_KATAGO"):
+            chosen = resolve_engine(args.katago)
+            candidates = [(chosen.record.name if chosen.record else str(chosen.path), chosen,
+                           True)]
+        else:
+            manifest = load_manifest()
             default = manifest.default_engine()
             candidates = [(r.name, ResolvedEngine(r.path, "manifest", r),
                            default is not None and r.name == default.name)
                           for r in manifest.engines]
-        else:
-            candidates = [(chosen.record.name if chosen.record else str(chosen.path), chosen, True)]
+            if not candidates:
+                chosen = resolve_engine()  # katago on PATH
+                candidates = [(str(chosen.path), chosen, True)]
     except KatapoolError as exc:
         notes.append(f"OpenCL devices not listed: {exc}")
     rows = []

@@ -15,7 +15,7 @@ from katapool.engine import build_source
 from katapool.engine import install as installer
 from katapool.engine.advice import cpu_only_hint
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import resolve_model
+from katapool.engine.discovery import reinstall_command, resolve_model
 from katapool.engine.manifest import load_manifest
 from katapool.errors import InstallError, KatapoolError
 
@@ -158,10 +158,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.print("no engines installed: run `katapool engine install`")
         return 0
     table = Table("", "name", "version", "backend", "source", "path")
+    missing = [e for e in manifest.engines if not e.path.exists()]
     for e in manifest.engines:
         table.add_row("*" if e.name == manifest.default else "", e.name, e.version,
-                      e.backend.label, e.source, str(e.path))
+                      e.backend.label, e.source,
+                      str(e.path) + (" [bold red](missing)[/]" if e in missing else ""))
     out.print(table)
+    for e in missing:
+        out.print(f"{e.name}: its binary is gone; put it back (`{reinstall_command(e)}`) "
+                  f"or forget it (`katapool engine remove {e.name}`)")
     return 0
 
 
