@@ -8,8 +8,11 @@ such, in tests/fakes) where a fault must be injected; no real KataGo runs here.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,45 @@ def test_a_default_engine_without_its_binary_names_both_ways_out(
     _cli(["engine", "remove", "gone"], capsys)
     code, out, _ = _cli(["engine", "info", "--json"], capsys)
     assert code == 0 and json.loads(out)["path"] == str(FAKE_EIGEN)
+
+
+# --- installs cut short, or run at once -------------------------------------------------------
+
+def test_what_a_killed_install_left_is_removed_by_the_next_one(isolated_env: Path) -> None:
+    """A stage (an install killed while unpacking: hundreds of MB) and a set-aside old
+    version (killed while swapping) were once left in engines/ for good."""
+    from katapool.engine.install import install_from_path
+    from katapool.engine.manifest import load_manifest
+
+    engines = isolated_env / "data" / "engines"
+    for leftover in (".stage-katrain-1.20.0-x1y2z3", ".old-katrain-1.20.0"):
+        (engines / leftover / "squashfs-root").mkdir(parents=True)
+        (engines / leftover / "squashfs-root" / "AppRun").write_text("half")
+    install_from_path(FAKE_EIGEN, "fake")
+    assert sorted(p.name for p in engines.iterdir()) == [".lock", "manifest.json"]
+    assert load_manifest().default == "fake"
+
+
+def test_a_second_install_waits_for_the_first(isolated_env: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Two installs at once once swapped the same folder and could drop each other's
+    manifest record; the second now waits, saying so."""
+    from katapool.engine.install import LOCK_NAME, install_from_path
+    from katapool.engine.manifest import load_manifest
+
+    engines = isolated_env / "data" / "engines"
+    engines.mkdir(parents=True)
+    with open(engines / LOCK_NAME, "a") as held:  # the first install, in its critical part
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=install_from_path, args=(FAKE_EIGEN, "second"))
+        second.start()
+        said = ""
+        deadline = time.monotonic() + 60  # hang guard; it says so at once
+        while "waiting for another engine install" not in said and second.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+            said += capsys.readouterr().err
+        assert "waiting for another engine install" in said
+        assert second.is_alive() and load_manifest().get("second") is None
+    second.join(60)
+    assert not second.is_alive() and load_manifest().get("second") is not None
