@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import G170, ROOT
 
 FAKE_EIGEN = ROOT / "tests" / "fakes" / "fake_quick_katago"
+FAKE_TUNER = ROOT / "tests" / "fakes" / "fake_opencl_tuner_katago"
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -157,3 +163,48 @@ def test_a_second_install_waits_for_the_first(isolated_env: Path,
         assert second.is_alive() and load_manifest().get("second") is None
     second.join(60)
     assert not second.is_alive() and load_manifest().get("second") is not None
+
+
+# --- OpenCL tuning interrupted, or cut short ------------------------------------------------------
+
+def _tuner_env(data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KATAPOOL_")}
+    return {**env, "KATAPOOL_DATA_DIR": str(data / "data"),
+            "KATAPOOL_CACHE_DIR": str(data / "cache"), **extra}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> None:
+    """A SIGTERM (a service stopped, a container's end) or an interrupt sent to katapool alone
+    once left KataGo's tuner computing for minutes with no one to read it."""
+    pidfile = tmp_path / "tuner.pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "katapool", "prepare", "--katago", str(FAKE_TUNER),
+         "--model", str(G170)], env=_tuner_env(tmp_path, FAKE_TUNER_PIDFILE=str(pidfile)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60  # hang guard: the fake tuner starts in a second
+        while not pidfile.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pidfile.exists(), proc.stderr.read() if proc.poll() is not None else "no tuner"
+        tuner = int(pidfile.read_text())
+        proc.send_signal(signum)
+        proc.wait(60)
+        while not _gone(tuner) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(tuner), "the tuner outlived katapool prepare"
+        # Nothing half-tuned was recorded: the next prepare tunes again.
+        assert not (tmp_path / "data" / "tuning" / "index.json").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        if pidfile.exists() and not _gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from katapool.engine.diagnose import diagnose
 from katapool.engine.probe import check_launchable
+from katapool.engine.process import dies_with_this_process
 
 _RECOMMENDED = re.compile(r"numSearchThreads\s*=\s*(\d+):.*\(recommended\)")
 _BENCH_ROW = re.compile(
@@ -85,7 +86,8 @@ def run_tool(argv: list[str], console: Console | None, label: str,
     started = time.monotonic()
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, errors="replace")
+                            stdin=subprocess.DEVNULL, errors="replace",
+                            preexec_fn=dies_with_this_process())
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     status = console.status(label) if console is not None else nullcontext()

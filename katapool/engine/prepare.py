@@ -28,6 +28,7 @@ from katapool.engine.backend import Backend
 from katapool.engine.diagnose import diagnose
 from katapool.engine.download import sha256_of
 from katapool.engine.probe import EngineInfo, OpenCLDevice
+from katapool.engine.process import dies_with_this_process
 from katapool.engine.tuning import (
     TuningEntry,
     load_index,
@@ -103,20 +104,26 @@ def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, c
                       console=console) as progress:
             task = progress.add_task(f"tuning {dev.name}", total=None)
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, stdin=subprocess.DEVNULL)
-            assert proc.stdout is not None
-            phase = "starting"
-            for line in proc.stdout:
-                line = line.strip()
-                tail = (tail + [line])[-40:]
-                if m := _COUNT_RE.match(line):
-                    progress.update(task, total=int(m.group(1)), completed=0)
-                elif m := _STEP_RE.match(line):
-                    progress.update(task, completed=int(m.group(1)))
-                elif m := _PHASE_RE.match(line):
-                    phase = m.group(1)
-                    progress.update(task, description=f"{dev.name}: {phase}")
-            code = proc.wait()
+                                    text=True, stdin=subprocess.DEVNULL,
+                                    preexec_fn=dies_with_this_process())
+            try:
+                assert proc.stdout is not None
+                phase = "starting"
+                for line in proc.stdout:
+                    line = line.strip()
+                    tail = (tail + [line])[-40:]
+                    if m := _COUNT_RE.match(line):
+                        progress.update(task, total=int(m.group(1)), completed=0)
+                    elif m := _STEP_RE.match(line):
+                        progress.update(task, completed=int(m.group(1)))
+                    elif m := _PHASE_RE.match(line):
+                        phase = m.group(1)
+                        progress.update(task, description=f"{dev.name}: {phase}")
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:  # interrupted: the tuner stops with us
+                    proc.kill()
+                    proc.wait()
         if code != 0 or not out.exists():
             cause = diagnose("\n".join(tail), code)
             raise EngineStartError(f"OpenCL tuning failed on {dev.name}: {cause}")
