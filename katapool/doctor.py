@@ -175,7 +175,12 @@ def _tuning(found: _Found) -> list[Check]:
         for dev in found.opencl:
             best = index.best(dev.name, info.version)
             label = f"OpenCL {dev.spec} ({dev.name})"
-            if best is None:
+            damaged = index.damaged(dev.name, info.version)
+            if damaged and (best is None or best.kind == "reference"):
+                checks.append(Check("tuning", "problem", f"{label}: tuning file {damaged[0]} "
+                                    "is cut short (not used: engines start untuned)",
+                                    "katapool prepare"))
+            elif best is None:
                 checks.append(Check("tuning", "problem", f"{label}: not prepared (KataGo would "
                                     "run untuned)", "katapool prepare"))
             elif best.kind == "reference":

@@ -208,3 +208,59 @@ def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> 
         proc.wait()
         if pidfile.exists() and not _gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_tuning_file_cut_short_is_never_complete(tmp_path: Path) -> None:
+    from katapool.engine.tuning import reference_tuning_text, tuning_file_complete
+
+    lines = reference_tuning_text().splitlines(keepends=True)
+    for cut in range(1, len(lines) + 1):
+        path = tmp_path / f"cut-{cut}.txt"
+        path.write_text("".join(lines[:cut]))
+        assert tuning_file_complete(path) == (cut == len(lines)), cut
+
+
+@pytest.mark.parametrize("mode", ["truncated", "complete"])
+def test_a_tune_is_recorded_only_when_complete(isolated_env: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """A tuning file cut short (KataGo aborts at start on one) was once recorded as a full
+    tune and handed to every engine after."""
+    from katapool.engine.tuning import load_index, reference_tuning_text
+
+    monkeypatch.setenv("FAKE_TUNER", mode)
+    monkeypatch.setenv("FAKE_TUNER_COMPLETE", reference_tuning_text())
+    code, _, err = _cli(["prepare", "--katago", str(FAKE_TUNER), "--model", str(G170)], capsys)
+    final = isolated_env / "data" / "tuning" / "fake-opencl-device-katago1.18.1-x19.txt"
+    if mode == "truncated":
+        line = _one_error_line(err.replace("\r", "\n").splitlines()[-1])
+        assert code == 1 and "wrote an incomplete tuning file" in line, err
+        assert not final.exists() and load_index().best("fake-opencl-device", "1.18.1") is None
+    else:
+        assert code == 0 and final.read_text() == reference_tuning_text()
+        assert stat.S_IMODE(final.stat().st_mode) == 0o644
+        best = load_index().best("fake-opencl-device", "1.18.1")
+        assert best is not None and best.kind == "full" and best.file == final
+
+
+def test_a_damaged_tuning_file_is_not_handed_to_the_engine(
+        isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One already recorded (cut short by a full disk while it was copied into place) is
+    passed over: the engine starts untuned instead of aborting, and doctor says why."""
+    from katapool.config.build import tuning_for
+    from katapool.devices import discover_devices
+    from katapool.engine.probe import probe_version
+    from katapool.engine.tuning import TuningEntry, record_entry
+
+    cut = isolated_env / "data" / "tuning" / "fake-opencl-device-katago1.18.1-x19.txt"
+    cut.parent.mkdir(parents=True)
+    cut.write_text("VERSION=13\n#canUseFP16Storage\n0\n")
+    record_entry(TuningEntry(device_name="fake-opencl-device", engine_version="1.18.1",
+                             kind="full", file=cut))
+    monkeypatch.setenv("KATAPOOL_KATAGO", str(FAKE_TUNER))
+    monkeypatch.setenv("KATAPOOL_MODEL", str(G170))
+    info = probe_version(FAKE_TUNER)
+    chosen = tuning_for([], discover_devices(FAKE_TUNER, G170, opencl=True), info)
+    assert chosen.kind == "reference" and chosen.file != cut
+    check = _doctor_check("tuning")
+    assert check.status == "problem" and f"tuning file {cut} is cut short" in check.detail  # type: ignore[attr-defined]
+    assert check.fix == "katapool prepare"  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -31,9 +30,11 @@ from katapool.engine.probe import EngineInfo, OpenCLDevice
 from katapool.engine.process import dies_with_this_process
 from katapool.engine.tuning import (
     TuningEntry,
+    install_tuning_file,
     load_index,
     record_entry,
     safe_name,
+    tuning_file_complete,
     write_reference_file,
 )
 from katapool.errors import EngineStartError
@@ -127,7 +128,11 @@ def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, c
         if code != 0 or not out.exists():
             cause = diagnose("\n".join(tail), code)
             raise EngineStartError(f"OpenCL tuning failed on {dev.name}: {cause}")
-        shutil.move(out, final)  # a rename where it can, a copy across filesystems
+        if not tuning_file_complete(out):
+            raise EngineStartError(f"OpenCL tuning on {dev.name} wrote an incomplete tuning "
+                                   "file (KataGo would refuse to start with it); the previous "
+                                   "tuning is kept")
+        install_tuning_file(out, final)
     return TuningEntry(device_name=dev.name, engine_version=info.version, kind="full",
                        file=final, board_size=board_size, model=model.name)
 
