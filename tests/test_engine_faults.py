@@ -264,3 +264,56 @@ def test_a_damaged_tuning_file_is_not_handed_to_the_engine(
     check = _doctor_check("tuning")
     assert check.status == "problem" and f"tuning file {cut} is cut short" in check.detail  # type: ignore[attr-defined]
     assert check.fix == "katapool prepare"  # type: ignore[attr-defined]
+
+
+# --- measuring: a file that is no network, a profile gone stale ------------------------------------
+
+def test_measuring_with_a_file_that_is_no_network_says_so(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was once taken for a device fault: 'useFP16 = false: FP16 kernels failed', then
+    'benchmarknn failed ... FP16 kernels failed (Error loading ... model file)'."""
+    notes = isolated_env / "notes.bin.gz"
+    notes.write_text("not a network\n")
+    code, _, err = _cli(["prepare", "--fast", "--measure", "--mode", "gtp", "--katago",
+                         str(FAKE_TUNER), "--model", str(notes)], capsys)
+    line = " ".join(err.split())
+    assert code == 1 and f"error: {notes} is not a network KataGo can load: Error loading or " \
+        f"parsing model file {notes}" in line, err
+    assert "useFP16" not in err and not (isolated_env / "data" / "tuning" / "profiles").exists()
+
+
+def test_a_stale_profiles_note_names_the_command_that_renews_it(isolated_env: Path) -> None:
+    """The command named once left out the network and the mode: run as given, it measured
+    the default network and the note stayed."""
+    import shutil
+
+    from katapool.config.profile import (
+        FileIdentity,
+        NetworkIdentity,
+        Profile,
+        device_identity,
+        engine_identity,
+        find_profile,
+        network_name,
+        now,
+        profile_path,
+        save_profile,
+    )
+    from katapool.config.settings import Mode
+    from katapool.devices.discover import cpu_device
+    from katapool.engine.probe import probe_version
+
+    info, device = probe_version(FAKE_EIGEN), cpu_device()
+    model = isolated_env / "my net.bin.gz"
+    shutil.copy(G170, model)
+    save_profile(profile_path(info.backend, device, model, Mode.GTP), Profile(
+        engine=engine_identity(info), device=device_identity(device, info.backend),
+        network=NetworkIdentity(name=network_name(model), file=FileIdentity.of(model)),
+        mode=Mode.GTP, decisions=[], measured_at=now()))
+    assert find_profile(info, device, model, Mode.GTP)[0] is not None
+    with model.open("ab") as fh:
+        fh.write(b"retrained")
+    profile, _, note = find_profile(info, device, model, Mode.GTP)
+    assert profile is None and note is not None and "network changed" in note
+    assert note.endswith(f"`katapool prepare --measure --device cpu --mode gtp --model "
+                         f"'{model}'`"), note

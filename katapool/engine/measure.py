@@ -164,6 +164,18 @@ def parse_gpu_error(text: str) -> GpuErrorReport:
     return report
 
 
+_MODEL_ERROR = re.compile(r"(Error loading or parsing model file .+)$")
+
+
+def model_load_error(run: ToolRun) -> str | None:
+    """KataGo's own words when it could not load the network (not a fault of the device, of
+    FP16 or of a batch size), else None."""
+    for line in run.output.splitlines():
+        if m := _MODEL_ERROR.search(line):
+            return m.group(1).strip()
+    return None
+
+
 def fp16_failure(run: ToolRun) -> str:
     """Why an FP16 run of ``testgpuerror`` died, in one line."""
     if run.timed_out:
