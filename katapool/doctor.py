@@ -23,7 +23,12 @@ from katapool.devices.discover import cpu_device, opencl_devices
 from katapool.devices.model import Device
 from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
+from katapool.engine.discovery import (
+    ResolvedEngine,
+    reinstall_command,
+    resolve_engine,
+    resolve_model,
+)
 from katapool.engine.probe import EngineInfo, probe_version
 from katapool.engine.tuning import load_index
 from katapool.errors import KatapoolError
@@ -66,13 +71,27 @@ def run_checks() -> list[Check]:
 
 def _engine(found: _Found) -> list[Check]:
     try:
-        found.resolved = resolve_engine()
-        found.info = probe_version(found.resolved.path)
+        resolved = found.resolved = resolve_engine()
     except KatapoolError as exc:
         return [Check("engine", "problem", str(exc), exc.fix or INSTALL)]
+    try:
+        found.info = probe_version(resolved.path, fresh=True)  # a health check: asked now
+    except KatapoolError as exc:
+        return [Check("engine", "problem", str(exc), exc.fix or _engine_fix(resolved))]
     info = found.info
     return [Check("engine", "ok", f"KataGo {info.version} ({info.backend.label} backend) at "
                   f"{info.path} (from {found.resolved.origin})")]
+
+
+def _engine_fix(resolved: ResolvedEngine) -> str:
+    """For an engine found but broken: the way back to the engine the user chose, not a bare
+    install of another one."""
+    if resolved.origin == "environment":
+        return "point KATAPOOL_KATAGO at a KataGo binary, or unset it"
+    if resolved.record is not None:
+        name = resolved.record.name
+        return f"{reinstall_command(resolved.record)}, or katapool engine remove {name}"
+    return f"{INSTALL} (or put a working katago first on PATH)"
 
 
 def _network(found: _Found) -> list[Check]:

@@ -317,3 +317,26 @@ def test_a_stale_profiles_note_names_the_command_that_renews_it(isolated_env: Pa
     assert profile is None and note is not None and "network changed" in note
     assert note.endswith(f"`katapool prepare --measure --device cpu --mode gtp --model "
                          f"'{model}'`"), note
+
+
+# --- doctor: a registered engine that broke ---------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["not KataGo", "not executable"])
+def test_doctor_names_the_fix_for_a_registered_engine_that_broke(
+        isolated_env: Path, fault: str) -> None:
+    """The fix was `katapool engine install` whatever the fault: another engine, installed
+    over the user's choice (and no help for a lost execute bit)."""
+    import shutil
+
+    binary = isolated_env / "katago"
+    shutil.copy(FAKE_EIGEN, binary)
+    _write_manifest(isolated_env / "data", json.dumps({
+        "default": "mine", "engines": [_record("mine", binary)]}))
+    if fault == "not KataGo":
+        binary.write_text("#!/bin/sh\necho hello\n")  # replaced by something else
+        want = "katapool engine install --path BINARY --name mine, or katapool engine remove mine"
+    else:
+        binary.chmod(0o644)
+        want = f"chmod +x {binary}"
+    check = _doctor_check("engine")
+    assert check.status == "problem" and check.fix == want  # type: ignore[attr-defined]

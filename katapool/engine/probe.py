@@ -52,7 +52,8 @@ def check_launchable(path: Path) -> None:
     if path.is_dir():
         raise EngineStartError(f"KataGo binary {path} is a directory, not a program")
     if not os.access(path, os.X_OK):
-        raise EngineStartError(f"KataGo binary {path} is not executable (try: chmod +x {path})")
+        raise EngineStartError(f"KataGo binary {path} is not executable (try: chmod +x {path})",
+                               fix=f"chmod +x {path}")
 
 
 def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
