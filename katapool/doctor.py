@@ -23,6 +23,7 @@ from katapool.devices.discover import cpu_device, opencl_devices
 from katapool.devices.model import Device
 from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.engine.backend import Backend
+from katapool.engine.diagnose import pocl_cache_problem
 from katapool.engine.discovery import (
     ResolvedEngine,
     reinstall_command,
@@ -115,8 +116,10 @@ def _devices(found: _Found) -> list[Check]:
     names.append(f"cpu ({cpu.name}, {cpu.cores} cores)")
     text = ", ".join(names)
     if found.info is not None and found.info.backend is Backend.OPENCL and not found.opencl:
+        fix = ("set POCL_CACHE_DIR to a writable folder, or run with a writable HOME"
+               if pocl_cache_problem() else "install an OpenCL driver (see the opencl line)")
         return [Check("devices", "problem", f"{text}; the OpenCL engine sees no device: "
-                      f"{why_opencl}", "install an OpenCL driver (see the opencl line)")]
+                      f"{why_opencl}", fix)]
     return [Check("devices", "ok", text + (f" (no NVIDIA GPU: {why_nvidia})"
                                            if why_nvidia and not found.nvidia else ""))]
 

@@ -340,3 +340,24 @@ def test_doctor_names_the_fix_for_a_registered_engine_that_broke(
         want = f"chmod +x {binary}"
     check = _doctor_check("engine")
     assert check.status == "problem" and check.fix == want  # type: ignore[attr-defined]
+
+
+def test_pocl_without_a_writable_cache_is_not_called_a_missing_driver(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PoCL lists no device when it cannot write its kernel cache (a service user's read-only
+    home): the advice was to install an OpenCL driver, which is installed."""
+    from katapool.engine.diagnose import diagnose
+
+    vendors = tmp_path / "vendors"
+    vendors.mkdir()
+    (vendors / "pocl.icd").write_text("libpocl.so.2\n")
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(vendors))
+    said = "what():  No OpenCL devices were found on your system."
+    blocker = tmp_path / "read-only-home"
+    blocker.write_text("")  # a file where the folder would go: unwritable even for root
+    monkeypatch.setenv("POCL_CACHE_DIR", str(blocker / "pocl"))
+    cause = diagnose(said, -6)
+    assert cause.startswith(f"PoCL (OpenCL on the CPU) cannot write its kernel cache {blocker}")
+    assert "set POCL_CACHE_DIR to a writable folder" in cause
+    monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "cache"))
+    assert diagnose(said, -6).startswith("no OpenCL device found: install an OpenCL driver")
