@@ -361,3 +361,18 @@ def test_pocl_without_a_writable_cache_is_not_called_a_missing_driver(
     assert "set POCL_CACHE_DIR to a writable folder" in cause
     monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "cache"))
     assert diagnose(said, -6).startswith("no OpenCL device found: install an OpenCL driver")
+
+
+def test_measuring_stops_before_it_starts_when_its_profiles_cannot_be_kept(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Measuring takes minutes; a profiles folder that cannot be written was found only when
+    the result was saved (tuning likewise, with a read-only data directory)."""
+    tuning = isolated_env / "data" / "tuning"
+    tuning.mkdir(parents=True)
+    (tuning / "profiles").write_text("")  # in the way of the folder
+    code, _, err = _cli(["prepare", "--fast", "--measure", "--mode", "gtp", "--katago",
+                         str(FAKE_TUNER), "--model", str(G170)], capsys)
+    line = " ".join(err.split())
+    assert code == 2 and f"error: cannot keep measured profiles in {tuning / 'profiles'} " \
+        f"({tuning / 'profiles'} is a file)" in line, err
+    assert "measuring opencl:0" not in line

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from katapool import paths
 from katapool.config.build import BuiltConfig, build_config
 from katapool.config.profile import (
     Decision,
@@ -49,6 +50,7 @@ from katapool.engine.measure import (
     run_tool,
 )
 from katapool.engine.probe import EngineInfo
+from katapool.engine.tuning import check_writable
 from katapool.errors import EngineStartError, ModelError
 
 # Throughput (analysis): the smallest batch this close to the best; latency (GTP): a smaller
@@ -100,6 +102,7 @@ def _measure_device(info: EngineInfo, model: Path, device: Device, report: Devic
     for _, _, note in found.values():
         if note:
             console.print(f"[yellow]{note}[/]", soft_wrap=True)
+    check_writable(paths.profiles_dir(), "measured profiles")
     started = time.monotonic()
     base = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device.spec,
                         preset=opts.preset, report=report, use_profile=False)

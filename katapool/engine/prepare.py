@@ -30,6 +30,7 @@ from katapool.engine.probe import EngineInfo, OpenCLDevice
 from katapool.engine.process import dies_with_this_process
 from katapool.engine.tuning import (
     TuningEntry,
+    check_writable,
     install_tuning_file,
     load_index,
     record_entry,
@@ -87,7 +88,7 @@ def prepare_opencl(
 def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, console: Console,
                board_size: int, batch_size: int | None) -> TuningEntry:
     final = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
-    final.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(final.parent, "OpenCL tuning")
     # Tune into a scratch file: an interrupted or failed run keeps the previous tune.
     with tempfile.TemporaryDirectory(prefix="katapool-tune-") as tmp:
         out = Path(tmp) / "tuned.txt"

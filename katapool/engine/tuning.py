@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from katapool import paths
+from katapool.errors import ConfigError
 
 TUNER_FORMAT_VERSION = 13
 
@@ -109,6 +110,21 @@ def _write_atomically(target: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail now, with the folder named, rather than after minutes of tuning or measuring
+    whose result could not be kept."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        raise ConfigError(f"cannot keep {what} in {folder} ({why}): set KATAPOOL_DATA_DIR "
+                          "to a writable place") from None
 
 
 def install_tuning_file(source: Path, target: Path) -> None:
