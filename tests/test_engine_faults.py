@@ -376,3 +376,45 @@ def test_measuring_stops_before_it_starts_when_its_profiles_cannot_be_kept(
     assert code == 2 and f"error: cannot keep measured profiles in {tuning / 'profiles'} " \
         f"({tuning / 'profiles'} is a file)" in line, err
     assert "measuring opencl:0" not in line
+
+
+# --- choosing the default; names --------------------------------------------------------------------
+
+def test_the_default_engine_is_chosen_without_reinstalling(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Going back to an earlier engine once meant installing it again (for a release: a
+    download); a name that is no engine is one line naming the known ones."""
+    import shutil
+
+    other = isolated_env / "other-katago"
+    shutil.copy(FAKE_EIGEN, other)
+    _write_manifest(isolated_env / "data", json.dumps({
+        "default": "second", "engines": [_record("first", other), _record("second", FAKE_EIGEN)]}))
+    code, out, _ = _cli(["engine", "default", "first"], capsys)
+    assert code == 0 and "default engine: first" in " ".join(out.split())
+    code, out, _ = _cli(["engine", "info", "--json"], capsys)
+    assert code == 0 and json.loads(out)["path"] == str(other)
+    code, _, err = _cli(["engine", "default", "third"], capsys)
+    assert code == 1 and _one_error_line(err) == \
+        "error: no engine named 'third' (known: first, second)"
+
+
+def test_registering_under_an_installed_engines_name_is_refused(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It replaced the record of the engine katapool installed, whose folder (hundreds of MB)
+    nothing would ever remove again."""
+    installed = isolated_env / "data" / "engines" / "katrain-1.20.0"
+    installed.mkdir(parents=True)
+    binary = installed / "AppRun"
+    binary.write_bytes(FAKE_EIGEN.read_bytes())
+    _write_manifest(isolated_env / "data", json.dumps({"default": "katrain-1.20.0", "engines": [
+        {**_record("katrain-1.20.0", binary, source="katrain"),
+         "directory": str(installed)}]}))
+    code, _, err = _cli(["engine", "install", "--path", str(FAKE_EIGEN), "--name",
+                         "katrain-1.20.0"], capsys)
+    line = _one_error_line(err)
+    assert code == 1 and "--name katrain-1.20.0: that is the name of an engine katapool " \
+        "installed" in line and "`katapool engine remove katrain-1.20.0`" in line
+    from katapool.engine.manifest import load_manifest
+
+    assert load_manifest().get("katrain-1.20.0").managed  # type: ignore[union-attr]

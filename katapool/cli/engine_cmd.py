@@ -1,4 +1,4 @@
-"""``katapool engine install | build | list | info | remove``."""
+"""``katapool engine install | build | list | info | default | remove``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_engine_args(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    default = esub.add_parser("default", help="make an installed engine the default",
+                              description="The engine every command uses when no --katago or "
+                              "$KATAPOOL_KATAGO names one (`engine list` marks it with *).")
+    default.add_argument("name")
+    default.set_defaults(func=cmd_default)
 
     rm = esub.add_parser("remove", help="remove an installed engine")
     rm.add_argument("name")
@@ -196,6 +202,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in data.items():
         table.add_row(key.replace("_", " "), "\n".join(value) if isinstance(value, list) else str(value))
     out.print(table)
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    record = installer.set_default_engine(args.name)
+    out.print(f"default engine: [bold]{record.name}[/] (KataGo {record.version}, "
+              f"{record.backend.label}, {record.path})")
     return 0
 
 

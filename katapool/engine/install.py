@@ -282,6 +282,12 @@ def install_from_release(
 def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
     """Register an existing binary; katapool never deletes it."""
     binary = binary.expanduser().absolute()
+    taken = load_manifest().get(name) if name else None
+    if taken is not None and taken.managed:
+        # Replacing its record would orphan the folder katapool installed (hundreds of MB).
+        raise InstallError(f"--name {name}: that is the name of an engine katapool installed "
+                           f"({taken.path}); choose another name, or remove it first "
+                           f"(`katapool engine remove {name}`)")
     try:
         check_launchable(binary)
     except EngineStartError as exc:
@@ -304,6 +310,22 @@ def remove_engine(name: str) -> EngineRecord:
         if record.managed and record.directory \
                 and record.directory.is_relative_to(paths.engines_dir()):
             shutil.rmtree(record.directory, ignore_errors=True)
+        save_manifest(manifest)
+    return record
+
+
+def set_default_engine(name: str) -> EngineRecord:
+    """Make an installed engine the default (`engine list` marks it) without reinstalling."""
+    with engines_lock():
+        manifest = load_manifest()
+        record = manifest.get(name)
+        if record is None:
+            known = ", ".join(e.name for e in manifest.engines) or "none installed"
+            raise InstallError(f"no engine named {name!r} (known: {known})")
+        if not record.path.exists():
+            raise InstallError(f"engine {name!r} is missing its binary {record.path}: put it "
+                               f"back or remove it (`katapool engine remove {name}`)")
+        manifest.default = name
         save_manifest(manifest)
     return record
 
