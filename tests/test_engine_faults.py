@@ -196,11 +196,14 @@ def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> 
             time.sleep(0.05)
         assert pidfile.exists(), proc.stderr.read() if proc.poll() is not None else "no tuner"
         tuner = int(pidfile.read_text())
+        argv = psutil.Process(tuner).cmdline()
+        scratch = Path(argv[argv.index("-output") + 1]).parent
         proc.send_signal(signum)
         proc.wait(60)
         while not _gone(tuner) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _gone(tuner), "the tuner outlived katapool prepare"
+        assert not scratch.exists(), "the tuner's scratch folder was left behind"
         # Nothing half-tuned was recorded: the next prepare tunes again.
         assert not (tmp_path / "data" / "tuning" / "index.json").exists()
     finally:
