@@ -73,6 +73,7 @@ def prepare_opencl(
         if good_enough and not force and best is not None:
             results.append(PrepareResult(dev.name, "up-to-date", best.file, 0.0))
             continue
+        check_writable(paths.tuning_dir(), "OpenCL tuning")
         if fast:
             entry = write_reference_file(dev.name, info.version)
             action = "reference"
@@ -88,7 +89,6 @@ def prepare_opencl(
 def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, console: Console,
                board_size: int, batch_size: int | None) -> TuningEntry:
     final = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
-    check_writable(final.parent, "OpenCL tuning")
     # Tune into a scratch file: an interrupted or failed run keeps the previous tune.
     with tempfile.TemporaryDirectory(prefix="katapool-tune-") as tmp:
         out = Path(tmp) / "tuned.txt"
