@@ -422,3 +422,28 @@ def test_registering_under_an_installed_engines_name_is_refused(
     from katapool.engine.manifest import load_manifest
 
     assert load_manifest().get("katrain-1.20.0").managed  # type: ignore[union-attr]
+
+
+# --- a binary that hangs --------------------------------------------------------------------------
+
+def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> None:
+    """A wrapper script whose KataGo hangs: the error came after the timeout, but only the
+    wrapper was killed and the hung program ran on."""
+    from katapool.engine.probe import probe_version
+    from katapool.errors import EngineStartError
+
+    pidfile = tmp_path / "hung.pid"
+    wrapper = tmp_path / "katago"
+    wrapper.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pidfile}\nwait\n")
+    wrapper.chmod(0o755)
+    try:
+        with pytest.raises(EngineStartError, match=r"katago version did not finish within 2 s"):
+            probe_version(wrapper, timeout=2, fresh=True)
+        hung = int(pidfile.read_text())
+        deadline = time.monotonic() + 60  # hang guard
+        while not _gone(hung) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(hung), "the hung program outlived the probe"
+    finally:
+        if pidfile.exists() and not _gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
