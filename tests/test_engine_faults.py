@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import G170, ROOT
+from conftest import G170, ROOT, Katapool
 
 FAKE_EIGEN = ROOT / "tests" / "fakes" / "fake_quick_katago"
 FAKE_TUNER = ROOT / "tests" / "fakes" / "fake_opencl_tuner_katago"
@@ -447,3 +447,20 @@ def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> Non
     finally:
         if pidfile.exists() and not _gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_damaged_tensorrt_warmup_record_costs_only_a_warmup(fresh_kp: Katapool,
+                                                              tmp_path: Path) -> None:
+    """JSON of the wrong shape in trt-warmups.json once stopped prepare with a traceback.
+    (A FAKE TensorRT engine and a FAKE nvidia-smi, as in test_prepare_tensorrt.)"""
+    fakes = ROOT / "tests" / "fakes"
+    env = {"PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_TRT_LOG": str(tmp_path / "starts.jsonl")}
+    fresh_kp.run("engine", "install", "--path", str(fakes / "fake_trt_katago"), env=env,
+                 check=True)
+    record = fresh_kp.data_dir / "tuning" / "trt-warmups.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"not": "a list"}')
+    proc = fresh_kp.run("prepare", "--model", str(G170), "--device", "gpu:0", env=env)
+    assert proc.returncode == 0 and "warmed" in proc.stdout, proc.stderr
+    assert len(json.loads(record.read_text())) == 1

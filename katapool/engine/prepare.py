@@ -36,6 +36,7 @@ from katapool.engine.tuning import (
     record_entry,
     safe_name,
     tuning_file_complete,
+    write_atomically,
     write_reference_file,
 )
 from katapool.errors import EngineStartError
@@ -169,9 +170,11 @@ def prepare_tensorrt(
     if info.backend is not Backend.TENSORRT:
         return []
     try:
-        done: set[str] = set(json.loads(_warmups_file().read_text()))
+        stored = json.loads(_warmups_file().read_text())
     except (OSError, ValueError):
-        done = set()
+        stored = []
+    # A damaged record only costs warm-ups again (it once stopped prepare with a traceback).
+    done = {str(key) for key in stored} if isinstance(stored, list) else set()
     cache = paths.katago_home() / "trtcache"
     results = []
     for device_name, cfg in configs:
@@ -184,7 +187,7 @@ def prepare_tensorrt(
             asyncio.run(_warm(katago, cfg, model, start_timeout))
         done.add(key)
         _warmups_file().parent.mkdir(parents=True, exist_ok=True)
-        _warmups_file().write_text(json.dumps(sorted(done), indent=1))
+        write_atomically(_warmups_file(), json.dumps(sorted(done), indent=1))
         results.append(PrepareResult(device_name, "warmed", cache, time.monotonic() - started))
     return results
 

@@ -98,7 +98,7 @@ def tuning_file_complete(path: Path) -> bool:
         and not any(v.startswith("#") for v in values)
 
 
-def _write_atomically(target: Path, text: str) -> None:
+def write_atomically(target: Path, text: str) -> None:
     """Readers (an engine starting) see the old file or the new one, never a part."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
     try:
@@ -130,7 +130,7 @@ def check_writable(folder: Path, what: str) -> None:
 def install_tuning_file(source: Path, target: Path) -> None:
     """Put a finished tune in place atomically (the tuner writes into scratch space, often
     another filesystem, where a move is a copy that a full disk or a kill can cut short)."""
-    _write_atomically(target, source.read_text())
+    write_atomically(target, source.read_text())
 
 
 def safe_name(text: str) -> str:
@@ -194,7 +194,7 @@ def load_index() -> TuningIndex:
 
 
 def _write_index(index: TuningIndex) -> None:
-    _write_atomically(index_path(), index.model_dump_json(indent=2))
+    write_atomically(index_path(), index.model_dump_json(indent=2))
 
 
 def record_entry(entry: TuningEntry) -> None:
@@ -214,7 +214,7 @@ def write_reference_file(device_name: str, engine_version: str) -> TuningEntry:
     target.parent.mkdir(parents=True, exist_ok=True)
     text = reference_tuning_text()
     if not target.exists() or target.read_text() != text:
-        _write_atomically(target, text)
+        write_atomically(target, text)
     return TuningEntry(device_name=device_name, engine_version=engine_version,
                        kind="reference", file=target)
 
