@@ -23,7 +23,13 @@ from katapool.devices.discover import cpu_device, opencl_devices
 from katapool.devices.model import Device
 from katapool.devices.nvidia import list_nvidia_gpus
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import ResolvedEngine, resolve_engine, resolve_model
+from katapool.engine.diagnose import pocl_cache_problem
+from katapool.engine.discovery import (
+    ResolvedEngine,
+    reinstall_command,
+    resolve_engine,
+    resolve_model,
+)
 from katapool.engine.probe import EngineInfo, probe_version
 from katapool.engine.tuning import load_index
 from katapool.errors import KatapoolError
@@ -66,13 +72,27 @@ def run_checks() -> list[Check]:
 
 def _engine(found: _Found) -> list[Check]:
     try:
-        found.resolved = resolve_engine()
-        found.info = probe_version(found.resolved.path)
+        resolved = found.resolved = resolve_engine()
     except KatapoolError as exc:
-        return [Check("engine", "problem", str(exc), INSTALL)]
+        return [Check("engine", "problem", str(exc), exc.fix or INSTALL)]
+    try:
+        found.info = probe_version(resolved.path, fresh=True)  # a health check: asked now
+    except KatapoolError as exc:
+        return [Check("engine", "problem", str(exc), exc.fix or _engine_fix(resolved))]
     info = found.info
     return [Check("engine", "ok", f"KataGo {info.version} ({info.backend.label} backend) at "
                   f"{info.path} (from {found.resolved.origin})")]
+
+
+def _engine_fix(resolved: ResolvedEngine) -> str:
+    """For an engine found but broken: the way back to the engine the user chose, not a bare
+    install of another one."""
+    if resolved.origin == "environment":
+        return "point KATAPOOL_KATAGO at a KataGo binary, or unset it"
+    if resolved.record is not None:
+        name = resolved.record.name
+        return f"{reinstall_command(resolved.record)}, or katapool engine remove {name}"
+    return f"{INSTALL} (or put a working katago first on PATH)"
 
 
 def _network(found: _Found) -> list[Check]:
@@ -96,8 +116,10 @@ def _devices(found: _Found) -> list[Check]:
     names.append(f"cpu ({cpu.name}, {cpu.cores} cores)")
     text = ", ".join(names)
     if found.info is not None and found.info.backend is Backend.OPENCL and not found.opencl:
+        fix = ("set POCL_CACHE_DIR to a writable folder, or run with a writable HOME"
+               if pocl_cache_problem() else "install an OpenCL driver (see the opencl line)")
         return [Check("devices", "problem", f"{text}; the OpenCL engine sees no device: "
-                      f"{why_opencl}", "install an OpenCL driver (see the opencl line)")]
+                      f"{why_opencl}", fix)]
     return [Check("devices", "ok", text + (f" (no NVIDIA GPU: {why_nvidia})"
                                            if why_nvidia and not found.nvidia else ""))]
 
@@ -175,7 +197,12 @@ def _tuning(found: _Found) -> list[Check]:
         for dev in found.opencl:
             best = index.best(dev.name, info.version)
             label = f"OpenCL {dev.spec} ({dev.name})"
-            if best is None:
+            damaged = index.damaged(dev.name, info.version)
+            if damaged and (best is None or best.kind == "reference"):
+                checks.append(Check("tuning", "problem", f"{label}: tuning file {damaged[0]} "
+                                    "is cut short (not used: engines start untuned)",
+                                    "katapool prepare"))
+            elif best is None:
                 checks.append(Check("tuning", "problem", f"{label}: not prepared (KataGo would "
                                     "run untuned)", "katapool prepare"))
             elif best.kind == "reference":

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 
 class KatapoolError(Exception):
-    """Base of every error katapool raises on purpose."""
+    """Base of every error katapool raises on purpose. ``fix``: the command that repairs it,
+    where one does (`katapool doctor` shows it beside the problem)."""
 
     exit_code = 1
+
+    def __init__(self, *args: object, fix: str | None = None) -> None:
+        super().__init__(*args)
+        self.fix = fix
 
 
 class EngineNotFoundError(KatapoolError):

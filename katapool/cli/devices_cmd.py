@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,25 +43,30 @@ class EngineRow:
 
 
 def _engines(args: argparse.Namespace) -> tuple[list[EngineRow], list[str]]:
-    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one. Without
-    one that runs the devices are still listed (with a note); but an engine named by --katago
-    that is missing or does not run is an error, as in every other command."""
+    """The engine named by --katago (or $KATAPOOL_KATAGO), else every installed one (a broken
+    default among them, with its problem: the others still list their devices). Without one
+    that runs the devices are still listed (with a note); but an engine named by --katago that
+    is missing or does not run is an error, as in every other command."""
     notes: list[str] = []
     candidates: list[tuple[str, ResolvedEngine, bool]] = []
-    manifest = load_manifest()
     if args.katago:
         chosen = resolve_engine(args.katago)
         name = chosen.record.name if chosen.record else str(chosen.path)
         return [EngineRow(name, chosen.path, True, probe_version(chosen.path), None, chosen)], notes
     try:
-        chosen = resolve_engine(None)
-        if chosen.origin == "manifest":
+        if os.environ.get("KATAPOOL_KATAGO"):
+            chosen = resolve_engine(None)
+            candidates = [(chosen.record.name if chosen.record else str(chosen.path), chosen,
+                           True)]
+        else:
+            manifest = load_manifest()
             default = manifest.default_engine()
             candidates = [(r.name, ResolvedEngine(r.path, "manifest", r),
                            default is not None and r.name == default.name)
                           for r in manifest.engines]
-        else:
-            candidates = [(chosen.record.name if chosen.record else str(chosen.path), chosen, True)]
+            if not candidates:
+                chosen = resolve_engine()  # katago on PATH
+                candidates = [(str(chosen.path), chosen, True)]
     except KatapoolError as exc:
         notes.append(f"OpenCL devices not listed: {exc}")
     rows = []

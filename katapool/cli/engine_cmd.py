@@ -1,4 +1,4 @@
-"""``katapool engine install | build | list | info | remove``."""
+"""``katapool engine install | build | list | info | default | remove``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from katapool.engine import build_source
 from katapool.engine import install as installer
 from katapool.engine.advice import cpu_only_hint
 from katapool.engine.backend import Backend
-from katapool.engine.discovery import resolve_model
+from katapool.engine.discovery import reinstall_command, resolve_model
 from katapool.engine.manifest import load_manifest
 from katapool.errors import InstallError, KatapoolError
 
@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_engine_args(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    default = esub.add_parser("default", help="make an installed engine the default",
+                              description="The engine every command uses when no --katago or "
+                              "$KATAPOOL_KATAGO names one (`engine list` marks it with *).")
+    default.add_argument("name")
+    default.set_defaults(func=cmd_default)
 
     rm = esub.add_parser("remove", help="remove an installed engine")
     rm.add_argument("name")
@@ -158,10 +164,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.print("no engines installed: run `katapool engine install`")
         return 0
     table = Table("", "name", "version", "backend", "source", "path")
+    missing = [e for e in manifest.engines if not e.path.exists()]
     for e in manifest.engines:
         table.add_row("*" if e.name == manifest.default else "", e.name, e.version,
-                      e.backend.label, e.source, str(e.path))
+                      e.backend.label, e.source,
+                      str(e.path) + (" [bold red](missing)[/]" if e in missing else ""))
     out.print(table)
+    for e in missing:
+        out.print(f"{e.name}: its binary is gone; put it back (`{reinstall_command(e)}`) "
+                  f"or forget it (`katapool engine remove {e.name}`)")
     return 0
 
 
@@ -193,6 +204,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in data.items():
         table.add_row(key.replace("_", " "), "\n".join(value) if isinstance(value, list) else str(value))
     out.print(table)
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    record = installer.set_default_engine(args.name)
+    out.print(f"default engine: [bold]{record.name}[/] (KataGo {record.version}, "
+              f"{record.backend.label}, {record.path})")
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -71,7 +73,14 @@ def _positive_list(text: str) -> list[int]:
 _MEASURE_ONLY = {"measure_batches": "--measure-batches", "measure_threads": "--measure-threads"}
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # As a Ctrl-C does: the tuner is stopped and its scratch folder removed on the way out
+    # (a SIGTERM's default ends Python with no cleanup at all).
+    sys.exit(128 + signum)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not 7 <= args.board_size <= 19:
         raise ConfigError(f"--board-size must be 7..19 (got {args.board_size})")
     given = [flag for key, flag in _MEASURE_ONLY.items() if getattr(args, key) is not None]

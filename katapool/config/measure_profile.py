@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from katapool import paths
 from katapool.config.build import BuiltConfig, build_config
 from katapool.config.profile import (
     Decision,
@@ -37,17 +38,20 @@ from katapool.engine.backend import Backend
 from katapool.engine.measure import (
     BatchTiming,
     BenchmarkReport,
+    ToolRun,
     candidate_batches,
     candidate_threads,
     fp16_failure,
     gpu_error_figures,
+    model_load_error,
     parse_benchmark,
     parse_benchmarknn,
     parse_gpu_error,
     run_tool,
 )
 from katapool.engine.probe import EngineInfo
-from katapool.errors import EngineStartError
+from katapool.engine.tuning import check_writable
+from katapool.errors import EngineStartError, ModelError
 
 # Throughput (analysis): the smallest batch this close to the best; latency (GTP): a smaller
 # batch fills sooner from one search's threads, so it may give up a little more throughput.
@@ -98,6 +102,7 @@ def _measure_device(info: EngineInfo, model: Path, device: Device, report: Devic
     for _, _, note in found.values():
         if note:
             console.print(f"[yellow]{note}[/]", soft_wrap=True)
+    check_writable(paths.profiles_dir(), "measured profiles")
     started = time.monotonic()
     base = build_config(mode=Mode.GTP, info=info, model=model, device_spec=device.spec,
                         preset=opts.preset, report=report, use_profile=False)
@@ -156,6 +161,7 @@ def _decide_fp16(info: EngineInfo, model: Path, device: Device, report: DeviceRe
     run = run_tool([str(info.path), "testgpuerror", "-config", str(cfg), "-model", str(model),
                     "-boardsize", board, "-quick"], console,
                    f"{device.spec}: FP16 against FP32 (katago testgpuerror)", opts.timeout)
+    _network_loaded(run, model)
     found = parse_gpu_error(run.output)
     figures: dict[str, Any] = {"exit_code": run.returncode, "seconds": round(run.seconds, 1),
                                "board_size": int(board)}
@@ -204,6 +210,7 @@ def _time_batches(info: EngineInfo, model: Path, device: Device, report: DeviceR
                         str(opts.board_size), "-iterations", str(opts.iterations),
                         "-warmup", str(max(1, opts.iterations // 10)), "-json"], console,
                        f"{device.spec}: network batch {size} (katago benchmarknn)", opts.timeout)
+        _network_loaded(run, model)
         timing = parse_benchmarknn(run.output)
         if run.failed or timing is None:
             raise EngineStartError(f"katago benchmarknn failed on {device.spec} at batch "
@@ -212,6 +219,13 @@ def _time_batches(info: EngineInfo, model: Path, device: Device, report: DeviceR
                       f"{timing.median_batch_ms:.1f} ms per batch", soft_wrap=True)
         timings.append(timing)
     return timings
+
+
+def _network_loaded(run: ToolRun, model: Path) -> None:
+    """A network KataGo cannot load fails the measuring at once, as what it is: not an FP16
+    or device fault to record in a profile."""
+    if run.failed and (why := model_load_error(run)):
+        raise ModelError(f"{model} is not a network KataGo can load: {why}")
 
 
 def _decide_batch(mode: Mode, timings: list[BatchTiming], opts: MeasureOptions) -> Decision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,8 +188,10 @@ def find_profile(info: EngineInfo, device: Device, model: Path,
         return None, path, f"profile {path} ignored: unreadable or from another katapool"
     why = stale_because(profile, info, device, model)
     if why:
-        return None, path, f"profile {path} ignored: {why}; re-measure with " \
-                           f"`katapool prepare --measure --device {device.spec}`"
+        # The whole slot (mode, network), so that running the command makes the note go away.
+        return None, path, f"profile {path} ignored: {why}; re-measure with `katapool " \
+                           f"prepare --measure --device {device.spec} --mode {mode.value} " \
+                           f"--model {shlex.quote(str(model))}`"
     return profile, path, None
 
 

@@ -236,13 +236,15 @@ class Builder:
                                    f"reports {info.backend.label}")
             checked = check_one_position(info, model, work)
             install.promote(stage, final)
+            record = install.record_engine(EngineRecord(
+                name=name, version=info.version, backend=info.backend, path=final / "katago",
+                sha256=tree.sha256 or sha256_of(final / "katago"), source="build",
+                managed=True, directory=final, git_revision=info.git_revision,
+                build_options=options,
+            ))
         self.console.print(f"built in {took / 60:.1f} min; `katago version` and one position "
                            f"({escape(checked)}) checked", highlight=False)
-        return install.record_engine(EngineRecord(
-            name=name, version=info.version, backend=info.backend, path=final / "katago",
-            sha256=tree.sha256 or sha256_of(final / "katago"), source="build", managed=True,
-            directory=final, git_revision=info.git_revision, build_options=options,
-        ))
+        return record
 
 
 def build_engine(console: Console, request: BuildRequest) -> EngineRecord:

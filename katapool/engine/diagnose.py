@@ -6,8 +6,11 @@ ready, so a broken install is reported with its cause instead of restarted forev
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import signal
+from pathlib import Path
 
 _MISSING_LIB = re.compile(r"error while loading shared libraries: ([^:\s]+)")
 
@@ -67,6 +70,29 @@ def advice_for_library(lib: str) -> str:
     return "install the package that provides it"
 
 
+def pocl_cache_problem() -> str | None:
+    """Why PoCL (OpenCL on the CPU) would list no device although it is installed: it cannot
+    write its kernel cache (a service user's read-only or missing home). Then the fix is a
+    folder, not a driver. None when PoCL is not installed or its cache is writable."""
+    vendors = os.environ.get("OCL_ICD_VENDORS") or "/etc/OpenCL/vendors"
+    if not glob.glob(os.path.join(vendors, "*pocl*.icd")):
+        return None
+    if os.environ.get("POCL_CACHE_DIR"):
+        cache = Path(os.environ["POCL_CACHE_DIR"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        cache = Path(os.environ["XDG_CACHE_HOME"]) / "pocl"
+    else:
+        cache = Path(os.path.expanduser("~")) / ".cache" / "pocl"
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return (f"PoCL (OpenCL on the CPU) cannot write its kernel cache {cache} ({existing} is "
+            "not writable), and then lists no device: set POCL_CACHE_DIR to a writable folder, "
+            "or run with a writable HOME")
+
+
 def diagnose(output: str, returncode: int | None = None) -> str:
     """The most likely cause of a failed start, from the engine's stderr/stdout text."""
     lib = missing_library(output)
@@ -74,6 +100,8 @@ def diagnose(output: str, returncode: int | None = None) -> str:
         return f"missing shared library {lib}: {advice_for_library(lib)}"
     for pattern, cause in _KNOWN_FAILURES:
         if pattern.search(output):
+            if cause.startswith("no OpenCL") and (pocl := pocl_cache_problem()):
+                cause = pocl
             detail = _last_error_line(output)
             return f"{cause}" + (f" (engine said: {detail})" if detail else "")
     if returncode == 127:

@@ -34,13 +34,11 @@ def resolve_engine(explicit: str | os.PathLike[str] | None = None) -> ResolvedEn
         if not path.exists():
             raise EngineNotFoundError(f"KATAPOOL_KATAGO={env}: no such file")
         return ResolvedEngine(path.absolute(), "environment", _record_for(path))
-    record = load_manifest().default_engine()
+    manifest = load_manifest()
+    record = manifest.default_engine()
     if record is not None:
         if not record.path.exists():
-            raise EngineNotFoundError(
-                f"installed engine {record.name!r} is missing its binary {record.path}; "
-                f"reinstall it with `katapool engine install`"
-            )
+            raise missing_binary(record, manifest_names=[e.name for e in manifest.engines])
         return ResolvedEngine(record.path, "manifest", record)
     on_path = shutil.which("katago")
     if on_path:
@@ -48,6 +46,30 @@ def resolve_engine(explicit: str | os.PathLike[str] | None = None) -> ResolvedEn
     raise EngineNotFoundError(
         "no KataGo engine found: run `katapool engine install` (or pass --katago PATH)"
     )
+
+
+def reinstall_command(record: EngineRecord) -> str:
+    """The command that puts ``record``'s engine back as it was installed."""
+    if record.source == "release":
+        return (f"katapool engine install --from release --version {record.version} "
+                f"--backend {record.backend.value}")
+    if record.source == "build":
+        return f"katapool engine build --backend {record.backend.value} --name {record.name}"
+    if record.source == "path":
+        return f"katapool engine install --path BINARY --name {record.name}"
+    return "katapool engine install"
+
+
+def missing_binary(record: EngineRecord, manifest_names: list[str]) -> EngineNotFoundError:
+    """The default engine's binary is gone (its folder deleted, a --path binary moved): name
+    the ways out, the other installed engines included."""
+    others = [n for n in manifest_names if n != record.name]
+    remove = f"katapool engine remove {record.name}"
+    then = f"; then {others[-1]} is the default" if others else ""
+    return EngineNotFoundError(
+        f"installed engine {record.name!r} is missing its binary {record.path}: put it back "
+        f"(`{reinstall_command(record)}`) or forget it (`{remove}`{then})",
+        fix=remove if others or record.source == "path" else reinstall_command(record))
 
 
 def _record_for(path: Path) -> EngineRecord | None:

@@ -7,6 +7,7 @@ nothing half-installed is ever left behind or recorded.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import shutil
@@ -47,14 +48,60 @@ RELEASE_TAGS = {
 }
 
 
+LOCK_NAME = ".lock"
+_lock_depth = 0  # this process's holds of engines_lock (flock is per open file, not process)
+
+
+@contextmanager
+def engines_lock() -> Iterator[None]:
+    """One install, build or removal at a time per data directory, so two never swap the same
+    folder or drop each other's manifest records. Once it is held, any stage or set-aside
+    folder in ``engines/`` is what an install killed half-way left: it is removed."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    root = paths.engines_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / LOCK_NAME, "a")  # noqa: SIM115 (held across the yield)
+    except OSError as exc:
+        raise InstallError(f"cannot write to the engines folder {root}: {exc.strerror} (set "
+                           "KATAPOOL_DATA_DIR to a writable place)") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another engine install or removal in {root} to finish",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            for leftover in root.glob(".stage-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in root.glob(".old-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            yield
+        finally:
+            _lock_depth = 0
+
+
 @contextmanager
 def staging(final: Path) -> Iterator[Path]:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".stage-{final.name}-"))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    """A stage next to ``final``, under the engines lock; the manifest is read first, so a
+    damaged one stops the install before any download or unpacking."""
+    with engines_lock():
+        load_manifest()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".stage-{final.name}-"))
+        try:
+            yield stage
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def promote(stage: Path, final: Path) -> None:
@@ -73,9 +120,10 @@ def make_executable(path: Path) -> None:
 
 
 def record_engine(record: EngineRecord) -> EngineRecord:
-    manifest = load_manifest()
-    manifest.upsert(record)
-    save_manifest(manifest)
+    with engines_lock():
+        manifest = load_manifest()
+        manifest.upsert(record)
+        save_manifest(manifest)
     return record
 
 
@@ -144,13 +192,14 @@ def install_from_katrain(console: Console, wheel: Path | None = None) -> EngineR
         appimage.unlink()
         info = checked_probe(launcher)
         promote(stage, final)
-    model_files = sorted((final / "models").glob("*.bin.gz"))
-    return record_engine(EngineRecord(
-        name=name, version=info.version, backend=info.backend,
-        path=final / "squashfs-root" / "AppRun", sha256=wheel_sha, source="katrain",
-        managed=True, directory=final, model=model_files[0] if model_files else None,
-        git_revision=info.git_revision,
-    ))
+        # Recorded under the same hold of the lock: another install waits for both.
+        model_files = sorted((final / "models").glob("*.bin.gz"))
+        return record_engine(EngineRecord(
+            name=name, version=info.version, backend=info.backend,
+            path=final / "squashfs-root" / "AppRun", sha256=wheel_sha, source="katrain",
+            managed=True, directory=final, model=model_files[0] if model_files else None,
+            git_revision=info.git_revision,
+        ))
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
@@ -222,17 +271,23 @@ def install_from_release(
         info = checked_probe(binary)
         relative = binary.relative_to(stage)
         promote(stage, final)
-    models = sorted(final.rglob("*.bin.gz"))
-    return record_engine(EngineRecord(
-        name=name, version=info.version, backend=info.backend, path=final / relative,
-        sha256=digest, source="release", managed=True, directory=final,
-        model=models[0] if models else None, git_revision=info.git_revision,
-    ))
+        models = sorted(final.rglob("*.bin.gz"))
+        return record_engine(EngineRecord(
+            name=name, version=info.version, backend=info.backend, path=final / relative,
+            sha256=digest, source="release", managed=True, directory=final,
+            model=models[0] if models else None, git_revision=info.git_revision,
+        ))
 
 
 def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
     """Register an existing binary; katapool never deletes it."""
     binary = binary.expanduser().absolute()
+    taken = load_manifest().get(name) if name else None
+    if taken is not None and taken.managed:
+        # Replacing its record would orphan the folder katapool installed (hundreds of MB).
+        raise InstallError(f"--name {name}: that is the name of an engine katapool installed "
+                           f"({taken.path}); choose another name, or remove it first "
+                           f"(`katapool engine remove {name}`)")
     try:
         check_launchable(binary)
     except EngineStartError as exc:
@@ -246,14 +301,32 @@ def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
 
 
 def remove_engine(name: str) -> EngineRecord:
-    manifest = load_manifest()
-    record = manifest.remove(name)
-    if record is None:
-        known = ", ".join(e.name for e in manifest.engines) or "none installed"
-        raise InstallError(f"no engine named {name!r} (known: {known})")
-    if record.managed and record.directory and record.directory.is_relative_to(paths.engines_dir()):
-        shutil.rmtree(record.directory, ignore_errors=True)
-    save_manifest(manifest)
+    with engines_lock():
+        manifest = load_manifest()
+        record = manifest.remove(name)
+        if record is None:
+            known = ", ".join(e.name for e in manifest.engines) or "none installed"
+            raise InstallError(f"no engine named {name!r} (known: {known})")
+        if record.managed and record.directory \
+                and record.directory.is_relative_to(paths.engines_dir()):
+            shutil.rmtree(record.directory, ignore_errors=True)
+        save_manifest(manifest)
+    return record
+
+
+def set_default_engine(name: str) -> EngineRecord:
+    """Make an installed engine the default (`engine list` marks it) without reinstalling."""
+    with engines_lock():
+        manifest = load_manifest()
+        record = manifest.get(name)
+        if record is None:
+            known = ", ".join(e.name for e in manifest.engines) or "none installed"
+            raise InstallError(f"no engine named {name!r} (known: {known})")
+        if not record.path.exists():
+            raise InstallError(f"engine {name!r} is missing its binary {record.path}: put it "
+                               f"back or remove it (`katapool engine remove {name}`)")
+        manifest.default = name
+        save_manifest(manifest)
     return record
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -64,13 +64,26 @@ class Manifest(BaseModel):
 
 def load_manifest(path: Path | None = None) -> Manifest:
     path = path or paths.manifest_path()
-    if not path.exists():
-        return Manifest()
     try:
-        return Manifest.model_validate_json(path.read_text())
-    except (ValidationError, json.JSONDecodeError, OSError) as exc:
-        raise KatapoolError(f"engine manifest {path} is unreadable ({exc.__class__.__name__}); "
-                            f"remove it and reinstall") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Manifest()
+    except OSError as exc:
+        # Typically another user's install (a service account's data dir): not damaged, so
+        # deleting it is not the fix.
+        fix = f"chmod a+r {path}"
+        raise KatapoolError(f"cannot read the engine manifest {path}: {exc.strerror} (run as "
+                            f"the user who installed the engines, or: {fix})", fix=fix) from None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
+        # The engine folders survive it: an install records its engine again.
+        fix = f"mv {path} {path}.damaged && katapool engine install"
+        raise KatapoolError(f"engine manifest {path} is damaged ({problem}); set it aside "
+                            f"and install again: {fix}", fix=fix) from None
 
 
 def save_manifest(manifest: Manifest, path: Path | None = None) -> None:
@@ -78,6 +91,14 @@ def save_manifest(manifest: Manifest, path: Path | None = None) -> None:
     path = path or paths.manifest_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manifest.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(manifest.model_dump_json(indent=2))
+        # mkstemp's 0600 would hide the engines from other users (a service account): the
+        # engine folders are world-readable too (install.promote).
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

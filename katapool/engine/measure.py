@@ -23,6 +23,7 @@ from rich.console import Console
 
 from katapool.engine.diagnose import diagnose
 from katapool.engine.probe import check_launchable
+from katapool.engine.process import dies_with_this_process
 
 _RECOMMENDED = re.compile(r"numSearchThreads\s*=\s*(\d+):.*\(recommended\)")
 _BENCH_ROW = re.compile(
@@ -85,7 +86,8 @@ def run_tool(argv: list[str], console: Console | None, label: str,
     started = time.monotonic()
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, errors="replace")
+                            stdin=subprocess.DEVNULL, errors="replace",
+                            preexec_fn=dies_with_this_process())
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     status = console.status(label) if console is not None else nullcontext()
@@ -160,6 +162,18 @@ def parse_gpu_error(text: str) -> GpuErrorReport:
         elif m := _PLATFORM.search(line):
             report.platform = m.group(1).strip()
     return report
+
+
+_MODEL_ERROR = re.compile(r"(Error loading or parsing model file .+)$")
+
+
+def model_load_error(run: ToolRun) -> str | None:
+    """KataGo's own words when it could not load the network (not a fault of the device, of
+    FP16 or of a batch size), else None."""
+    for line in run.output.splitlines():
+        if m := _MODEL_ERROR.search(line):
+            return m.group(1).strip()
+    return None
 
 
 def fp16_failure(run: ToolRun) -> str:

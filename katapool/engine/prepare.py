@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -28,11 +27,16 @@ from katapool.engine.backend import Backend
 from katapool.engine.diagnose import diagnose
 from katapool.engine.download import sha256_of
 from katapool.engine.probe import EngineInfo, OpenCLDevice
+from katapool.engine.process import dies_with_this_process
 from katapool.engine.tuning import (
     TuningEntry,
+    check_writable,
+    install_tuning_file,
     load_index,
     record_entry,
     safe_name,
+    tuning_file_complete,
+    write_atomically,
     write_reference_file,
 )
 from katapool.errors import EngineStartError
@@ -70,6 +74,7 @@ def prepare_opencl(
         if good_enough and not force and best is not None:
             results.append(PrepareResult(dev.name, "up-to-date", best.file, 0.0))
             continue
+        check_writable(paths.tuning_dir(), "OpenCL tuning")
         if fast:
             entry = write_reference_file(dev.name, info.version)
             action = "reference"
@@ -85,7 +90,6 @@ def prepare_opencl(
 def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, console: Console,
                board_size: int, batch_size: int | None) -> TuningEntry:
     final = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
-    final.parent.mkdir(parents=True, exist_ok=True)
     # Tune into a scratch file: an interrupted or failed run keeps the previous tune.
     with tempfile.TemporaryDirectory(prefix="katapool-tune-") as tmp:
         out = Path(tmp) / "tuned.txt"
@@ -103,24 +107,34 @@ def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, c
                       console=console) as progress:
             task = progress.add_task(f"tuning {dev.name}", total=None)
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, stdin=subprocess.DEVNULL)
-            assert proc.stdout is not None
-            phase = "starting"
-            for line in proc.stdout:
-                line = line.strip()
-                tail = (tail + [line])[-40:]
-                if m := _COUNT_RE.match(line):
-                    progress.update(task, total=int(m.group(1)), completed=0)
-                elif m := _STEP_RE.match(line):
-                    progress.update(task, completed=int(m.group(1)))
-                elif m := _PHASE_RE.match(line):
-                    phase = m.group(1)
-                    progress.update(task, description=f"{dev.name}: {phase}")
-            code = proc.wait()
+                                    text=True, stdin=subprocess.DEVNULL,
+                                    preexec_fn=dies_with_this_process())
+            try:
+                assert proc.stdout is not None
+                phase = "starting"
+                for line in proc.stdout:
+                    line = line.strip()
+                    tail = (tail + [line])[-40:]
+                    if m := _COUNT_RE.match(line):
+                        progress.update(task, total=int(m.group(1)), completed=0)
+                    elif m := _STEP_RE.match(line):
+                        progress.update(task, completed=int(m.group(1)))
+                    elif m := _PHASE_RE.match(line):
+                        phase = m.group(1)
+                        progress.update(task, description=f"{dev.name}: {phase}")
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:  # interrupted: the tuner stops with us
+                    proc.kill()
+                    proc.wait()
         if code != 0 or not out.exists():
             cause = diagnose("\n".join(tail), code)
             raise EngineStartError(f"OpenCL tuning failed on {dev.name}: {cause}")
-        shutil.move(out, final)  # a rename where it can, a copy across filesystems
+        if not tuning_file_complete(out):
+            raise EngineStartError(f"OpenCL tuning on {dev.name} wrote an incomplete tuning "
+                                   "file (KataGo would refuse to start with it); the previous "
+                                   "tuning is kept")
+        install_tuning_file(out, final)
     return TuningEntry(device_name=dev.name, engine_version=info.version, kind="full",
                        file=final, board_size=board_size, model=model.name)
 
@@ -156,9 +170,11 @@ def prepare_tensorrt(
     if info.backend is not Backend.TENSORRT:
         return []
     try:
-        done: set[str] = set(json.loads(_warmups_file().read_text()))
+        stored = json.loads(_warmups_file().read_text())
     except (OSError, ValueError):
-        done = set()
+        stored = []
+    # A damaged record only costs warm-ups again (it once stopped prepare with a traceback).
+    done = {str(key) for key in stored} if isinstance(stored, list) else set()
     cache = paths.katago_home() / "trtcache"
     results = []
     for device_name, cfg in configs:
@@ -171,7 +187,7 @@ def prepare_tensorrt(
             asyncio.run(_warm(katago, cfg, model, start_timeout))
         done.add(key)
         _warmups_file().parent.mkdir(parents=True, exist_ok=True)
-        _warmups_file().write_text(json.dumps(sorted(done), indent=1))
+        write_atomically(_warmups_file(), json.dumps(sorted(done), indent=1))
         results.append(PrepareResult(device_name, "warmed", cache, time.monotonic() - started))
     return results
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
@@ -52,20 +53,19 @@ def check_launchable(path: Path) -> None:
     if path.is_dir():
         raise EngineStartError(f"KataGo binary {path} is a directory, not a program")
     if not os.access(path, os.X_OK):
-        raise EngineStartError(f"KataGo binary {path} is not executable (try: chmod +x {path})")
+        raise EngineStartError(f"KataGo binary {path} is not executable (try: chmod +x {path})",
+                               fix=f"chmod +x {path}")
 
 
 def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run a short KataGo command, mapping OS-level failures to :class:`EngineStartError`."""
     check_launchable(path)
     try:
-        return subprocess.run(
-            [str(path), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        # Its own process group: one that hangs is stopped with all it started (a wrapper
+        # script's KataGo), not only the wrapper.
+        proc = subprocess.Popen([str(path), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     except OSError as exc:
         if exc.errno == errno.ENOEXEC:
             raise EngineStartError(
@@ -74,8 +74,25 @@ def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess
         if exc.errno == errno.EACCES:
             raise EngineStartError(f"KataGo binary {path} is not executable") from None
         raise EngineStartError(f"could not start {path}: {exc.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise EngineStartError(f"{path} {' '.join(args)} did not finish within {timeout:.0f} s") from None
+        _stop_group(proc)
+        raise EngineStartError(f"{path} {' '.join(args)} did not finish within {timeout:.0f} s"
+                               ) from None
+    except BaseException:
+        _stop_group(proc)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def binary_stamp(path: Path) -> tuple[str, int, int] | None:

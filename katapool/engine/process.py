@@ -53,6 +53,13 @@ def _child_setup(parent_pid: int) -> None:
         os._exit(1)
 
 
+def dies_with_this_process() -> Callable[[], None]:
+    """A ``preexec_fn`` for a short KataGo run (a tuner, a benchmark): the child is killed when
+    katapool dies, however it dies (a SIGTERM, a SIGKILL), instead of computing on for minutes
+    with no one to read it."""
+    return functools.partial(_child_setup, os.getpid())
+
+
 def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The engine's environment: GPUs numbered in PCI order, as NVML (and so katapool's
     `gpu:N`) numbers them, rather than CUDA's default fastest-first order."""

@@ -8,6 +8,7 @@ it lets the engine start at once, untuned, while a full tune can run later.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from katapool import paths
+from katapool.errors import ConfigError
 
 TUNER_FORMAT_VERSION = 13
 
@@ -79,6 +81,58 @@ def tuning_file_version(path: Path) -> int | None:
     return None
 
 
+def tuning_file_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole tuning file of the format katapool prepares: every section
+    with its values. KataGo aborts at start on one cut short ("unexpected number of parameter
+    lines"), so such a file must never be handed to it."""
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not lines or lines[0] != f"VERSION={TUNER_FORMAT_VERSION}":
+        return False
+    expected = [f"#{flag}" for flag in _FP16_FLAGS] + [f"#{name}" for name, _ in REFERENCE_SECTIONS]
+    sections = lines[1::2]
+    values = lines[2::2]
+    return sections == expected and len(values) == len(expected) \
+        and not any(v.startswith("#") for v in values)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Readers (an engine starting) see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # not mkstemp's 0600: services of other users read them
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail now, with the folder named, rather than after minutes of tuning or measuring
+    whose result could not be kept."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        raise ConfigError(f"cannot keep {what} in {folder} ({why}): set KATAPOOL_DATA_DIR "
+                          "to a writable place") from None
+
+
+def install_tuning_file(source: Path, target: Path) -> None:
+    """Put a finished tune in place atomically (the tuner writes into scratch space, often
+    another filesystem, where a move is a copy that a full disk or a kill can cut short)."""
+    write_atomically(target, source.read_text())
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:80] or "device"
 
@@ -102,12 +156,20 @@ class TuningIndex(BaseModel):
     entries: list[TuningEntry] = []
 
     def best(self, device_name: str, engine_version: str) -> TuningEntry | None:
-        """A full tune beats the reference parameters; a missing file counts as absent."""
+        """A full tune beats the reference parameters; a missing or damaged file counts as
+        absent."""
         found = [e for e in self.entries
                  if e.device_name == device_name and e.engine_version == engine_version
-                 and e.format_version == TUNER_FORMAT_VERSION and e.file.is_file()]
+                 and e.format_version == TUNER_FORMAT_VERSION and tuning_file_complete(e.file)]
         found.sort(key=lambda e: (e.kind == "full", e.board_size == 19, e.created))
         return found[-1] if found else None
+
+    def damaged(self, device_name: str, engine_version: str) -> list[Path]:
+        """Recorded tuning files for this device that are there but cut short."""
+        return [e.file for e in self.entries
+                if e.device_name == device_name and e.engine_version == engine_version
+                and e.format_version == TUNER_FORMAT_VERSION and e.file.is_file()
+                and not tuning_file_complete(e.file)]
 
     def add(self, entry: TuningEntry) -> None:
         self.entries = [e for e in self.entries
@@ -132,11 +194,7 @@ def load_index() -> TuningIndex:
 
 
 def _write_index(index: TuningIndex) -> None:
-    path = index_path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(index.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    write_atomically(index_path(), index.model_dump_json(indent=2))
 
 
 def record_entry(entry: TuningEntry) -> None:
@@ -156,7 +214,7 @@ def write_reference_file(device_name: str, engine_version: str) -> TuningEntry:
     target.parent.mkdir(parents=True, exist_ok=True)
     text = reference_tuning_text()
     if not target.exists() or target.read_text() != text:
-        target.write_text(text)
+        write_atomically(target, text)
     return TuningEntry(device_name=device_name, engine_version=engine_version,
                        kind="reference", file=target)
 
