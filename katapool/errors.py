@@ -27,8 +27,8 @@ class EngineStartError(KatapoolError):
     ``exited``: the engine ran and quit on its own before it was ready (it said why), rather
     than failing to spawn or to answer in time."""
 
-    def __init__(self, message: str, *, exited: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, exited: bool = False, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
         self.exited = exited
 
 
