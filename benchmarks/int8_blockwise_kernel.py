@@ -72,6 +72,8 @@ def sessions(models: list[bytes]) -> list[Any]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # run in turn, a session's idle threads must not spin on the cores the next one needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return [ort.InferenceSession(m, options, providers=["CPUExecutionProvider"]) for m in models]
 
 

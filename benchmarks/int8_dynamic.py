@@ -232,6 +232,8 @@ def session(onnx_bytes: bytes, threads: int | None) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # timed in turn with another session: idle threads must not spin on the cores it needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
