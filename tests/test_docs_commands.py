@@ -24,6 +24,7 @@ import argparse
 import ast
 import builtins
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -331,6 +332,13 @@ def benchmark_parser(script: Path) -> argparse.ArgumentParser:
 ALL = list(invocations())
 
 
+@functools.cache
+def katapool_parser() -> argparse.ArgumentParser:
+    """katapool's parser, every command registered, raising instead of exiting (built once:
+    it imports every command's module)."""
+    return _raising(build_parser())
+
+
 def test_the_docs_show_commands() -> None:
     """The extraction finds what it should (a broken extractor would check nothing)."""
     shown = {str(i) for i in ALL}
@@ -343,7 +351,7 @@ def test_the_docs_show_commands() -> None:
 
 
 def test_every_katapool_command_line_in_the_docs_parses() -> None:
-    parser = _raising(build_parser())
+    parser = katapool_parser()
     wrong = [f"{inv}\n    -> {why}" for inv in ALL if inv.program == "katapool"
              if (why := _check(parser, inv))]
     assert not wrong, "\n".join(wrong)
@@ -370,7 +378,7 @@ def test_every_benchmark_invocation_in_the_docs_parses() -> None:
 
 def test_a_wrong_command_line_is_caught() -> None:
     """The checks can fail: an unknown command, option or choice is reported."""
-    parser = _raising(build_parser())
+    parser = katapool_parser()
     for argv in (["strat"], ["start", "--gpu", "0"], ["engine", "install", "--from", "git"],
                  ["analyze", "g.sgf", "--visits", "many"]):
         assert _check(parser, Invocation("x", "katapool", tuple(argv), True)), argv
@@ -481,7 +489,7 @@ def _table_commands(cell: str, known: set[str]) -> set[str]:
 
 def test_the_readme_spelling_table_matches_the_parsers() -> None:
     """README's table of shared options: its spellings, and the commands that take each."""
-    commands = _commands(build_parser())
+    commands = _commands(katapool_parser())
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     head = "| option | spellings | commands |"
     rows = text.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
@@ -513,7 +521,7 @@ def test_options_named_in_prose_exist() -> None:
     """An option the prose names (`--trust-visits`) is one of katapool's or a benchmark's,
     or a flag of another program listed above."""
     known = set(OTHER_PROGRAMS_FLAGS)
-    parsers = list(_commands(build_parser()).values())
+    parsers = list(_commands(katapool_parser()).values())
     for script in (ROOT / "benchmarks").glob("*.py"):
         if "def main(" in script.read_text(encoding="utf-8"):
             bench = benchmark_parser(script)
@@ -528,24 +536,32 @@ def test_options_named_in_prose_exist() -> None:
     assert not unknown, "\n".join(unknown)
 
 
-def test_python_examples_compile_and_import_what_exists() -> None:
-    import importlib
-
-    wrong = []
+def _python_examples() -> Iterator[tuple[str, str]]:
+    """(where, code): the docs' ``python`` blocks and the scripts in docs/examples/."""
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
-            where = f"{_rel(path)}:{text.count(chr(10), 0, match.start()) + 1}"
-            try:
-                tree = ast.parse(match.group(1))
-            except SyntaxError as exc:
-                wrong.append(f"{where}: {exc}")
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("katapool"):
-                    module = importlib.import_module(node.module or "")
-                    wrong += [f"{where}: {node.module}.{a.name}" for a in node.names
-                              if not hasattr(module, a.name)]
+            yield f"{_rel(path)}:{text.count(chr(10), 0, match.start()) + 1}", match.group(1)
+    for script in sorted((ROOT / "docs" / "examples").glob("*.py")):
+        yield _rel(script), script.read_text(encoding="utf-8")
+
+
+def test_python_examples_compile_and_import_what_exists() -> None:
+    import importlib
+
+    wrong, examples = [], list(_python_examples())
+    assert len(examples) > 5
+    for where, code in examples:
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as exc:
+            wrong.append(f"{where}: {exc}")
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("katapool"):
+                module = importlib.import_module(node.module or "")
+                wrong += [f"{where}: {node.module}.{a.name}" for a in node.names
+                          if not hasattr(module, a.name)]
     assert not wrong, "\n".join(wrong)
 
 
@@ -581,3 +597,14 @@ def test_the_demo_budget_the_docs_give_is_bin_demos() -> None:
               for time in re.findall(r"katapool analyze --time (\w+)", paragraph)]
     assert len(stated) >= 2
     assert {time for _, time in stated} == {budget}, stated
+
+
+def test_extras_the_docs_name_exist() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = set(project["optional-dependencies"])
+    named = {extra for path in DOCS for group in re.findall(
+        r"katapool\[([\w,-]+)\]", path.read_text(encoding="utf-8")) for extra in group.split(",")}
+    assert named
+    assert named <= extras, named - extras
