@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="OpenCL: write the tuner's reference parameters so the engine starts at "
                         "once, untuned (a later `katapool prepare` runs the full tune)")
     p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
-    p.add_argument("--board-size", type=int, default=19, help="OpenCL: board size to tune for")
+    p.add_argument("--board-size", type=int, default=19, help="OpenCL: board size to tune for (default 19)")
     p.add_argument("--batch-size", type=_positive, default=None, help="OpenCL: batch size to tune for")
     add_preset(p, "server", "TensorRT: preset of the production config")
     m = p.add_argument_group("measuring (--measure)")
