@@ -439,7 +439,7 @@ def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> Non
     wrapper.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pidfile}\nwait\n")
     wrapper.chmod(0o755)
     try:
-        with pytest.raises(EngineStartError, match=r"katago version did not finish within 2 s"):
+        with pytest.raises(EngineStartError, match=r"hung: `katago version` did not finish within 2 s"):
             probe_version(wrapper, timeout=2, fresh=True)
         hung = int(pidfile.read_text())
         deadline = time.monotonic() + 60  # hang guard
@@ -449,6 +449,35 @@ def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> Non
     finally:
         if pidfile.exists() and not _gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("argv", [["engine", "info", "--json"], ["doctor", "--json"]])
+def test_a_hanging_engine_says_what_katapool_waits_on(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        argv: list[str]) -> None:
+    """A binary that never answers `version` once held these commands silently for the whole
+    60 s timeout, then named only a bare command. Now a note on stderr says early what
+    katapool waits on and for how long at most; stdout (a --json answer) stays clean."""
+    import shutil
+
+    hanging = isolated_env / "katago"  # a copy: no answer of the fake's is remembered for it
+    shutil.copy2(FAKE_TUNER, hanging)
+    monkeypatch.setattr("katapool.engine.probe.WAIT_NOTE_AFTER", 0.2, raising=False)
+    monkeypatch.setenv("KATAPOOL_PROBE_TIMEOUT", "2")
+    monkeypatch.setenv("FAKE_VERSION", "hang")
+    monkeypatch.setenv("KATAPOOL_KATAGO", str(hanging))
+    code, out, err = _cli(argv, capsys)
+    waiting = [ln for ln in err.splitlines() if "waiting on KataGo" in ln]
+    assert waiting == [f"katapool: waiting on KataGo at {hanging} (`katago version`, at most "
+                       "2 s)"], err
+    said = " ".join((err + out).split())
+    assert f"KataGo at {hanging} hung: `katago version` did not finish within 2 s" in said, \
+        (out, err)
+    if argv[0] == "engine":
+        assert code == 1 and out == ""
+    else:  # doctor reports it as the engine's problem, as JSON on stdout
+        assert "waiting on KataGo" not in out
+        json.loads(out)
 
 
 def test_a_damaged_tensorrt_warmup_record_costs_only_a_warmup(fresh_kp: Katapool,
