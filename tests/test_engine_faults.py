@@ -269,6 +269,34 @@ def test_a_damaged_tuning_file_is_not_handed_to_the_engine(
     assert check.fix == "katapool prepare"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("damage", [b'{"entries": [{"device_na', b"\xff\x00not json",
+                                    b'{"entries": 3}'])
+def test_a_damaged_tuning_index_keeps_the_complete_tunes_on_disk(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, damage: bytes) -> None:
+    """An index cut short once lost the record of a whole tune still on disk: the next
+    prepare tuned again for minutes. It is rebuilt from the tuning files that are whole; one
+    cut short is left out (never handed to the engine)."""
+    from katapool.engine.tuning import index_path, load_index, reference_tuning_text
+
+    monkeypatch.setenv("FAKE_TUNER", "complete")
+    monkeypatch.setenv("FAKE_TUNER_COMPLETE", reference_tuning_text())
+    argv = ["prepare", "--katago", str(FAKE_TUNER), "--model", str(G170)]
+    assert _cli(argv, capsys)[0] == 0
+    tuned = isolated_env / "data" / "tuning" / "fake-opencl-device-katago1.18.1-x19.txt"
+    cut = tuned.with_name("fake-opencl-device-katago1.18.1-x9.txt")
+    cut.write_text("VERSION=13\n#canUseFP16Storage\n0\n")
+    index_path().write_bytes(damage)
+    monkeypatch.setenv("FAKE_TUNER", "truncated")  # a re-tune now fails: it must not run
+    code, out, err = _cli(argv, capsys)
+    assert code == 0 and "up-to-date" in out, (out, err)
+    assert "could not be read; rebuilt it from the 1 complete tuning file(s)" in caplog.text
+    best = load_index().best("fake-opencl-device", "1.18.1")
+    assert best is not None and best.kind == "full" and best.file == tuned
+    assert [e.file for e in load_index().entries] == [tuned]
+    assert index_path().with_name("index.json.damaged").read_bytes() == damage
+
+
 # --- measuring: a file that is no network, a profile gone stale ------------------------------------
 
 def test_measuring_with_a_file_that_is_no_network_says_so(
