@@ -180,14 +180,22 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(("argv", "signum", "scratch_flag"), [
+    (["prepare"], signal.SIGTERM, "-output"),
+    (["prepare"], signal.SIGINT, "-output"),
+    (["analysis", "--measure"], signal.SIGTERM, "-config"),
+])
+def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, argv: list[str], signum: int,
+                                                scratch_flag: str) -> None:
     """A SIGTERM (a service stopped, a container's end) or an interrupt sent to katapool alone
-    once left KataGo's tuner computing for minutes with no one to read it."""
+    once left KataGo's tuner computing for minutes with no one to read it; the measuring
+    tools of `analysis --measure` (measured before the pool starts) were stopped, but their
+    scratch folder was left behind."""
     pidfile = tmp_path / "tuner.pid"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "katapool", "prepare", "--katago", str(FAKE_TUNER),
-         "--model", str(G170)], env=_tuner_env(tmp_path, FAKE_TUNER_PIDFILE=str(pidfile)),
+        [sys.executable, "-m", "katapool", *argv, "--katago", str(FAKE_TUNER),
+         "--model", str(G170)],
+        env=_tuner_env(tmp_path, FAKE_TUNER_PIDFILE=str(pidfile), FAKE_MEASURE="hang"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -196,16 +204,17 @@ def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> 
             time.sleep(0.05)
         assert pidfile.exists(), proc.stderr.read() if proc.poll() is not None else "no tuner"
         tuner = int(pidfile.read_text())
-        argv = psutil.Process(tuner).cmdline()
-        scratch = Path(argv[argv.index("-output") + 1]).parent
+        tool_argv = psutil.Process(tuner).cmdline()
+        scratch = Path(tool_argv[tool_argv.index(scratch_flag) + 1]).parent
+        assert scratch.exists()
         proc.send_signal(signum)
         proc.wait(60)
         while not _gone(tuner) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _gone(tuner), "the tuner outlived katapool prepare"
-        assert not scratch.exists(), "the tuner's scratch folder was left behind"
-        # Nothing half-tuned was recorded: the next prepare tunes again.
-        assert not (tmp_path / "data" / "tuning" / "index.json").exists()
+        assert _gone(tuner), f"the tool outlived katapool {argv[0]}"
+        assert not scratch.exists(), "the tool's scratch folder was left behind"
+        if argv == ["prepare"]:  # nothing half-tuned was recorded: the next prepare tunes again
+            assert not (tmp_path / "data" / "tuning" / "index.json").exists()
     finally:
         proc.kill()
         proc.wait()
