@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -233,14 +234,21 @@ def _read_index(path: Path) -> TuningIndex | None:
 
 def _recover(path: Path) -> TuningIndex:
     """Rebuild an unreadable index from the files on disk; called under the index lock. The
-    damaged file is kept beside it (``index.json.damaged``) for a look."""
+    damaged file is kept beside it (``index.json.damaged``) for a look; if the new index
+    cannot be written, the next reader rebuilds it again."""
     index = _rebuild_from_files(path.parent)
-    log.warning("katapool: the OpenCL tuning index %s could not be read; rebuilt it from the "
-                "%d complete tuning file(s) in %s (the damaged one is kept as %s.damaged)",
-                path, len(index.entries), path.parent, path.name)
+    kept = path.with_name(path.name + ".damaged")
+    try:
+        shutil.copyfile(path, kept)
+    except OSError:
+        kept_note = ""
+    else:
+        kept_note = f"; the damaged one is kept as {kept}"
     with contextlib.suppress(OSError):
-        os.replace(path, path.with_name(path.name + ".damaged"))
         _write_index(index)
+    log.warning("katapool: the OpenCL tuning index %s could not be read; rebuilt it from the "
+                "%d complete tuning file(s) in %s%s", path, len(index.entries), path.parent,
+                kept_note)
     return index
 
 
