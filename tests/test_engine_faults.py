@@ -180,14 +180,22 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(("argv", "signum", "scratch_flag"), [
+    (["prepare"], signal.SIGTERM, "-output"),
+    (["prepare"], signal.SIGINT, "-output"),
+    (["analysis", "--measure"], signal.SIGTERM, "-config"),
+])
+def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, argv: list[str], signum: int,
+                                                scratch_flag: str) -> None:
     """A SIGTERM (a service stopped, a container's end) or an interrupt sent to katapool alone
-    once left KataGo's tuner computing for minutes with no one to read it."""
+    once left KataGo's tuner computing for minutes with no one to read it; the measuring
+    tools of `analysis --measure` (measured before the pool starts) were stopped, but their
+    scratch folder was left behind."""
     pidfile = tmp_path / "tuner.pid"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "katapool", "prepare", "--katago", str(FAKE_TUNER),
-         "--model", str(G170)], env=_tuner_env(tmp_path, FAKE_TUNER_PIDFILE=str(pidfile)),
+        [sys.executable, "-m", "katapool", *argv, "--katago", str(FAKE_TUNER),
+         "--model", str(G170)],
+        env=_tuner_env(tmp_path, FAKE_TUNER_PIDFILE=str(pidfile), FAKE_MEASURE="hang"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -196,16 +204,17 @@ def test_an_interrupted_prepare_stops_its_tuner(tmp_path: Path, signum: int) -> 
             time.sleep(0.05)
         assert pidfile.exists(), proc.stderr.read() if proc.poll() is not None else "no tuner"
         tuner = int(pidfile.read_text())
-        argv = psutil.Process(tuner).cmdline()
-        scratch = Path(argv[argv.index("-output") + 1]).parent
+        tool_argv = psutil.Process(tuner).cmdline()
+        scratch = Path(tool_argv[tool_argv.index(scratch_flag) + 1]).parent
+        assert scratch.exists()
         proc.send_signal(signum)
         proc.wait(60)
         while not _gone(tuner) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _gone(tuner), "the tuner outlived katapool prepare"
-        assert not scratch.exists(), "the tuner's scratch folder was left behind"
-        # Nothing half-tuned was recorded: the next prepare tunes again.
-        assert not (tmp_path / "data" / "tuning" / "index.json").exists()
+        assert _gone(tuner), f"the tool outlived katapool {argv[0]}"
+        assert not scratch.exists(), "the tool's scratch folder was left behind"
+        if argv == ["prepare"]:  # nothing half-tuned was recorded: the next prepare tunes again
+            assert not (tmp_path / "data" / "tuning" / "index.json").exists()
     finally:
         proc.kill()
         proc.wait()
@@ -267,6 +276,34 @@ def test_a_damaged_tuning_file_is_not_handed_to_the_engine(
     check = _doctor_check("tuning")
     assert check.status == "problem" and f"tuning file {cut} is cut short" in check.detail  # type: ignore[attr-defined]
     assert check.fix == "katapool prepare"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("damage", [b'{"entries": [{"device_na', b"\xff\x00not json",
+                                    b'{"entries": 3}'])
+def test_a_damaged_tuning_index_keeps_the_complete_tunes_on_disk(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, damage: bytes) -> None:
+    """An index cut short once lost the record of a whole tune still on disk: the next
+    prepare tuned again for minutes. It is rebuilt from the tuning files that are whole; one
+    cut short is left out (never handed to the engine)."""
+    from katapool.engine.tuning import index_path, load_index, reference_tuning_text
+
+    monkeypatch.setenv("FAKE_TUNER", "complete")
+    monkeypatch.setenv("FAKE_TUNER_COMPLETE", reference_tuning_text())
+    argv = ["prepare", "--katago", str(FAKE_TUNER), "--model", str(G170)]
+    assert _cli(argv, capsys)[0] == 0
+    tuned = isolated_env / "data" / "tuning" / "fake-opencl-device-katago1.18.1-x19.txt"
+    cut = tuned.with_name("fake-opencl-device-katago1.18.1-x9.txt")
+    cut.write_text("VERSION=13\n#canUseFP16Storage\n0\n")
+    index_path().write_bytes(damage)
+    monkeypatch.setenv("FAKE_TUNER", "truncated")  # a re-tune now fails: it must not run
+    code, out, err = _cli(argv, capsys)
+    assert code == 0 and "up-to-date" in out, (out, err)
+    assert "could not be read; rebuilt it from the 1 complete tuning file(s)" in caplog.text
+    best = load_index().best("fake-opencl-device", "1.18.1")
+    assert best is not None and best.kind == "full" and best.file == tuned
+    assert [e.file for e in load_index().entries] == [tuned]
+    assert index_path().with_name("index.json.damaged").read_bytes() == damage
 
 
 # --- measuring: a file that is no network, a profile gone stale ------------------------------------
@@ -439,7 +476,7 @@ def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> Non
     wrapper.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pidfile}\nwait\n")
     wrapper.chmod(0o755)
     try:
-        with pytest.raises(EngineStartError, match=r"katago version did not finish within 2 s"):
+        with pytest.raises(EngineStartError, match=r"hung: `katago version` did not finish within 2 s"):
             probe_version(wrapper, timeout=2, fresh=True)
         hung = int(pidfile.read_text())
         deadline = time.monotonic() + 60  # hang guard
@@ -449,6 +486,35 @@ def test_a_hanging_engine_is_stopped_with_what_it_started(tmp_path: Path) -> Non
     finally:
         if pidfile.exists() and not _gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("argv", [["engine", "info", "--json"], ["doctor", "--json"]])
+def test_a_hanging_engine_says_what_katapool_waits_on(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        argv: list[str]) -> None:
+    """A binary that never answers `version` once held these commands silently for the whole
+    60 s timeout, then named only a bare command. Now a note on stderr says early what
+    katapool waits on and for how long at most; stdout (a --json answer) stays clean."""
+    import shutil
+
+    hanging = isolated_env / "katago"  # a copy: no answer of the fake's is remembered for it
+    shutil.copy2(FAKE_TUNER, hanging)
+    monkeypatch.setattr("katapool.engine.probe.WAIT_NOTE_AFTER", 0.2, raising=False)
+    monkeypatch.setenv("KATAPOOL_PROBE_TIMEOUT", "2")
+    monkeypatch.setenv("FAKE_VERSION", "hang")
+    monkeypatch.setenv("KATAPOOL_KATAGO", str(hanging))
+    code, out, err = _cli(argv, capsys)
+    waiting = [ln for ln in err.splitlines() if "waiting on KataGo" in ln]
+    assert waiting == [f"katapool: waiting on KataGo at {hanging} (`katago version`, at most "
+                       "2 s)"], err
+    said = " ".join((err + out).split())
+    assert f"KataGo at {hanging} hung: `katago version` did not finish within 2 s" in said, \
+        (out, err)
+    if argv[0] == "engine":
+        assert code == 1 and out == ""
+    else:  # doctor reports it as the engine's problem, as JSON on stdout
+        assert "waiting on KataGo" not in out
+        json.loads(out)
 
 
 def test_a_damaged_tensorrt_warmup_record_costs_only_a_warmup(fresh_kp: Katapool,

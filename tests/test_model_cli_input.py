@@ -193,6 +193,24 @@ def test_a_move_on_an_occupied_point_is_found_before_the_engine(
     assert f"{game}: move 3 (B E5) is on an occupied point" in err, err
 
 
+def test_a_move_the_engine_refuses_is_named_in_the_users_file(
+        isolated_env: Path, tiny_net: Path, katago: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What the engine says of a game it cannot replay once named katapool's temporary copy
+    of it (/tmp/katapool-validate-…/000-suicide.sgf). Move 4 is a suicide: a move on an empty
+    point, so only the engine refuses it."""
+    onnx_file = isolated_env / "tiny9.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    game = isolated_env / "suicide.sgf"
+    game.write_text("(;GM[1]FF[4]SZ[9]KM[7];B[ba];W[ia];B[ab];W[aa];B[gg];W[hh])")
+    code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
+                          "--positions", "4", "--katago", str(katago))
+    assert code == 1 and out == "", err
+    assert f"katago evalsgf failed on {game} move " in err, err
+    assert f"Illegal move in {game} turn 3" in err, err
+    assert "000-suicide.sgf" not in err and "katapool-validate-" not in err, err
+
+
 @pytest.mark.parametrize("command, suffix", [("export-tflite", ".tflite"),
                                              ("export-coreml", ".mlpackage")])
 def test_no_check_with_check_games_is_refused(isolated_env: Path, tiny_net: Path, command: str,

@@ -81,13 +81,16 @@ def _tune(args: argparse.Namespace, engine: EngineChoice, model: Path) -> None:
     from katapool.config.measure_profile import MeasureOptions, measure_devices
     from katapool.devices import discover_devices, parse_device_spec
     from katapool.engine.backend import Backend
+    from katapool.engine.process import tools_stop_on_sigterm
 
     report = discover_devices(engine.info.path, model,
                               opencl=engine.info.backend is Backend.OPENCL)
     devices = parse_device_spec(device_spec(args), report)
     opts = MeasureOptions(modes=[Mode(args.mode)], visits=args.tune_visits,
                           positions=args.tune_positions, preset=args.preset)
-    for result in measure_devices(engine.info, model, devices[:1], report, opts, err):
+    with tools_stop_on_sigterm():
+        measured = measure_devices(engine.info, model, devices[:1], report, opts, err)
+    for result in measured:
         values = ", ".join(f"{k} = {str(v).lower()}" for k, v in result.profile.values().items())
         err.print(f"{result.device} ({result.mode.value}): {values} ({result.action}, "
                   f"{result.file})")

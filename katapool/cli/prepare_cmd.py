@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from katapool.devices.model import DeviceReport
 from katapool.engine.backend import Backend
 from katapool.engine.prepare import PrepareResult, prepare_opencl, prepare_tensorrt
 from katapool.engine.probe import EngineInfo, OpenCLDevice
+from katapool.engine.process import tools_stop_on_sigterm
 from katapool.errors import ConfigError
 
 
@@ -73,14 +72,12 @@ def _positive_list(text: str) -> list[int]:
 _MEASURE_ONLY = {"measure_batches": "--measure-batches", "measure_threads": "--measure-threads"}
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # As a Ctrl-C does: the tuner is stopped and its scratch folder removed on the way out
-    # (a SIGTERM's default ends Python with no cleanup at all).
-    sys.exit(128 + signum)
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with tools_stop_on_sigterm():
+        return _prepare(args)
+
+
+def _prepare(args: argparse.Namespace) -> int:
     if not 7 <= args.board_size <= 19:
         raise ConfigError(f"--board-size must be 7..19 (got {args.board_size})")
     given = [flag for key, flag in _MEASURE_ONLY.items() if getattr(args, key) is not None]
@@ -170,8 +167,10 @@ def measure_before_start(args: argparse.Namespace, mode: Mode) -> None:
     report = discover_devices(found.info.path, found.model,
                               opencl=found.info.backend is Backend.OPENCL)
     devices = _devices_to_measure(args, found.info, report)
-    for r in measure_devices(found.info, found.model, devices, report,
-                             MeasureOptions(modes=[mode]), err):
+    with tools_stop_on_sigterm():
+        measured = measure_devices(found.info, found.model, devices, report,
+                                   MeasureOptions(modes=[mode]), err)
+    for r in measured:
         values = r.profile.values()
         err.print(f"katapool: {r.device} {r.mode.value}: {r.action} (useFP16 "
                   f"{str(values.get('useFP16', '')).lower()}, nnMaxBatchSize "

@@ -34,8 +34,8 @@ from katapool.engine.tuning import (
     install_tuning_file,
     load_index,
     record_entry,
-    safe_name,
     tuning_file_complete,
+    tuning_file_name,
     write_atomically,
     write_reference_file,
 )
@@ -89,7 +89,7 @@ def prepare_opencl(
 
 def _run_tuner(katago: Path, info: EngineInfo, model: Path, dev: OpenCLDevice, console: Console,
                board_size: int, batch_size: int | None) -> TuningEntry:
-    final = paths.tuning_dir() / f"{safe_name(dev.name)}-katago{info.version}-x{board_size}.txt"
+    final = paths.tuning_dir() / tuning_file_name(dev.name, info.version, board_size)
     # Tune into a scratch file: an interrupted or failed run keeps the previous tune.
     with tempfile.TemporaryDirectory(prefix="katapool-tune-") as tmp:
         out = Path(tmp) / "tuned.txt"

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,9 +58,29 @@ def check_launchable(path: Path) -> None:
                                fix=f"chmod +x {path}")
 
 
-def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run a short KataGo command, mapping OS-level failures to :class:`EngineStartError`."""
+# How long a short KataGo command may take (KATAPOOL_PROBE_TIMEOUT, seconds): a wrapper on a
+# slow disk or an OpenCL listing that starts a driver may need more than the default.
+PROBE_TIMEOUT_DEFAULT = 60.0
+# After this long without an answer, say on stderr what katapool waits on: a hanging binary
+# would otherwise hold `engine info`, `devices` or `doctor` silently for the whole timeout.
+WAIT_NOTE_AFTER = 3.0
+
+
+def probe_timeout() -> float:
+    try:
+        value = float(os.environ.get("KATAPOOL_PROBE_TIMEOUT", PROBE_TIMEOUT_DEFAULT))
+    except ValueError:
+        return PROBE_TIMEOUT_DEFAULT
+    return value if value > 0 else PROBE_TIMEOUT_DEFAULT
+
+
+def run_engine(path: Path, args: list[str], timeout: float | None = None,
+               what: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a short KataGo command, mapping OS-level failures to :class:`EngineStartError`.
+    ``what``: the command as the user should read it (default ``<name> <args>``)."""
     check_launchable(path)
+    timeout = probe_timeout() if timeout is None else timeout
+    what = what or " ".join([path.name, *args])
     try:
         # Its own process group: one that hangs is stopped with all it started (a wrapper
         # script's KataGo), not only the wrapper.
@@ -75,11 +96,21 @@ def run_engine(path: Path, args: list[str], timeout: float = 60.0) -> subprocess
             raise EngineStartError(f"KataGo binary {path} is not executable") from None
         raise EngineStartError(f"could not start {path}: {exc.strerror}") from None
     try:
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=min(WAIT_NOTE_AFTER, timeout))
+        except subprocess.TimeoutExpired:
+            if timeout <= WAIT_NOTE_AFTER:
+                raise
+            # stderr only: stdout may be a --json answer.
+            print(f"katapool: waiting on KataGo at {path} (`{what}`, at most {timeout:g} s)",
+                  file=sys.stderr, flush=True)
+            out, err = proc.communicate(timeout=timeout - WAIT_NOTE_AFTER)
     except subprocess.TimeoutExpired:
         _stop_group(proc)
-        raise EngineStartError(f"{path} {' '.join(args)} did not finish within {timeout:.0f} s"
-                               ) from None
+        raise EngineStartError(
+            f"KataGo at {path} hung: `{what}` did not finish within {timeout:g} s (it was "
+            "stopped; run that command by hand to see where it stops, or set "
+            "KATAPOOL_PROBE_TIMEOUT for a binary that is only slow)") from None
     except BaseException:
         _stop_group(proc)
         raise
@@ -153,7 +184,7 @@ def _disk_put(kind: str, stamp: tuple[str, int, int], value: Any, context: str |
             raise
 
 
-def probe_version(path: Path, timeout: float = 60.0, fresh: bool = False) -> EngineInfo:
+def probe_version(path: Path, timeout: float | None = None, fresh: bool = False) -> EngineInfo:
     """Run ``katago version`` (once per build of the binary: see :func:`binary_stamp`); a
     binary that cannot report one gets a diagnosis. ``fresh``: run it even if an earlier
     process did (a health check: a shared library may have gone since)."""
@@ -183,7 +214,7 @@ def _info_from_disk(path: Path, value: Any) -> EngineInfo | None:
         return None
 
 
-def _run_version(path: Path, timeout: float) -> EngineInfo:
+def _run_version(path: Path, timeout: float | None) -> EngineInfo:
     proc = run_engine(path, ["version"], timeout=timeout)
     text = proc.stdout + proc.stderr
     match = _VERSION_RE.search(text)
@@ -203,7 +234,7 @@ def _run_version(path: Path, timeout: float) -> EngineInfo:
     )
 
 
-def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0,
+def list_opencl_devices(path: Path, model: Path, timeout: float | None = None,
                         fresh: bool = False) -> list[OpenCLDevice]:
     """The OpenCL devices exactly as KataGo enumerates them (asked once per build of the
     binary and OpenCL runtime, as :func:`probe_version`; ``fresh`` as there).
@@ -232,7 +263,7 @@ def list_opencl_devices(path: Path, model: Path, timeout: float = 60.0,
     return devices
 
 
-def _run_opencl_listing(path: Path, model: Path, timeout: float) -> list[OpenCLDevice]:
+def _run_opencl_listing(path: Path, model: Path, timeout: float | None) -> list[OpenCLDevice]:
     with tempfile.TemporaryDirectory(prefix="katapool-devices-") as tmp:
         cfg = Path(tmp) / "probe.cfg"
         cfg.write_text(f"logDir = {tmp}/logs\nhomeDataDir = {tmp}/home\n")
@@ -240,7 +271,7 @@ def _run_opencl_listing(path: Path, model: Path, timeout: float) -> list[OpenCLD
             path,
             ["tuner", "-config", str(cfg), "-model", str(model), "-gpus", "9999",
              "-output", f"{tmp}/none.txt"],
-            timeout=timeout,
+            timeout=timeout, what=f"{path.name} tuner -gpus 9999 (listing OpenCL devices)",
         )
         text = proc.stdout + proc.stderr
         logs = Path(tmp) / "logs"

@@ -18,9 +18,10 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from katapool.engine.diagnose import diagnose
@@ -58,6 +59,27 @@ def dies_with_this_process() -> Callable[[], None]:
     katapool dies, however it dies (a SIGTERM, a SIGKILL), instead of computing on for minutes
     with no one to read it."""
     return functools.partial(_child_setup, os.getpid())
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+@contextlib.contextmanager
+def tools_stop_on_sigterm() -> Iterator[None]:
+    """While KataGo's tools (the tuner, the measuring tools) run in the foreground: a SIGTERM
+    (a service stopped, a container's end) ends katapool as a Ctrl-C does, unwinding, so that
+    the tool is killed and its scratch folder removed on the way out. A SIGTERM's default
+    ends Python with no cleanup at all (PDEATHSIG, see :func:`dies_with_this_process`, still
+    stops the tool, but its scratch folder stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

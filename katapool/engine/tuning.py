@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,6 +25,8 @@ from pydantic import BaseModel, Field
 
 from katapool import paths
 from katapool.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TUNER_FORMAT_VERSION = 13
 
@@ -159,7 +164,7 @@ class TuningIndex(BaseModel):
         """A full tune beats the reference parameters; a missing or damaged file counts as
         absent."""
         found = [e for e in self.entries
-                 if e.device_name == device_name and e.engine_version == engine_version
+                 if _same_device(e, device_name) and e.engine_version == engine_version
                  and e.format_version == TUNER_FORMAT_VERSION and tuning_file_complete(e.file)]
         found.sort(key=lambda e: (e.kind == "full", e.board_size == 19, e.created))
         return found[-1] if found else None
@@ -167,7 +172,7 @@ class TuningIndex(BaseModel):
     def damaged(self, device_name: str, engine_version: str) -> list[Path]:
         """Recorded tuning files for this device that are there but cut short."""
         return [e.file for e in self.entries
-                if e.device_name == device_name and e.engine_version == engine_version
+                if _same_device(e, device_name) and e.engine_version == engine_version
                 and e.format_version == TUNER_FORMAT_VERSION and e.file.is_file()
                 and not tuning_file_complete(e.file)]
 
@@ -183,14 +188,90 @@ def index_path() -> Path:
     return paths.tuning_dir() / "index.json"
 
 
+def _same_device(entry: TuningEntry, device_name: str) -> bool:
+    # By the name the tuning file is kept under: an entry rebuilt from the file (see
+    # _rebuild_from_files) knows the device only by that.
+    return entry.device_name == device_name or safe_name(entry.device_name) == safe_name(device_name)
+
+
+def tuning_file_name(device_name: str, engine_version: str, board_size: int) -> str:
+    return f"{safe_name(device_name)}-katago{engine_version}-x{board_size}.txt"
+
+
+_TUNED_FILE = re.compile(r"^(?P<device>.+?)-katago(?P<version>\d.*)-x(?P<board>\d+)\.txt$")
+
+
+def _rebuild_from_files(folder: Path) -> TuningIndex:
+    """An index of the full tunes in ``folder`` that are whole (see
+    :func:`tuning_file_complete`): a damaged index must not cost minutes of re-tuning for
+    files still there, nor hand a damaged file to the engine."""
+    index = TuningIndex()
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.iterdir()):
+            m = _TUNED_FILE.match(path.name)
+            if m is None or not tuning_file_complete(path):
+                continue
+            index.add(TuningEntry(
+                device_name=m["device"], engine_version=m["version"], kind="full", file=path,
+                board_size=int(m["board"]),
+                created=datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+    return index
+
+
+def _read_index(path: Path) -> TuningIndex | None:
+    """The index at ``path`` (empty if there is none), or None if it cannot be read."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return TuningIndex()
+    except OSError:
+        return None
+    try:
+        return TuningIndex.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def _recover(path: Path) -> TuningIndex:
+    """Rebuild an unreadable index from the files on disk; called under the index lock. The
+    damaged file is kept beside it (``index.json.damaged``) for a look; if the new index
+    cannot be written, the next reader rebuilds it again."""
+    index = _rebuild_from_files(path.parent)
+    kept = path.with_name(path.name + ".damaged")
+    try:
+        shutil.copyfile(path, kept)
+    except OSError:
+        kept_note = ""
+    else:
+        kept_note = f"; the damaged one is kept as {kept}"
+    with contextlib.suppress(OSError):
+        _write_index(index)
+    log.warning("katapool: the OpenCL tuning index %s could not be read; rebuilt it from the "
+                "%d complete tuning file(s) in %s%s", path, len(index.entries), path.parent,
+                kept_note)
+    return index
+
+
 def load_index() -> TuningIndex:
     path = index_path()
-    if not path.exists():
-        return TuningIndex()
+    index = _read_index(path)
+    if index is not None:
+        return index
+    with _index_lock(path):  # one process rebuilds it; the others read what it wrote
+        index = _read_index(path)
+        return index if index is not None else _recover(path)
+
+
+@contextlib.contextmanager
+def _index_lock(path: Path) -> Iterator[None]:
     try:
-        return TuningIndex.model_validate_json(path.read_text())
-    except (ValueError, OSError):
-        return TuningIndex()  # a corrupt index only costs a re-prepare
+        lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 (held for the block)
+    except OSError:  # a folder katapool cannot write: nothing to guard
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _write_index(index: TuningIndex) -> None:
@@ -202,9 +283,10 @@ def record_entry(entry: TuningEntry) -> None:
     `prepare` and `config generate` runs never drop each other's entries."""
     path = index_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        index = load_index()
+    with _index_lock(path):
+        index = _read_index(path)
+        if index is None:
+            index = _recover(path)
         index.add(entry)
         _write_index(index)
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import subprocess
 import tempfile
 import threading
@@ -66,6 +67,26 @@ class Report:
                 "errors": self.errors}
 
 
+# katapool's temporary copies of games (see with_explicit_rules) -> the files the user named:
+# what the engine says of a copy is said of the user's file.
+_COPY_OF: dict[Path, Path] = {}
+
+
+def game_as_given(path: Path) -> Path:
+    """The user's file that ``path`` is a temporary copy of (``path`` itself if none)."""
+    return _COPY_OF.get(path, path)
+
+
+def as_given(text: str) -> str:
+    """``text`` (an engine's message) with temporary copies of games named as the user's
+    files: by path first, then by bare name (``000-game.sgf``)."""
+    for copy, original in _COPY_OF.items():
+        if copy.name in text:  # one pass: the user's own path may end in the same name
+            found = re.compile(f"{re.escape(str(copy))}|(?<![\\w/.-]){re.escape(copy.name)}")
+            text = found.sub(str(original).replace("\\", "\\\\"), text)
+    return text
+
+
 def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
     """Copies of the games that name their rules (Chinese when they do not): `evalsgf` and
     GTP's `loadsgf` fall back to different defaults, and the inputs must be the same."""
@@ -87,6 +108,7 @@ def with_explicit_rules(games: list[Path], workdir: Path) -> list[Path]:
             root.set("RU", "Chinese")
         copy = workdir / f"{i:03d}-{path.stem}.sgf"
         copy.write_bytes(game.serialise())
+        _COPY_OF[copy] = path
         copies.append(copy)
     return copies
 
@@ -148,7 +170,8 @@ def engine_inputs(katago: Path, config: Path, model: Path, pos: Position,
                            str(pos.sgf)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise EngineError(f"katago evalsgf failed on {pos.sgf.name} move {pos.moves}: {tail[0]}")
+        raise EngineError(f"katago evalsgf failed on {game_as_given(pos.sgf)} move {pos.moves}: "
+                          f"{as_given(tail[0])}")
     with np.load(out) as data:
         spatial = data["binaryInputNCHW"].reshape(1, -1, pos.size, pos.size).astype(np.float32)
         global_ = data["globalInputNC"].astype(np.float32)
@@ -262,14 +285,14 @@ def gtp_ask(proc: subprocess.Popen[str], command: str) -> list[str]:
     while True:
         line = proc.stdout.readline()
         if not line:
-            raise EngineError(f"katago gtp exited while answering {command!r}")
+            raise EngineError(as_given(f"katago gtp exited while answering {command!r}"))
         line = line.rstrip("\n")
         if line == "" and lines:
             break
         if line:
             lines.append(line)
     if lines[0].startswith("?"):
-        raise EngineError(f"katago gtp refused {command!r}: {lines[0]}")
+        raise EngineError(as_given(f"katago gtp refused {command!r}: {lines[0]}"))
     return lines
 
 
