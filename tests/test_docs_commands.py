@@ -531,7 +531,7 @@ def test_options_named_in_prose_exist() -> None:
             known.update(action.option_strings)
     unknown = [f"{snippet.where}: {option}" for path in DOCS for snippet in snippets(path)
                if not snippet.fenced
-               for option in re.findall(r"(?<![\w/.-])(--?[a-z][\w-]*)", snippet.text)
+               for option in re.findall(r"(?<![\w/.>-])(--?[a-z][\w-]*)", snippet.text)
                if option not in known]
     assert not unknown, "\n".join(unknown)
 
