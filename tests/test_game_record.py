@@ -27,3 +27,17 @@ def test_sample_game_is_the_projects_own() -> None:
     record = load_sgf(SAMPLE_SGF)
     assert len(record.moves) > 100
     assert "katapool" in SAMPLE_SGF.read_text()
+
+
+def test_gb2312_record_with_gbk_names() -> None:
+    """Chinese records labelled GB2312 are often GBK: 喆 (Li Zhe) is not in GB2312."""
+    data = "(;GM[1]CA[GB2312]SZ[9]PB[李喆]PW[古力];B[ee])".encode("gbk")
+    record = parse_sgf(data)
+    assert (record.black, record.white) == ("李喆", "古力")
+
+
+def test_utf8_record_without_charset() -> None:
+    record = parse_sgf("(;GM[1]SZ[9]PB[柯洁];B[ee])".encode())
+    assert record.black == "柯洁"
+    latin1 = parse_sgf("(;GM[1]SZ[9]PB[Jos\xe9];B[ee])".encode("latin-1"))  # SGF's default stays
+    assert latin1.black == "José"

@@ -75,8 +75,31 @@ def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
         raise GameRecordError(f"{source}: not a readable SGF game ({exc or 'bad property value'})") from None
 
 
-def _parse(data: bytes, source: str) -> GameRecord:
+# Chinese records that say GB2312 are mostly written in GBK (names such as 李喆 are not in
+# GB2312): GB18030 reads both, and every GB2312 file the same.
+_WIDER_CHARSETS = {"gb2312": "GB18030", "gbk": "GB18030", "cp936": "GB18030"}
+
+
+def read_sgf_game(data: bytes) -> sgf.Sgf_game:
+    """sgfmill's game tree, text decoded the way the file's author meant: a GB2312 file as
+    GB18030 (above), and a file with no CA that is valid UTF-8 as UTF-8 (the SGF default,
+    Latin-1, would turn every CJK name into mojibake)."""
     game = sgf.Sgf_game.from_bytes(data)
+    root = game.get_root()
+    if root.has_property("CA"):
+        declared = root.get_raw("CA").decode("ascii", "replace").strip().lower()
+        override = _WIDER_CHARSETS.get(declared)
+    else:
+        try:
+            data.decode("utf-8")
+            override = "UTF-8"
+        except UnicodeDecodeError:
+            override = None
+    return game if override is None else sgf.Sgf_game.from_bytes(data, override_encoding=override)
+
+
+def _parse(data: bytes, source: str) -> GameRecord:
+    game = read_sgf_game(data)
     size = game.get_size()
     if size > 19:
         raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")

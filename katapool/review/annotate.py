@@ -9,11 +9,12 @@ from pathlib import Path
 
 from sgfmill import sgf
 
+from katapool.game.record import read_sgf_game
 from katapool.review.batch import GameReview
 
 
 def annotated_sgf(review: GameReview, mistake: float) -> bytes:
-    game = sgf.Sgf_game.from_bytes(review.source.read_bytes())
+    game = read_sgf_game(review.source.read_bytes())  # decoded as the review read it
     nodes = list(game.get_main_sequence())
     evals = review.evaluations
     moves = review.moves
