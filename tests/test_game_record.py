@@ -41,3 +41,23 @@ def test_utf8_record_without_charset() -> None:
     assert record.black == "柯洁"
     latin1 = parse_sgf("(;GM[1]SZ[9]PB[Jos\xe9];B[ee])".encode("latin-1"))  # SGF's default stays
     assert latin1.black == "José"
+
+
+def test_move_off_the_board_is_named() -> None:
+    with pytest.raises(GameRecordError, match=r"move 2 \(node 2\) is 'zz', not a point of a 9x9"):
+        parse_sgf(b"(;GM[1]SZ[9];B[ee];W[zz];B[cc])")
+
+
+def test_komi_larger_than_the_board() -> None:
+    with pytest.raises(GameRecordError, match=r"KM\[375\] is more than the 9x9 board's 81"):
+        parse_sgf(b"(;GM[1]SZ[9]KM[375];B[ee])")
+    assert parse_sgf(b"(;GM[1]SZ[9]KM[0];B[ee])").komi == 0.0  # no komi is a komi
+
+
+@pytest.mark.parametrize(("sgf", "komi"), [
+    (b"(;GM[1]SZ[19];B[pd])", 7.5),
+    (b"(;GM[1]SZ[19]RU[Japanese];B[pd])", 6.5),
+    (b"(;GM[1]SZ[19]HA[2]AB[pd][dp];W[dd])", 0.5),
+])
+def test_missing_komi_gets_the_usual_one(sgf: bytes, komi: float) -> None:
+    assert parse_sgf(sgf).komi == komi

@@ -104,7 +104,8 @@ def _parse(data: bytes, source: str) -> GameRecord:
     if size > 19:
         raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")
     root = game.get_root()
-    komi = game.get_komi()
+    # sgfmill reads a missing KM as 0: an even game would be reviewed without komi.
+    komi = game.get_komi() if root.has_property("KM") else None
     rules_prop = root.get("RU").strip().lower() if root.has_property("RU") else ""
     rules = _RULES.get(rules_prop, "japanese" if "japan" in rules_prop else "chinese")
     initial: list[tuple[str, str]] = []
@@ -124,14 +125,34 @@ def _parse(data: bytes, source: str) -> GameRecord:
             initial += [("W", to_gtp(p, size)) for p in sorted(white)]
         if not moves and node.has_property("PL"):
             to_play = node.get("PL").upper()
-        colour, point = node.get_move()
+        try:
+            colour, point = node.get_move()
+        except ValueError:
+            raw = next((node.get_raw(c) for c in ("B", "W") if node.has_property(c)), b"")
+            raise GameRecordError(f"{source}: move {len(moves) + 1} (node {number}) is "
+                                  f"{raw.decode('ascii', 'replace')!r}, not a point of a "
+                                  f"{size}x{size} board") from None
         if colour is not None:
             moves.append((colour.upper(), to_gtp(point, size)))
     first = moves[0][0] if moves else to_play
+    if komi is not None and abs(komi) > size * size:
+        raise GameRecordError(f"{source}: komi KM[{root.get_raw('KM').decode('ascii', 'replace')}] "
+                              f"is more than the {size}x{size} board's {size * size} points "
+                              "(some Chinese records write 375 for 3¾ stones, 7.5 points: "
+                              "correct the KM)")
     return GameRecord(
-        size=size, komi=float(komi if komi is not None else 7.5), rules=rules, moves=moves,
+        size=size, komi=float(komi if komi is not None else _default_komi(rules, initial, first)),
+        rules=rules, moves=moves,
         initial_stones=initial, initial_player=first if (initial or to_play) else None,
         black=root.get("PB") if root.has_property("PB") else "Black",
         white=root.get("PW") if root.has_property("PW") else "White",
         result=root.get("RE") if root.has_property("RE") else None,
     )
+
+
+def _default_komi(rules: str, initial: list[tuple[str, str]], first: str | None) -> float:
+    """Komi for a record without KM: 0.5 for a handicap game (Black's stones set up, White
+    first), else the usual komi of the rules (6.5 territory scoring, 7.5 area)."""
+    if initial and first == "W" and all(colour == "B" for colour, _ in initial):
+        return 0.5
+    return 6.5 if rules in ("japanese", "korean") else 7.5
