@@ -155,7 +155,7 @@ def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
                   "--model", str(G170),
                   "--json", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1
-    assert "illegal.sgf" in proc.stderr and "llegal" in proc.stderr
+    assert "illegal.sgf: move 2 (W Q16) is illegal" in proc.stderr  # KataGo says "move 1"
     games = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [g["game"] for g in games] == [str(SHORT_SGF)]  # the good game is still reviewed
 

@@ -61,3 +61,13 @@ def test_komi_larger_than_the_board() -> None:
 ])
 def test_missing_komi_gets_the_usual_one(sgf: bytes, komi: float) -> None:
     assert parse_sgf(sgf).komi == komi
+
+
+def test_illegal_move_numbered_as_the_record_numbers_it() -> None:
+    from katapool.review.batch import explain_engine_error
+
+    record = parse_sgf(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[ee];B[cc])")
+    # What KataGo says of this game: its move indexes start at 0.
+    said = explain_engine_error("Illegal move 1: E5", record)
+    assert said.startswith("move 2 (W E5) is illegal under chinese rules")
+    assert explain_engine_error("model not found", record) == "model not found"
