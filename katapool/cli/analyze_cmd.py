@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from katapool.cli.common import err, make_folder, out
@@ -19,7 +20,7 @@ from katapool.cli.progress import ProgressReport
 from katapool.cli.shared_options import add_device, add_katago, add_model, add_preset, gpu_indices
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
-from katapool.errors import ConfigError
+from katapool.errors import ConfigError, GameRecordError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.review.annotate import write_annotated
 from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, plan_checks, review_games
@@ -103,7 +104,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--members must be at least 1 (got {args.members})")
     if args.top < 0:
         raise ConfigError(f"--top cannot be negative (got {args.top})")
-    games: list[tuple[Path, GameRecord]] = [(path, load_sgf(path)) for path in args.games]
+    games: list[tuple[Path, GameRecord]] = []
+    unreadable = 0
+    for path in args.games:  # one broken file among many must not stop the others' review
+        try:
+            games.append((path, load_sgf(path)))
+        except GameRecordError as exc:
+            unreadable += 1
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    if not games:
+        raise ConfigError("no game to review" + (" (every file was unreadable)" if unreadable else ""))
     stems = [p.stem for p, _ in games]
     if len(set(stems)) != len(stems):  # two games with one name must not overwrite each other
         stems = [f"{i + 1:02d}-{s}" for i, s in enumerate(stems)]
@@ -137,7 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not args.json:
         err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
                   + (f" (budget {format_duration(budget)})" if budget else ""))
-    return 1 if failed else 0
+    return 1 if failed or unreadable else 0
 
 
 @dataclass
