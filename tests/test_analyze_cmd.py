@@ -159,8 +159,11 @@ def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "illegal.sgf: move 2 (W Q16) is illegal" in proc.stderr  # KataGo says "move 1"
     assert f"error: {tmp_path / 'notes.sgf'}: not a readable SGF game" in proc.stderr
-    games = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [g["game"] for g in games] == [str(SHORT_SGF)]  # the good game is still reviewed
+    games = {g["game"]: g for g in map(json.loads, proc.stdout.splitlines())}
+    assert set(games) == {str(bad), str(tmp_path / "notes.sgf"), str(SHORT_SGF)}  # one per game
+    assert games[str(bad)]["error"].startswith("move 2 (W Q16) is illegal")
+    assert "not a readable SGF game" in games[str(tmp_path / "notes.sgf")]["error"]
+    assert "error" not in games[str(SHORT_SGF)] and games[str(SHORT_SGF)]["moves"]  # still reviewed
 
 
 def test_missing_model_is_a_clear_error(kp: Katapool, tmp_path: Path) -> None:

@@ -112,6 +112,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         except GameRecordError as exc:
             unreadable += 1
             err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            if args.json:  # one object per game, this one saying why it has no review
+                out.out(json.dumps({"game": str(path), "error": str(exc)}))
     if not games:
         raise ConfigError("no game to review" + (" (every file was unreadable)" if unreadable else ""))
     stems = [p.stem for p, _ in games]
@@ -133,6 +135,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if review.error is not None:
             failed += 1
             err.print(f"[bold red]error:[/] {review.source}: {review.error}", soft_wrap=True)
+            if args.json:
+                out.out(json.dumps({"game": str(review.source), "error": review.error}))
             continue
         sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
         png_out = None
