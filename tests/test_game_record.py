@@ -52,6 +52,9 @@ def test_komi_larger_than_the_board() -> None:
     with pytest.raises(GameRecordError, match=r"KM\[375\] is more than the 9x9 board's 81"):
         parse_sgf(b"(;GM[1]SZ[9]KM[375];B[ee])")
     assert parse_sgf(b"(;GM[1]SZ[9]KM[0];B[ee])").komi == 0.0  # no komi is a komi
+    # KataGo's own words for it name no field: "Must be a integer or half-integer ..."
+    with pytest.raises(GameRecordError, match=r"KM\[3.75\] is not a whole or half point"):
+        parse_sgf(b"(;GM[1]SZ[9]KM[3.75];B[ee])")
 
 
 @pytest.mark.parametrize(("sgf", "komi"), [

@@ -140,6 +140,9 @@ def _parse(data: bytes, source: str) -> GameRecord:
                               f"is more than the {size}x{size} board's {size * size} points "
                               "(some Chinese records write 375 for 3¾ stones, 7.5 points: "
                               "correct the KM)")
+    if komi is not None and komi * 2 != int(komi * 2):
+        raise GameRecordError(f"{source}: komi KM[{root.get_raw('KM').decode('ascii', 'replace')}] "
+                              "is not a whole or half point, the only komi KataGo plays with")
     return GameRecord(
         size=size, komi=float(komi if komi is not None else _default_komi(rules, initial, first)),
         rules=rules, moves=moves,
