@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from katapool.cli import analyze_cmd
 from katapool.cli.common import out
@@ -43,3 +46,36 @@ def test_games_with_one_name_get_outputs_and_labels_of_their_own() -> None:
     assert len({s.casefold() for s in stems}) == 2
     assert analyze_cmd.output_names([Path("x/one.sgf"), Path("two.sgf")]) == (
         ["one", "two"], ["one.sgf", "two.sgf"])
+
+
+def test_an_interrupted_graph_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a PNG is being written: no truncated graph under the finished one's name."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from katapool.review.plot import plot_game
+
+    def interrupted(self: Figure, target: Any, **kwargs: Any) -> None:
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(b"\x89PNG half")
+        else:
+            target.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    review = _review(tmp_path / "g.sgf", b"(;GM[1]SZ[9];B[ee];W[cc])")
+    with pytest.raises(KeyboardInterrupt):
+        plot_game(review, tmp_path / "out" / "g.png", 0.1, "16 visits per position")
+    assert list((tmp_path / "out").iterdir()) == []  # neither g.png nor a temporary file
+
+
+def test_annotated_sgf_is_written_whole(tmp_path: Path) -> None:
+    from katapool.review.annotate import write_annotated
+
+    source = tmp_path / "g.sgf"
+    source.write_bytes(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[cc])")
+    review = _review(source, source.read_bytes())
+    written = write_annotated(review, tmp_path / "out" / "g.sgf", 0.1)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["g.sgf"]
+    assert oct(written.stat().st_mode & 0o777) == "0o644"
+    assert parse_sgf(written.read_bytes()).moves == [("B", "E5"), ("W", "C7")]

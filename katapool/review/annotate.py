@@ -11,6 +11,7 @@ from sgfmill import sgf
 
 from katapool.game.record import read_sgf_game
 from katapool.review.batch import GameReview
+from katapool.review.output import write_whole
 
 
 def annotated_sgf(review: GameReview, mistake: float) -> bytes:
@@ -65,6 +66,5 @@ def _lead(lead_black: float) -> str:
 
 
 def write_annotated(review: GameReview, out: Path, mistake: float) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(annotated_sgf(review, mistake))
-    return out
+    data = annotated_sgf(review, mistake)
+    return write_whole(out, lambda fh: fh.write(data))
