@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_whole(target: Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_whole(target: Path, write: Callable[[BinaryIO], object]) -> Path:
     """``write`` fills a hidden temporary file beside ``target``, which then takes its name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
