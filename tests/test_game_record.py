@@ -74,3 +74,8 @@ def test_illegal_move_numbered_as_the_record_numbers_it() -> None:
     said = explain_engine_error("Illegal move 1: E5", record)
     assert said.startswith("move 2 (W E5) is illegal under chinese rules")
     assert explain_engine_error("model not found", record) == "model not found"
+
+
+def test_a_collection_of_games_is_not_cut_to_its_first() -> None:
+    with pytest.raises(GameRecordError, match="the file holds 2 games; katapool reviews one game"):
+        parse_sgf(b"(;GM[1]SZ[9]PB[one];B[ee])\n(;GM[1]SZ[9]PB[two];B[cc];W[dd])")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgfmill import sgf
+from sgfmill import sgf, sgf_grammar
 
 from katapool.errors import GameRecordError
 
@@ -100,6 +100,10 @@ def read_sgf_game(data: bytes) -> sgf.Sgf_game:
 
 def _parse(data: bytes, source: str) -> GameRecord:
     game = read_sgf_game(data)
+    count = len(sgf_grammar.parse_sgf_collection(data))
+    if count > 1:  # sgfmill reads the first and drops the rest without a word
+        raise GameRecordError(f"{source}: the file holds {count} games; katapool reviews one "
+                              "game per file (split the collection, e.g. in Sabaki or KaTrain)")
     size = game.get_size()
     if size > 19:
         raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")
