@@ -4,6 +4,7 @@ built from evaluations written here (the values are not the point, the report is
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,16 @@ def test_annotated_sgf_is_written_whole(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["g.sgf"]
     assert oct(written.stat().st_mode & 0o777) == "0o644"
     assert parse_sgf(written.read_bytes()).moves == [("B", "E5"), ("W", "C7")]
+
+
+def test_graph_of_a_game_without_moves(tmp_path: Path) -> None:
+    """An empty record (a problem, a game not yet played) draws without matplotlib's warning
+    about a singular 0..0 axis on the user's terminal."""
+    pytest.importorskip("matplotlib")
+    from katapool.review.plot import plot_game
+
+    review = _review(tmp_path / "empty.sgf", b"(;GM[1]SZ[9]KM[7.5])")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plot_game(review, tmp_path / "empty.png", 0.1, "16 visits per position")
+    assert png.read_bytes().startswith(b"\x89PNG")
