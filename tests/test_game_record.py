@@ -79,3 +79,11 @@ def test_illegal_move_numbered_as_the_record_numbers_it() -> None:
 def test_a_collection_of_games_is_not_cut_to_its_first() -> None:
     with pytest.raises(GameRecordError, match="the file holds 2 games; katapool reviews one game"):
         parse_sgf(b"(;GM[1]SZ[9]PB[one];B[ee])\n(;GM[1]SZ[9]PB[two];B[cc];W[dd])")
+
+
+def test_handicap_without_its_stones() -> None:
+    with pytest.raises(GameRecordError, match=r"HA\[2\] but no handicap stones \(AB\)"):
+        parse_sgf(b"(;GM[1]SZ[19]HA[2]KM[0.5];W[dd];B[pp])")
+    # Stones placed as Black's first moves (some servers' way) need no AB.
+    assert parse_sgf(b"(;GM[1]SZ[19]HA[2];B[pd];B[dp];W[dd])").moves[:2] == [("B", "Q16"),
+                                                                               ("B", "D4")]

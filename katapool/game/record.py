@@ -139,6 +139,12 @@ def _parse(data: bytes, source: str) -> GameRecord:
         if colour is not None:
             moves.append((colour.upper(), to_gtp(point, size)))
     first = moves[0][0] if moves else to_play
+    handicap = root.get_raw("HA").strip() if root.has_property("HA") else b""
+    if handicap.isdigit() and int(handicap) >= 2 and not initial and first == "W":
+        # White first on an empty board: the stones were left out, and every winrate would be
+        # an even game's.
+        raise GameRecordError(f"{source}: HA[{int(handicap)}] but no handicap stones (AB) and "
+                              "White moves first; add the stones as AB setup")
     if komi is not None and abs(komi) > size * size:
         raise GameRecordError(f"{source}: komi KM[{root.get_raw('KM').decode('ascii', 'replace')}] "
                               f"is more than the {size}x{size} board's {size * size} points "
