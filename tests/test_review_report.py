@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sgfmill import sgf
 
 from katapool.cli import analyze_cmd
 from katapool.cli.common import out
@@ -93,3 +94,17 @@ def test_graph_of_a_game_without_moves(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         png = plot_game(review, tmp_path / "empty.png", 0.1, "16 visits per position")
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_annotation_says_gained_for_a_negative_loss(tmp_path: Path) -> None:
+    from katapool.review.annotate import annotated_sgf
+
+    source = tmp_path / "g.sgf"
+    source.write_bytes(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[cc])")
+    review = _review(source, source.read_bytes())
+    # Black's E5 (engine's choice F5) raises Black's winrate 50% -> 53% and lead 0 -> 2.7.
+    review.evaluations[0] = Evaluation(0, 0.5, 0.0, "F5", 16)
+    review.evaluations[1] = Evaluation(1, 0.53, 2.7, "C7", 16)
+    game = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1))
+    comment = game.get_main_sequence()[1].get("C")
+    assert "this move gained 3.0% winrate and gained 2.7 points" in comment

@@ -41,8 +41,8 @@ def annotated_sgf(review: GameReview, mistake: float) -> bytes:
                  f"score {_lead(m.after.score_lead_black)}"]
         best = m.before.best_move
         if best and best.upper() != m.move.upper():
-            lines.append(f"Engine's choice: {best}; this move lost {m.winrate_loss:.1%} "
-                         f"winrate and {m.score_loss:.1f} points")
+            lines.append(f"Engine's choice: {best}; this move {_change(m.winrate_loss, 'winrate')} "
+                         f"and {_change(m.score_loss, 'points')}")
         elif best:
             lines.append("The engine's choice.")
         severity = review.severity(m, mistake)
@@ -59,6 +59,13 @@ def annotated_sgf(review: GameReview, mistake: float) -> bytes:
 def _values(node: sgf.Tree_node, winrate_black: float, lead_black: float) -> None:
     node.set_raw("SBKV", f"{winrate_black * 100:.2f}".encode())
     node.set_raw("SBKS", f"{lead_black:.2f}".encode())
+
+
+def _change(loss: float, what: str) -> str:
+    """A loss as words: at few visits a move often seems to gain, and "lost -2.7 points" reads
+    as a misprint."""
+    amount = f"{abs(loss):.1%} winrate" if what == "winrate" else f"{abs(loss):.1f} points"
+    return f"{'lost' if loss >= 0 else 'gained'} {amount}"
 
 
 def _lead(lead_black: float) -> str:
