@@ -108,3 +108,16 @@ def test_annotation_says_gained_for_a_negative_loss(tmp_path: Path) -> None:
     game = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1))
     comment = game.get_main_sequence()[1].get("C")
     assert "this move gained 3.0% winrate and gained 2.7 points" in comment
+
+
+def test_annotated_from_the_game_as_it_was_read(tmp_path: Path) -> None:
+    """The record moved or deleted during a long review: its annotated copy is still written,
+    from what was reviewed (reading it again crashed the report after the whole review)."""
+    from katapool.review.annotate import annotated_sgf
+
+    source = tmp_path / "g.sgf"
+    source.write_bytes(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[cc])")
+    review = _review(source, source.read_bytes())
+    source.unlink()
+    game = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1))
+    assert [n.get_move()[1] for n in game.get_main_sequence()[1:]] == [(4, 4), (6, 2)]

@@ -40,6 +40,9 @@ class GameRecord:
     black: str = "Black"
     white: str = "White"
     result: str | None = None
+    # The file as it was read: the annotated copy is made from it, not from a file the user
+    # may have edited, moved or deleted during a long review.
+    sgf_bytes: bytes = field(default=b"", repr=False, compare=False)
 
     def query(self, **extra: Any) -> dict[str, Any]:
         """A KataGo analysis query for the whole game (``analyzeTurns`` is up to the caller)."""
@@ -68,7 +71,9 @@ def load_sgf(path: Path) -> GameRecord:
 
 def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
     try:
-        return _parse(data, source)
+        record = _parse(data, source)
+        record.sgf_bytes = data
+        return record
     except GameRecordError:
         raise
     except (ValueError, KeyError, IndexError) as exc:

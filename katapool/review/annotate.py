@@ -15,7 +15,7 @@ from katapool.review.output import write_whole
 
 
 def annotated_sgf(review: GameReview, mistake: float) -> bytes:
-    game = read_sgf_game(review.source.read_bytes())  # decoded as the review read it
+    game = read_sgf_game(review.record.sgf_bytes or review.source.read_bytes())
     nodes = list(game.get_main_sequence())
     evals = review.evaluations
     moves = review.moves
