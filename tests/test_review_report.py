@@ -4,6 +4,7 @@ built from evaluations written here (the values are not the point, the report is
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,23 @@ def test_annotated_from_the_game_as_it_was_read(tmp_path: Path) -> None:
     source.unlink()
     game = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1))
     assert [n.get_move()[1] for n in game.get_main_sequence()[1:]] == [(4, 4), (6, 2)]
+
+
+def test_a_game_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
+    """The first game's output name is taken by a folder: it is reported, the second is still
+    written (an OSError used to end the command there, after the whole review)."""
+    games = []
+    for name in ("a", "b"):
+        source = tmp_path / f"{name}.sgf"
+        source.write_bytes(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[cc])")
+        games.append(_review(source, source.read_bytes()))
+    (tmp_path / "out" / "a.sgf").mkdir(parents=True)
+    args = argparse.Namespace(mistake=0.1, top=5, brief=True, json=True, plot=False,
+                              out=tmp_path / "out")
+    run = analyze_cmd.ReviewRun(games, 16, 16, 0)
+    with out.capture() as captured:
+        failed = analyze_cmd.report_reviews(run, ["a", "b"], ["a.sgf", "b.sgf"], args)
+    first, second = map(json.loads, captured.get().splitlines())
+    assert failed == 1
+    assert first["game"] == str(tmp_path / "a.sgf") and "cannot write its review" in first["error"]
+    assert second["sgf"] == str(tmp_path / "out" / "b.sgf") and Path(second["sgf"]).is_file()

@@ -128,29 +128,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     _check_out_dir(args.out)  # an unwritable -o must not cost a whole review first
     run = asyncio.run(_run(args, games, budget, started))
-    failed = 0
-    for stem, label, review in zip(stems, labels, run.reviews, strict=True):
-        if review.error is not None:
-            failed += 1
-            err.print(f"[bold red]error:[/] {escape(f'{review.source}: {review.error}')}", soft_wrap=True,
-                      highlight=False)
-            if args.json:
-                out.out(json.dumps({"game": str(review.source), "error": review.error}))
-            continue
-        sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
-        png_out = None
-        if args.plot:
-            from katapool.review.plot import plot_game
-
-            png_out = plot_game(review, args.out / f"{stem}.png", args.mistake, run.depth_text())
-        if args.json:
-            out.out(json.dumps(_as_json(review, args, run, sgf_out, png_out)))
-        else:
-            _print_game(review, label, args, run, sgf_out, png_out)
+    failed = report_reviews(run, stems, labels, args)
     if not args.json:
         err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
                   + (f" (budget {format_duration(budget)})" if budget else ""))
     return 1 if failed or unreadable else 0
+
+
+def report_reviews(run: ReviewRun, stems: list[str], labels: list[str],
+                   args: argparse.Namespace) -> int:
+    """Each game's outputs and report; how many games have none. A game whose files cannot be
+    written (a full disk, a name taken by a folder) is reported alone: the games after it are
+    still written."""
+    failed = 0
+    for stem, label, review in zip(stems, labels, run.reviews, strict=True):
+        error = review.error
+        if error is None:
+            try:
+                sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
+                png_out = None
+                if args.plot:
+                    from katapool.review.plot import plot_game
+
+                    png_out = plot_game(review, args.out / f"{stem}.png", args.mistake,
+                                        run.depth_text())
+            except OSError as exc:
+                error = f"cannot write its review to {exc.filename or args.out}: {exc.strerror}"
+        if error is not None:
+            failed += 1
+            err.print(f"[bold red]error:[/] {escape(f'{review.source}: {error}')}", soft_wrap=True,
+                      highlight=False)
+            if args.json:
+                out.out(json.dumps({"game": str(review.source), "error": error}))
+            continue
+        if args.json:
+            out.out(json.dumps(_as_json(review, args, run, sgf_out, png_out)))
+        else:
+            _print_game(review, label, args, run, sgf_out, png_out)
+    return failed
 
 
 def output_names(paths: list[Path]) -> tuple[list[str], list[str]]:
