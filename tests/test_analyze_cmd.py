@@ -151,16 +151,36 @@ def test_bad_depth_options(kp: Katapool, args: list[str], message: str) -> None:
 def test_a_bad_game_fails_alone(kp: Katapool, tmp_path: Path) -> None:
     bad = tmp_path / "illegal.sgf"
     bad.write_text("(;GM[1]SZ[19]KM[7.5];B[pd];W[pd])")
-    proc = kp.run("analyze", str(bad), str(SHORT_SGF), "--visits", "1", "--checks", "0",
+    (tmp_path / "notes.sgf").write_text("not an SGF")  # unreadable: reported, the rest reviewed
+    proc = kp.run("analyze", str(bad), str(tmp_path / "notes.sgf"), str(SHORT_SGF),
+                  "--visits", "1", "--checks", "0",
                   "--model", str(G170),
                   "--json", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1
-    assert "illegal.sgf" in proc.stderr and "llegal" in proc.stderr
-    games = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [g["game"] for g in games] == [str(SHORT_SGF)]  # the good game is still reviewed
+    assert "illegal.sgf: move 2 (W Q16) is illegal" in proc.stderr  # KataGo says "move 1"
+    assert f"error: {tmp_path / 'notes.sgf'}: not a readable SGF game" in proc.stderr
+    games = {g["game"]: g for g in map(json.loads, proc.stdout.splitlines())}
+    assert set(games) == {str(bad), str(tmp_path / "notes.sgf"), str(SHORT_SGF)}  # one per game
+    assert games[str(bad)]["error"].startswith("move 2 (W Q16) is illegal")
+    assert "not a readable SGF game" in games[str(tmp_path / "notes.sgf")]["error"]
+    assert "error" not in games[str(SHORT_SGF)] and games[str(SHORT_SGF)]["moves"]  # still reviewed
 
 
 def test_missing_model_is_a_clear_error(kp: Katapool, tmp_path: Path) -> None:
     proc = kp.run("analyze", str(SAMPLE_SGF), "--model", str(tmp_path / "none.bin.gz"))
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == f"error: model not found: {tmp_path / 'none.bin.gz'}"
+
+
+def test_unreadable_files_are_each_reported(kp: Katapool, tmp_path: Path) -> None:
+    """Every unreadable file is named (not just the first); with none readable, no engine starts."""
+    (tmp_path / "notes.sgf").write_text("hello, not an SGF\n")
+    (tmp_path / "offboard.sgf").write_text("(;GM[1]SZ[9];B[ee];W[zz])")
+    proc = kp.run("analyze", str(tmp_path / "notes.sgf"), str(tmp_path / "offboard.sgf"),
+                  "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stdout == ""  # 2: nothing could start
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: {tmp_path / 'notes.sgf'}: not a readable SGF game (no SGF data found)",
+                     f"error: {tmp_path / 'offboard.sgf'}: move 2 (node 2) is 'zz', not a point "
+                     "of a 9x9 board",
+                     "error: no game to review (every file was unreadable)"]

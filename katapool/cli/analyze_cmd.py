@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from katapool.cli.common import err, make_folder, out
@@ -19,7 +20,7 @@ from katapool.cli.progress import ProgressReport
 from katapool.cli.shared_options import add_device, add_katago, add_model, add_preset, gpu_indices
 from katapool.client.async_client import AsyncClient
 from katapool.client.transport import EmbeddedChannel
-from katapool.errors import ConfigError
+from katapool.errors import ConfigError, GameRecordError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.review.annotate import write_annotated
 from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, plan_checks, review_games
@@ -103,10 +104,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--members must be at least 1 (got {args.members})")
     if args.top < 0:
         raise ConfigError(f"--top cannot be negative (got {args.top})")
-    games: list[tuple[Path, GameRecord]] = [(path, load_sgf(path)) for path in args.games]
-    stems = [p.stem for p, _ in games]
-    if len(set(stems)) != len(stems):  # two games with one name must not overwrite each other
-        stems = [f"{i + 1:02d}-{s}" for i, s in enumerate(stems)]
+    games: list[tuple[Path, GameRecord]] = []
+    unreadable = 0
+    for path in args.games:  # one broken file among many must not stop the others' review
+        try:
+            games.append((path, load_sgf(path)))
+        except GameRecordError as exc:
+            unreadable += 1
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            if args.json:  # one object per game, this one saying why it has no review
+                out.out(json.dumps({"game": str(path), "error": str(exc)}))
+    if not games:
+        raise ConfigError("no game to review" + (" (every file was unreadable)" if unreadable else ""))
+    stems, labels = output_names([p for p, _ in games])
     for (path, _), stem in zip(games, stems, strict=True):
         if (args.out / f"{stem}.sgf").resolve() == path.resolve():
             raise ConfigError(f"-o {args.out} would overwrite {path} with its annotated copy: "
@@ -118,26 +128,54 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     _check_out_dir(args.out)  # an unwritable -o must not cost a whole review first
     run = asyncio.run(_run(args, games, budget, started))
-    failed = 0
-    for stem, review in zip(stems, run.reviews, strict=True):
-        if review.error is not None:
-            failed += 1
-            err.print(f"[bold red]error:[/] {review.source}: {review.error}", soft_wrap=True)
-            continue
-        sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
-        png_out = None
-        if args.plot:
-            from katapool.review.plot import plot_game
-
-            png_out = plot_game(review, args.out / f"{stem}.png", args.mistake, run.depth_text())
-        if args.json:
-            out.out(json.dumps(_as_json(review, args, run, sgf_out, png_out)))
-        else:
-            _print_game(review, args, run, sgf_out, png_out)
+    failed = report_reviews(run, stems, labels, args)
     if not args.json:
         err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
                   + (f" (budget {format_duration(budget)})" if budget else ""))
-    return 1 if failed else 0
+    return 1 if failed or unreadable else 0
+
+
+def report_reviews(run: ReviewRun, stems: list[str], labels: list[str],
+                   args: argparse.Namespace) -> int:
+    """Each game's outputs and report; how many games have none. A game whose files cannot be
+    written (a full disk, a name taken by a folder) is reported alone: the games after it are
+    still written."""
+    failed = 0
+    for stem, label, review in zip(stems, labels, run.reviews, strict=True):
+        error = review.error
+        if error is None:
+            try:
+                sgf_out = write_annotated(review, args.out / f"{stem}.sgf", args.mistake)
+                png_out = None
+                if args.plot:
+                    from katapool.review.plot import plot_game
+
+                    png_out = plot_game(review, args.out / f"{stem}.png", args.mistake,
+                                        run.depth_text())
+            except OSError as exc:
+                error = f"cannot write its review to {exc.filename or args.out}: {exc.strerror}"
+        if error is not None:
+            failed += 1
+            err.print(f"[bold red]error:[/] {escape(f'{review.source}: {error}')}", soft_wrap=True,
+                      highlight=False)
+            if args.json:
+                out.out(json.dumps({"game": str(review.source), "error": error}))
+            continue
+        if args.json:
+            out.out(json.dumps(_as_json(review, args, run, sgf_out, png_out)))
+        else:
+            _print_game(review, label, args, run, sgf_out, png_out)
+    return failed
+
+
+def output_names(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """Per game, the stem of its output files and the name it is shown by. Two games with one
+    file name (in two folders, or differing only in case, which macOS and Windows do not tell
+    apart) must not overwrite each other's outputs, nor look alike in the report."""
+    stems = [p.stem for p in paths]
+    if len({s.casefold() for s in stems}) == len(stems):
+        return stems, [p.name for p in paths]
+    return [f"{i + 1:02d}-{s}" for i, s in enumerate(stems)], [str(p) for p in paths]
 
 
 @dataclass
@@ -289,14 +327,14 @@ def _as_json(review: GameReview, args: argparse.Namespace, run: ReviewRun, sgf_o
     }
 
 
-def _print_game(review: GameReview, args: argparse.Namespace, run: ReviewRun, sgf_out: Path,
-                png_out: Path | None) -> None:
+def _print_game(review: GameReview, label: str, args: argparse.Namespace, run: ReviewRun,
+                sgf_out: Path, png_out: Path | None) -> None:
     record = review.record
     title = f"{record.black} (B) vs {record.white} (W)" + (f", {record.result}" if record.result else "")
     rule = (f"? and ?? (losses of {args.mistake:.0%} and {2 * args.mistake:.0%}) only where both "
             f"positions had {run.trust_visits}+ visits")
     if not args.brief:
-        table = Table(title=f"{review.source.name}: {title}",
+        table = Table(title=f"{escape(label)}: {escape(title)}",
                       caption=f"{run.depth_text()}; winrate and score from Black's view; {rule}")
         for col in ("move", "", "played", "B winrate", "B score", "loss", "visits", "engine's choice"):
             table.add_column(col, justify="right" if col in ("move", "B winrate", "B score", "loss",
@@ -309,7 +347,7 @@ def _print_game(review: GameReview, args: argparse.Namespace, run: ReviewRun, sg
                           str(min(m.before.visits, m.after.visits)), m.before.best_move or "")
         out.print(table)
     else:
-        out.print(f"[bold]{review.source.name}[/]: {title}")
+        out.print(f"[bold]{escape(label)}[/]: {escape(title)}")
     worst = review.mistakes(args.mistake, args.top)
     if worst:
         out.print(f"  biggest mistakes (checked at {run.trust_visits}+ visits): " + ", ".join(
@@ -323,4 +361,4 @@ def _print_game(review: GameReview, args: argparse.Namespace, run: ReviewRun, sg
         out.print(f"  {len(unchecked)} more swing(s) of {args.mistake:.0%}+ seen at fewer visits, "
                   f"not flagged (too shallow to judge): moves "
                   + ", ".join(str(m.number) for m in unchecked[:12]) + (" …" if len(unchecked) > 12 else ""))
-    out.print(f"  annotated SGF: {sgf_out}" + (f"   graph: {png_out}" if png_out else ""))
+    out.print(escape(f"  annotated SGF: {sgf_out}" + (f"   graph: {png_out}" if png_out else "")))

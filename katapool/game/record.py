@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgfmill import sgf
+from sgfmill import sgf, sgf_grammar
 
 from katapool.errors import GameRecordError
 
@@ -40,6 +40,9 @@ class GameRecord:
     black: str = "Black"
     white: str = "White"
     result: str | None = None
+    # The file as it was read: the annotated copy is made from it, not from a file the user
+    # may have edited, moved or deleted during a long review.
+    sgf_bytes: bytes = field(default=b"", repr=False, compare=False)
 
     def query(self, **extra: Any) -> dict[str, Any]:
         """A KataGo analysis query for the whole game (``analyzeTurns`` is up to the caller)."""
@@ -68,20 +71,50 @@ def load_sgf(path: Path) -> GameRecord:
 
 def parse_sgf(data: bytes, source: str = "<sgf>") -> GameRecord:
     try:
-        return _parse(data, source)
+        record = _parse(data, source)
+        record.sgf_bytes = data
+        return record
     except GameRecordError:
         raise
     except (ValueError, KeyError, IndexError) as exc:
         raise GameRecordError(f"{source}: not a readable SGF game ({exc or 'bad property value'})") from None
 
 
-def _parse(data: bytes, source: str) -> GameRecord:
+# Chinese records that say GB2312 are mostly written in GBK (names such as 李喆 are not in
+# GB2312): GB18030 reads both, and every GB2312 file the same.
+_WIDER_CHARSETS = {"gb2312": "GB18030", "gbk": "GB18030", "cp936": "GB18030"}
+
+
+def read_sgf_game(data: bytes) -> sgf.Sgf_game:
+    """sgfmill's game tree, text decoded the way the file's author meant: a GB2312 file as
+    GB18030 (above), and a file with no CA that is valid UTF-8 as UTF-8 (the SGF default,
+    Latin-1, would turn every CJK name into mojibake)."""
     game = sgf.Sgf_game.from_bytes(data)
+    root = game.get_root()
+    if root.has_property("CA"):
+        declared = root.get_raw("CA").decode("ascii", "replace").strip().lower()
+        override = _WIDER_CHARSETS.get(declared)
+    else:
+        try:
+            data.decode("utf-8")
+            override = "UTF-8"
+        except UnicodeDecodeError:
+            override = None
+    return game if override is None else sgf.Sgf_game.from_bytes(data, override_encoding=override)
+
+
+def _parse(data: bytes, source: str) -> GameRecord:
+    game = read_sgf_game(data)
+    count = len(sgf_grammar.parse_sgf_collection(data))
+    if count > 1:  # sgfmill reads the first and drops the rest without a word
+        raise GameRecordError(f"{source}: the file holds {count} games; katapool reviews one "
+                              "game per file (split the collection, e.g. in Sabaki or KaTrain)")
     size = game.get_size()
     if size > 19:
         raise GameRecordError(f"{source}: board size {size} is larger than KataGo's 19")
     root = game.get_root()
-    komi = game.get_komi()
+    # sgfmill reads a missing KM as 0: an even game would be reviewed without komi.
+    komi = game.get_komi() if root.has_property("KM") else None
     rules_prop = root.get("RU").strip().lower() if root.has_property("RU") else ""
     rules = _RULES.get(rules_prop, "japanese" if "japan" in rules_prop else "chinese")
     initial: list[tuple[str, str]] = []
@@ -101,14 +134,43 @@ def _parse(data: bytes, source: str) -> GameRecord:
             initial += [("W", to_gtp(p, size)) for p in sorted(white)]
         if not moves and node.has_property("PL"):
             to_play = node.get("PL").upper()
-        colour, point = node.get_move()
+        try:
+            colour, point = node.get_move()
+        except ValueError:
+            raw = next((node.get_raw(c) for c in ("B", "W") if node.has_property(c)), b"")
+            raise GameRecordError(f"{source}: move {len(moves) + 1} (node {number}) is "
+                                  f"{raw.decode('ascii', 'replace')!r}, not a point of a "
+                                  f"{size}x{size} board") from None
         if colour is not None:
             moves.append((colour.upper(), to_gtp(point, size)))
     first = moves[0][0] if moves else to_play
+    handicap = root.get_raw("HA").strip() if root.has_property("HA") else b""
+    if handicap.isdigit() and int(handicap) >= 2 and not initial and first == "W":
+        # White first on an empty board: the stones were left out, and every winrate would be
+        # an even game's.
+        raise GameRecordError(f"{source}: HA[{int(handicap)}] but no handicap stones (AB) and "
+                              "White moves first; add the stones as AB setup")
+    if komi is not None and abs(komi) > size * size:
+        raise GameRecordError(f"{source}: komi KM[{root.get_raw('KM').decode('ascii', 'replace')}] "
+                              f"is more than the {size}x{size} board's {size * size} points "
+                              "(some Chinese records write 375 for 3¾ stones, 7.5 points: "
+                              "correct the KM)")
+    if komi is not None and komi * 2 != int(komi * 2):
+        raise GameRecordError(f"{source}: komi KM[{root.get_raw('KM').decode('ascii', 'replace')}] "
+                              "is not a whole or half point, the only komi KataGo plays with")
     return GameRecord(
-        size=size, komi=float(komi if komi is not None else 7.5), rules=rules, moves=moves,
+        size=size, komi=float(komi if komi is not None else _default_komi(rules, initial, first)),
+        rules=rules, moves=moves,
         initial_stones=initial, initial_player=first if (initial or to_play) else None,
         black=root.get("PB") if root.has_property("PB") else "Black",
         white=root.get("PW") if root.has_property("PW") else "White",
         result=root.get("RE") if root.has_property("RE") else None,
     )
+
+
+def _default_komi(rules: str, initial: list[tuple[str, str]], first: str | None) -> float:
+    """Komi for a record without KM: 0.5 for a handicap game (Black's stones set up, White
+    first), else the usual komi of the rules (6.5 territory scoring, 7.5 area)."""
+    if initial and first == "W" and all(colour == "B" for colour, _ in initial):
+        return 0.5
+    return 6.5 if rules in ("japanese", "korean") else 7.5

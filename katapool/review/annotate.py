@@ -9,11 +9,13 @@ from pathlib import Path
 
 from sgfmill import sgf
 
+from katapool.game.record import read_sgf_game
 from katapool.review.batch import GameReview
+from katapool.review.output import write_whole
 
 
 def annotated_sgf(review: GameReview, mistake: float) -> bytes:
-    game = sgf.Sgf_game.from_bytes(review.source.read_bytes())
+    game = read_sgf_game(review.record.sgf_bytes or review.source.read_bytes())
     nodes = list(game.get_main_sequence())
     evals = review.evaluations
     moves = review.moves
@@ -39,8 +41,8 @@ def annotated_sgf(review: GameReview, mistake: float) -> bytes:
                  f"score {_lead(m.after.score_lead_black)}"]
         best = m.before.best_move
         if best and best.upper() != m.move.upper():
-            lines.append(f"Engine's choice: {best}; this move lost {m.winrate_loss:.1%} "
-                         f"winrate and {m.score_loss:.1f} points")
+            lines.append(f"Engine's choice: {best}; this move {_change(m.winrate_loss, 'winrate')} "
+                         f"and {_change(m.score_loss, 'points')}")
         elif best:
             lines.append("The engine's choice.")
         severity = review.severity(m, mistake)
@@ -59,11 +61,17 @@ def _values(node: sgf.Tree_node, winrate_black: float, lead_black: float) -> Non
     node.set_raw("SBKS", f"{lead_black:.2f}".encode())
 
 
+def _change(loss: float, what: str) -> str:
+    """A loss as words: at few visits a move often seems to gain, and "lost -2.7 points" reads
+    as a misprint."""
+    amount = f"{abs(loss):.1%} winrate" if what == "winrate" else f"{abs(loss):.1f} points"
+    return f"{'lost' if loss >= 0 else 'gained'} {amount}"
+
+
 def _lead(lead_black: float) -> str:
     return f"B+{lead_black:.1f}" if lead_black >= 0 else f"W+{-lead_black:.1f}"
 
 
 def write_annotated(review: GameReview, out: Path, mistake: float) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(annotated_sgf(review, mistake))
-    return out
+    data = annotated_sgf(review, mistake)
+    return write_whole(out, lambda fh: fh.write(data))

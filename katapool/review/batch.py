@@ -10,6 +10,7 @@ percent between one visit and the next, and a "mistake" read from such numbers i
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +71,25 @@ async def review_games(client: AsyncClient, games: list[tuple[Path, GameRecord]]
                 if on_position:
                     on_position()
         except KatapoolError as exc:  # this game only: the others go on
-            review.error = str(exc)
+            review.error = explain_engine_error(str(exc), record)
         return review
 
     return list(await asyncio.gather(*(one(p, r) for p, r in games)))
+
+
+# KataGo counts the moves of a query from 0; a user reading "move 1" looks at the first move.
+_ILLEGAL = re.compile(r"Illegal move (\d+): (\S+)")
+
+
+def explain_engine_error(error: str, record: GameRecord) -> str:
+    """The engine's words about a game, with an illegal move numbered as the record numbers it."""
+    found = _ILLEGAL.search(error)
+    if found is None or int(found.group(1)) >= len(record.moves):
+        return error
+    index = int(found.group(1))
+    player, vertex = record.moves[index]
+    return (f"move {index + 1} ({player} {vertex}) is illegal under {record.rules} rules; "
+            f"the game cannot be replayed (KataGo: {error})")
 
 
 def candidates(reviews: list[GameReview], threshold: float,
@@ -111,7 +127,7 @@ async def deepen(client: AsyncClient, plan: list[tuple[GameReview, list[int]]],
                 if on_position:
                     on_position()
         except KatapoolError as exc:
-            review.error = str(exc)
+            review.error = explain_engine_error(str(exc), review.record)
 
     await asyncio.gather(*(one(review, turns) for review, turns in plan))
 

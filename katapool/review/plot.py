@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from katapool.review.batch import GameReview
+from katapool.review.output import write_whole
 
 
 def _short(name: str, width: int = 36) -> str:
@@ -50,13 +51,13 @@ def plot_game(review: GameReview, out: Path, mistake: float, depth: str,
     bottom.axhline(0, color="grey", linewidth=0.6)
     bottom.set_ylabel("Black score lead")
     bottom.set_xlabel("move")
-    bottom.set_xlim(0, max(turns) if turns else 1)
+    bottom.set_xlim(0, max(1, *turns))  # a game without moves is one point: no 0..0 axis
     handles = [Line2D([], [], marker="o", linestyle="", color="#d62728", label="Black mistake"),
                Line2D([], [], marker="o", linestyle="", color="#1f77b4", label="White mistake")]
     top.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8,
                frameon=False, borderaxespad=0.2)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    try:
+        return write_whole(out, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    finally:
+        plt.close(fig)
