@@ -142,3 +142,21 @@ def test_a_game_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     assert failed == 1
     assert first["game"] == str(tmp_path / "a.sgf") and "cannot write its review" in first["error"]
     assert second["sgf"] == str(tmp_path / "out" / "b.sgf") and Path(second["sgf"]).is_file()
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    """A review at one visit wrote "katapool (1 visits)" into every comment."""
+    from katapool.review.annotate import annotated_sgf
+    from katapool.review.budget import Speed, plan_review
+
+    source = tmp_path / "g.sgf"
+    source.write_bytes(b"(;GM[1]SZ[9]KM[7.5];B[ee];W[cc])")
+    review = _review(source, source.read_bytes())
+    review.evaluations = [Evaluation(t, 0.5, 0.0, "E5", 1) for t in range(3)]
+    game = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1))
+    assert game.get_main_sequence()[1].get("C").startswith("katapool (1 visit): ")
+    assert analyze_cmd.ReviewRun([review], 1, 2, 1).depth_text() == (
+        "1 visit per position, the 1 around the largest swings at 2 visits")
+    plan = plan_review(3, Speed(1.0, positions=3, visits=1, seconds=3.0), 3.3, trust_visits=1,
+                       wanted_checks=3)
+    assert plan.describe().startswith("1 visit per position:"), plan.describe()
+

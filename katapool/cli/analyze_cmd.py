@@ -25,6 +25,7 @@ from katapool.game.record import GameRecord, load_sgf
 from katapool.review.annotate import write_annotated
 from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, plan_checks, review_games
 from katapool.review.budget import Speed, format_duration, parse_duration, plan_review
+from katapool.review.words import counted
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,10 +187,10 @@ class ReviewRun:
     checked: int  # positions re-searched at trust_visits
 
     def depth_text(self) -> str:
-        text = f"{self.visits} visit{'s' if self.visits != 1 else ''} per position"
+        text = f"{counted(self.visits, 'visit')} per position"
         if self.checked and self.visits < self.trust_visits:
-            text += (f", the {self.checked} around the largest swings at {self.trust_visits} "
-                     "visits")
+            text += (f", the {self.checked} around the largest swings at "
+                     f"{counted(self.trust_visits, 'visit')}")
         return text
 
 
@@ -223,7 +224,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                                    args.checks if args.checks is not None else positions)
                 visits, checks = plan.visits, plan.checks
                 report.note(f"measured {speed.visits_per_second:.1f} visits/s "
-                            f"({speed.positions} positions × {speed.visits} visits in "
+                            f"({counted(speed.positions, 'position')} × "
+                            f"{counted(speed.visits, 'visit')} in "
                             f"{speed.seconds:.1f} s); budget {format_duration(budget)}: "
                             f"{plan.describe()}")
                 late = plan.estimate > left * 1.05
@@ -235,7 +237,7 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                 visits = args.visits
                 if visits >= args.trust_visits:
                     checks = 0
-            report.start(f"{len(games)} game(s), {visits} visit{'s' if visits != 1 else ''}/position",
+            report.start(f"{counted(len(games), 'game')}, {counted(visits, 'visit')}/position",
                          positions)
             pass_started = time.monotonic()
             reviews = await review_games(client, games, visits, report.advance, model=model,
@@ -250,7 +252,7 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                     fitted = min(fitted, args.checks)
                 if fitted != checks:
                     report.note(f"the first pass ran at {rate:.1f} visits/s: "
-                                f"{fitted} swing{'s' if fitted != 1 else ''} (planned: {checks}) "
+                                f"{counted(fitted, 'swing')} (planned: {checks}) "
                                 f"fit in the {format_duration(max(0.0, left))} left")
                 checks = fitted
             floor = args.mistake / 2  # a swing this size at few visits may be a mistake
@@ -262,7 +264,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                 plan_list = [p for r in reviews for p in plan_checks([r], floor, checks)]
             todo = sum(len(turns) for _, turns in plan_list)
             if todo:
-                report.start(f"checking the largest swings at {args.trust_visits} visits", todo)
+                report.start(f"checking the largest swings at {counted(args.trust_visits, 'visit')}",
+                             todo)
                 await deepen(client, plan_list, report.advance, model=model)
             return ReviewRun(reviews, visits, args.trust_visits, todo)
         finally:
@@ -358,7 +361,7 @@ def _print_game(review: GameReview, label: str, args: argparse.Namespace, run: R
                   "winrate or more")
     unchecked = review.unchecked(args.mistake)
     if unchecked:
-        out.print(f"  {len(unchecked)} more swing(s) of {args.mistake:.0%}+ seen at fewer visits, "
+        out.print(f"  {counted(len(unchecked), 'more swing')} of {args.mistake:.0%}+ seen at fewer visits, "
                   f"not flagged (too shallow to judge): moves "
                   + ", ".join(str(m.number) for m in unchecked[:12]) + (" …" if len(unchecked) > 12 else ""))
     out.print(escape(f"  annotated SGF: {sgf_out}" + (f"   graph: {png_out}" if png_out else "")))

@@ -12,6 +12,7 @@ from sgfmill import sgf
 from katapool.game.record import read_sgf_game
 from katapool.review.batch import GameReview
 from katapool.review.output import write_whole
+from katapool.review.words import counted
 
 
 def annotated_sgf(review: GameReview, mistake: float) -> bytes:
@@ -36,7 +37,7 @@ def annotated_sgf(review: GameReview, mistake: float) -> bytes:
         _values(node, m.after.winrate_black, m.after.score_lead_black)
         who = "Black" if m.player == "B" else "White"
         depth = min(m.before.visits, m.after.visits)
-        lines = [f"katapool ({depth} visits): {who} winrate after {m.move}: "
+        lines = [f"katapool ({counted(depth, 'visit')}): {who} winrate after {m.move}: "
                  f"{m.after.winrate_black if m.player == 'B' else 1 - m.after.winrate_black:.1%}, "
                  f"score {_lead(m.after.score_lead_black)}"]
         best = m.before.best_move

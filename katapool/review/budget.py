@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from katapool.review.words import counted
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
@@ -84,8 +86,8 @@ def plan_review(positions: int, speed: Speed, seconds: float, trust_visits: int,
     if total >= all_trusted:
         visits = max(trust_visits, int(total / positions))
         return ReviewPlan(visits, trust_visits, 0, speed.seconds_for(positions, visits),
-                          f"{visits} visits per position: every move is searched deep enough "
-                          f"(≥ {trust_visits}) to be judged")
+                          f"{counted(visits, 'visit')} per position: every move is searched deep enough "
+                          f"(≥ {counted(trust_visits, 'visit')}) to be judged")
     # A check re-searches the positions before and after one move; neighbouring checks share one.
     per_check = 2 * trust_visits
     first = max(positions, int(total * FIRST_PASS_SHARE))
@@ -100,10 +102,12 @@ def plan_review(positions: int, speed: Speed, seconds: float, trust_visits: int,
     estimate = (visits * positions + checks * per_check) / rate
     if checks == 0:
         over = estimate > seconds * 1.05
-        reason = (f"1 visit per position{', the least a review can do' if over else ''}; no time "
-                  f"left to search the largest swings at {trust_visits} visits, so no move will be "
-                  f"flagged as a mistake (give more time for that)")
+        least = ", the least a review can do" if over else ""
+        reason = (f"{counted(visits, 'visit')} per position{least}; no time left to search the "
+                  f"largest swings at {counted(trust_visits, 'visit')}, so no move will be "
+                  "flagged as a mistake (give more time for that)")
     else:
-        reason = (f"{visits} visit{'s' if visits > 1 else ''} per position, then the "
-                  f"{checks} largest swings re-searched at {trust_visits} visits")
+        swings = "the largest swing" if checks == 1 else f"the {checks} largest swings"
+        reason = (f"{counted(visits, 'visit')} per position, then {swings} re-searched at "
+                  f"{counted(trust_visits, 'visit')}")
     return ReviewPlan(visits, trust_visits, checks, estimate, reason)
