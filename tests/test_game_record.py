@@ -87,3 +87,13 @@ def test_handicap_without_its_stones() -> None:
     # Stones placed as Black's first moves (some servers' way) need no AB.
     assert parse_sgf(b"(;GM[1]SZ[19]HA[2];B[pd];B[dp];W[dd])").moves[:2] == [("B", "Q16"),
                                                                                ("B", "D4")]
+
+
+def test_unknown_rules_are_read_as_chinese_and_said() -> None:
+    record = parse_sgf(b"(;GM[1]SZ[9]KM[7.5]RU[Ing goe];B[ee])", "g.sgf")
+    assert record.rules == "chinese"
+    assert record.warnings == ["g.sgf: unknown rules RU[Ing goe]; using chinese rules"]
+    # Rules it knows, and no RU at all (the usual case), say nothing.
+    for sgf in (b"(;GM[1]SZ[9]RU[Japanese];B[ee])", b"(;GM[1]SZ[9]RU[CN];B[ee])",
+                b"(;GM[1]SZ[9];B[ee])"):
+        assert parse_sgf(sgf).warnings == []

@@ -160,3 +160,18 @@ def test_counts_of_one_are_singular(tmp_path: Path) -> None:
                        wanted_checks=3)
     assert plan.describe().startswith("1 visit per position:"), plan.describe()
 
+
+def test_unknown_rules_warned_once_per_game_on_stderr(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An RU katapool does not know was reviewed under Chinese rules without a word."""
+    odd, plain = tmp_path / "odd.sgf", tmp_path / "plain.sgf"
+    odd.write_bytes(b"(;GM[1]SZ[9]KM[7.5]RU[Ing goe];B[ee])")
+    plain.write_bytes(b"(;GM[1]SZ[9]KM[7.5]RU[Japanese];B[ee])")
+    games, unreadable = analyze_cmd.load_games([odd, plain], as_json=True)
+    captured = capsys.readouterr()
+    assert [p for p, _ in games] == [odd, plain] and unreadable == 0
+    assert captured.out == ""  # --json's stdout stays one object per game
+    warning = " ".join(captured.err.split())
+    assert warning.count("warning:") == 1
+    assert f"{odd}: unknown rules RU[Ing goe]; using chinese rules" in warning
+

@@ -105,16 +105,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--members must be at least 1 (got {args.members})")
     if args.top < 0:
         raise ConfigError(f"--top cannot be negative (got {args.top})")
-    games: list[tuple[Path, GameRecord]] = []
-    unreadable = 0
-    for path in args.games:  # one broken file among many must not stop the others' review
-        try:
-            games.append((path, load_sgf(path)))
-        except GameRecordError as exc:
-            unreadable += 1
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            if args.json:  # one object per game, this one saying why it has no review
-                out.out(json.dumps({"game": str(path), "error": str(exc)}))
+    games, unreadable = load_games(args.games, args.json)
     if not games:
         raise ConfigError("no game to review" + (" (every file was unreadable)" if unreadable else ""))
     stems, labels = output_names([p for p, _ in games])
@@ -134,6 +125,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
                   + (f" (budget {format_duration(budget)})" if budget else ""))
     return 1 if failed or unreadable else 0
+
+
+def load_games(paths: list[Path], as_json: bool) -> tuple[list[tuple[Path, GameRecord]], int]:
+    """The readable games, and how many files were not; each problem said on stderr (and, with
+    --json, each unreadable file as its own object)."""
+    games: list[tuple[Path, GameRecord]] = []
+    unreadable = 0
+    for path in paths:  # one broken file among many must not stop the others' review
+        try:
+            record = load_sgf(path)
+        except GameRecordError as exc:
+            unreadable += 1
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            if as_json:  # one object per game, this one saying why it has no review
+                out.out(json.dumps({"game": str(path), "error": str(exc)}))
+            continue
+        games.append((path, record))
+        for warning in record.warnings:
+            err.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True,
+                      highlight=False)
+    return games, unreadable
 
 
 def report_reviews(run: ReviewRun, stems: list[str], labels: list[str],

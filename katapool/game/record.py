@@ -43,6 +43,9 @@ class GameRecord:
     # The file as it was read: the annotated copy is made from it, not from a file the user
     # may have edited, moved or deleted during a long review.
     sgf_bytes: bytes = field(default=b"", repr=False, compare=False)
+    # What was read in place of what the file says (an unknown RU): the command shows these on
+    # stderr, so a review under other rules than the file's never passes unnoticed.
+    warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def query(self, **extra: Any) -> dict[str, Any]:
         """A KataGo analysis query for the whole game (``analyzeTurns`` is up to the caller)."""
@@ -117,6 +120,10 @@ def _parse(data: bytes, source: str) -> GameRecord:
     komi = game.get_komi() if root.has_property("KM") else None
     rules_prop = root.get("RU").strip().lower() if root.has_property("RU") else ""
     rules = _RULES.get(rules_prop, "japanese" if "japan" in rules_prop else "chinese")
+    warnings = []
+    if rules_prop and rules_prop not in _RULES and "japan" not in rules_prop:
+        warnings.append(f"{source}: unknown rules RU[{root.get('RU').strip()}]; "
+                        f"using {rules} rules")
     initial: list[tuple[str, str]] = []
     moves: list[tuple[str, str]] = []
     to_play: str | None = None
@@ -165,6 +172,7 @@ def _parse(data: bytes, source: str) -> GameRecord:
         black=root.get("PB") if root.has_property("PB") else "Black",
         white=root.get("PW") if root.has_property("PW") else "White",
         result=root.get("RE") if root.has_property("RE") else None,
+        warnings=warnings,
     )
 
 
