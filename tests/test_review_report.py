@@ -143,6 +143,7 @@ def test_a_game_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     assert first["game"] == str(tmp_path / "a.sgf") and "cannot write its review" in first["error"]
     assert second["sgf"] == str(tmp_path / "out" / "b.sgf") and Path(second["sgf"]).is_file()
 
+
 def test_counts_of_one_are_singular(tmp_path: Path) -> None:
     """A review at one visit wrote "katapool (1 visits)" into every comment."""
     from katapool.review.annotate import annotated_sgf
@@ -175,3 +176,13 @@ def test_unknown_rules_warned_once_per_game_on_stderr(tmp_path: Path,
     assert warning.count("warning:") == 1
     assert f"{odd}: unknown rules RU[Ing goe]; using chinese rules" in warning
 
+
+def test_annotated_sgf_names_katapools_version(tmp_path: Path) -> None:
+    import katapool
+    from katapool.review.annotate import annotated_sgf
+
+    source = tmp_path / "g.sgf"
+    source.write_bytes(b"(;GM[1]SZ[9]KM[7.5]AP[Sabaki:0.52.2];B[ee])")
+    review = _review(source, source.read_bytes())
+    root = sgf.Sgf_game.from_bytes(annotated_sgf(review, 0.1)).get_root()
+    assert root.get("AP") == ("katapool", katapool.__version__)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sgfmill import sgf
 
+from katapool import __version__
 from katapool.game.record import read_sgf_game
 from katapool.review.batch import GameReview
 from katapool.review.output import write_whole
@@ -53,7 +54,7 @@ def annotated_sgf(review: GameReview, mistake: float) -> bytes:
         old = node.get("C") if node.has_property("C") else ""
         node.set("C", (old + "\n\n" if old else "") + "\n".join(lines))
     root = game.get_root()
-    root.set("AP", ("katapool", "1"))
+    root.set("AP", ("katapool", __version__))  # SGF's AP is the application and its version
     return bytes(game.serialise())
 
 
