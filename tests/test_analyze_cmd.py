@@ -81,7 +81,8 @@ def test_annotated_sgfs_reparse(analysed: tuple[Path, list[dict]]) -> None:
         for node, row in zip(moves, game["moves"], strict=True):
             assert float(node.get_raw("SBKV")) == pytest.approx(100 * row["winrateBlack"], abs=0.01)
             assert float(node.get_raw("SBKS")) == pytest.approx(row["scoreLeadBlack"], abs=0.01)
-            assert f"katapool ({row['visits']} visits)" in node.get("C")
+            visits = f"{row['visits']} visit{'' if row['visits'] == 1 else 's'}"
+            assert f"katapool ({visits})" in node.get("C")
         marked = {i + 1 for i, n in enumerate(moves) if n.has_property("BM")}
         assert marked == {m["move"] for m in game["moves"] if m["mistake"]}
 
