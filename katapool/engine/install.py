@@ -26,7 +26,7 @@ from rich.console import Console
 from katapool import paths
 from katapool.engine.backend import Backend
 from katapool.engine.download import download, sha256_of, verify_sha256
-from katapool.engine.manifest import EngineRecord, load_manifest, save_manifest
+from katapool.engine.manifest import EngineRecord, Manifest, load_manifest, save_manifest
 from katapool.engine.probe import EngineInfo, check_launchable, probe_version
 from katapool.errors import ChecksumError, EngineStartError, InstallError
 
@@ -300,13 +300,17 @@ def install_from_path(binary: Path, name: str | None = None) -> EngineRecord:
     ))
 
 
+def _no_engine_named(name: str, manifest: Manifest) -> InstallError:
+    known = ", ".join(e.name for e in manifest.engines) or "none installed"
+    return InstallError(f"no engine named {name!r} (known: {known})")
+
+
 def remove_engine(name: str) -> EngineRecord:
     with engines_lock():
         manifest = load_manifest()
         record = manifest.remove(name)
         if record is None:
-            known = ", ".join(e.name for e in manifest.engines) or "none installed"
-            raise InstallError(f"no engine named {name!r} (known: {known})")
+            raise _no_engine_named(name, manifest)
         if record.managed and record.directory \
                 and record.directory.is_relative_to(paths.engines_dir()):
             shutil.rmtree(record.directory, ignore_errors=True)
@@ -320,8 +324,7 @@ def set_default_engine(name: str) -> EngineRecord:
         manifest = load_manifest()
         record = manifest.get(name)
         if record is None:
-            known = ", ".join(e.name for e in manifest.engines) or "none installed"
-            raise InstallError(f"no engine named {name!r} (known: {known})")
+            raise _no_engine_named(name, manifest)
         if not record.path.exists():
             raise InstallError(f"engine {name!r} is missing its binary {record.path}: put it "
                                f"back or remove it (`katapool engine remove {name}`)")
