@@ -27,16 +27,23 @@ def tiny_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny9_onnx(tiny_net: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network's 9x9 export, made once for the tests that only read it."""
+    path = tmp_path_factory.mktemp("tiny9") / "tiny9.onnx"
+    onnx.save(export_onnx(load_model(tiny_net), board=9), str(path))
+    return path
+
+
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["model", *args])
     captured = capsys.readouterr()
     return code, captured.out, " ".join(captured.err.split())
 
 
-def test_validate_refuses_another_networks_export(isolated_env: Path, tiny_net: Path,
+def test_validate_refuses_another_networks_export(isolated_env: Path, tiny_net: Path, tiny9_onnx: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    onnx_file = isolated_env / "tiny.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     game = isolated_env / "nine.sgf"
     game.write_text(NINE_BY_NINE)
     code, out, err = _run(capsys, "validate", str(G170), str(onnx_file), "--sgf", str(game),
@@ -45,10 +52,9 @@ def test_validate_refuses_another_networks_export(isolated_env: Path, tiny_net: 
     assert f"{onnx_file} is an export of tiny-net, not of g170-b6c96" in err, err
 
 
-def test_validate_refuses_games_of_another_board_size(isolated_env: Path, tiny_net: Path,
+def test_validate_refuses_games_of_another_board_size(isolated_env: Path, tiny_net: Path, tiny9_onnx: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    onnx_file = isolated_env / "tiny9.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     game = isolated_env / "nineteen.sgf"
     game.write_text(NINE_BY_NINE.replace("SZ[9]", "SZ[19]"))
     code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
@@ -139,12 +145,11 @@ def test_input_model_is_checked_before_the_engine(isolated_env: Path, tiny_net: 
     assert not (isolated_env / "q.onnx").exists()
 
 
-def test_build_trt_output_checked_before_tensorrt(isolated_env: Path, tiny_net: Path,
+def test_build_trt_output_checked_before_tensorrt(isolated_env: Path, tiny_net: Path, tiny9_onnx: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """-o net.onnx would have replaced the model with the engine, found after minutes of build
     (or, without TensorRT, never said at all)."""
-    onnx_file = isolated_env / "net.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     before = onnx_file.read_bytes()
     (isolated_env / "file").write_text("")
     for target, message in [(onnx_file, "named *.plan or *.engine or *.trt"),
@@ -168,10 +173,9 @@ def test_quantize_speed_options_out_of_range(isolated_env: Path, tiny_net: Path,
     assert not out_file.exists()
 
 
-def test_a_game_katago_cannot_take_is_named_as_given(isolated_env: Path, tiny_net: Path,
+def test_a_game_katago_cannot_take_is_named_as_given(isolated_env: Path, tiny_net: Path, tiny9_onnx: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    onnx_file = isolated_env / "tiny9.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     game = isolated_env / "big.sgf"
     game.write_text("(;GM[1]FF[4]SZ[25]KM[7];B[dd])")
     code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
@@ -181,10 +185,9 @@ def test_a_game_katago_cannot_take_is_named_as_given(isolated_env: Path, tiny_ne
 
 
 def test_a_move_on_an_occupied_point_is_found_before_the_engine(
-        isolated_env: Path, tiny_net: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        isolated_env: Path, tiny_net: Path, tiny9_onnx: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """evalsgf used to abort on it half-way, naming a temporary copy of the game."""
-    onnx_file = isolated_env / "tiny9.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     game = isolated_env / "illegal.sgf"
     game.write_text("(;GM[1]FF[4]SZ[9]KM[7];B[dd];W[ee];B[ee];W[cc])")
     code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
@@ -194,13 +197,12 @@ def test_a_move_on_an_occupied_point_is_found_before_the_engine(
 
 
 def test_a_move_the_engine_refuses_is_named_in_the_users_file(
-        isolated_env: Path, tiny_net: Path, katago: Path,
+        isolated_env: Path, tiny_net: Path, tiny9_onnx: Path, katago: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """What the engine says of a game it cannot replay once named katapool's temporary copy
     of it (/tmp/katapool-validate-…/000-suicide.sgf). Move 4 is a suicide: a move on an empty
     point, so only the engine refuses it."""
-    onnx_file = isolated_env / "tiny9.onnx"
-    onnx.save(export_onnx(load_model(tiny_net), board=9), str(onnx_file))
+    onnx_file = tiny9_onnx
     game = isolated_env / "suicide.sgf"
     game.write_text("(;GM[1]FF[4]SZ[9]KM[7];B[ba];W[ia];B[ab];W[aa];B[gg];W[hh])")
     code, out, err = _run(capsys, "validate", str(tiny_net), str(onnx_file), "--sgf", str(game),
