@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +190,96 @@ def test_unreadable_files_are_each_reported(kp: Katapool, tmp_path: Path) -> Non
                      f"error: {tmp_path / 'offboard.sgf'}: move 2 (node 2) is 'zz', not a point "
                      "of a 9x9 board",
                      "error: no game to review (every file was unreadable)"]
+
+
+def _start_review(kp: Katapool, *args: str) -> subprocess.Popen[str]:
+    # SIGINT as a terminal delivers it: a child started from a background job or a test worker
+    # may inherit it ignored.
+    return subprocess.Popen([sys.executable, "-m", "katapool", "analyze", *args], env=kp.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _stderr_until(proc: subprocess.Popen[str], found: Callable[[str], bool],
+                  timeout: float = 300) -> list[str]:
+    """stderr's lines up to the first one ``found`` accepts (read on a thread: no deadlock on a
+    quiet process); fails with what was said if the process ends first."""
+    lines: list[str] = []
+    hit = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if found(line):
+                hit.set()
+                return
+        hit.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    hit.wait(timeout)
+    assert lines and found(lines[-1]), f"never came ({proc.poll()=}):\n{''.join(lines)}"
+    return lines
+
+
+def test_ctrl_c_while_checking_keeps_the_reviewed_game(kp: Katapool, tmp_path: Path) -> None:
+    """Ctrl-C after the first pass: the game is whole, so it is written and reported (its swings
+    not yet re-searched listed as unchecked), and the exit says it was interrupted."""
+    proc = _start_review(kp, str(SHORT_SGF), "--visits", "1", "--trust-visits", "5000",
+                         "--checks", "8", "--model", str(G170), "--json", "-o", str(tmp_path))
+    said = _stderr_until(proc, lambda line: "checking the largest swings at 5000 visits" in line)
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    stderr = "".join(said) + rest
+    assert proc.returncode == 130, stderr
+    assert f"interrupted: 1 of 1 game reviewed and written to {tmp_path}" in stderr
+    assert "Traceback" not in stderr
+    (game,) = [json.loads(line) for line in stdout.splitlines()]
+    positions = len(load_sgf(SHORT_SGF).moves) + 1
+    assert "error" not in game and len(game["moves"]) == positions - 1
+    assert game["unchecked"] and not any(m["mistake"] for m in game["moves"])  # 1 visit: none trusted
+    annotated = sgf.Sgf_game.from_bytes((tmp_path / SHORT_SGF.name).read_bytes())
+    assert len(annotated.get_main_sequence()) == positions
+
+
+def test_sigterm_in_the_first_pass_writes_the_finished_games_only(kp: Katapool,
+                                                                  tmp_path: Path) -> None:
+    """A game of three moves and a long one; stopped partway through the long one, the short one
+    is written and the long one is named with how far it got, with no file of its own."""
+    tiny = tmp_path / "tiny.sgf"
+    tiny.write_text("(;GM[1]FF[4]SZ[19]KM[7.5]RU[Japanese];B[pd];W[dp];B[pp])")
+    out = tmp_path / "out"
+    proc = _start_review(kp, str(tiny), str(SAMPLE_SGF), "--visits", "24", "--checks", "0",
+                         "--model", str(G170), "--json", "-o", str(out))
+    total = 4 + len(load_sgf(SAMPLE_SGF).moves) + 1
+
+    def partway(line: str) -> bool:
+        done = re.match(rf" +\d+% \((\d+)/{total}\)", line)
+        return done is not None and int(done[1]) >= 20
+
+    said = _stderr_until(proc, partway)
+    proc.send_signal(signal.SIGTERM)
+    stdout, rest = proc.communicate(timeout=120)
+    stderr = "".join(said) + rest
+    assert proc.returncode == 143, stderr
+    assert "stopped (SIGTERM): 1 of 2 games reviewed and written" in stderr
+    games = {g["game"]: g for g in map(json.loads, stdout.splitlines())}
+    assert len(games[str(tiny)]["moves"]) == 3 and (out / "tiny.sgf").is_file()
+    unfinished = re.fullmatch(r"stopped \(SIGTERM\) after (\d+) of 249 positions: not written",
+                              games[str(SAMPLE_SGF)]["error"])
+    assert unfinished and 0 < int(unfinished[1]) < 249, games[str(SAMPLE_SGF)]
+    assert not (out / SAMPLE_SGF.name).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.sgf"]  # no half-written file either
+
+
+def test_ctrl_c_while_the_engine_starts(kp: Katapool, tmp_path: Path) -> None:
+    proc = _start_review(kp, str(SHORT_SGF), "--visits", "1", "--model", str(G170),
+                         "-o", str(tmp_path / "out"))
+    said = _stderr_until(proc, lambda line: "starting the engine" in line)
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(said) + rest
+    assert rest.strip().splitlines()[-1] == "interrupted before any position was reviewed: nothing written"
+    assert "Traceback" not in rest and stdout == ""
+    assert not any((tmp_path / "out").iterdir())

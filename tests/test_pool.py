@@ -194,6 +194,25 @@ def test_member_that_cannot_start_is_diagnosed_not_restarted(pool_env: Path, tmp
     asyncio.run(go())
 
 
+def test_a_start_cancelled_midway_leaves_no_engine_running(pool_env: Path, tmp_path: Path) -> None:
+    """Ctrl-C (or a caller's timeout) while the members are still loading: the engines that were
+    already spawned are stopped, not left running for nobody."""
+    async def go() -> list[int]:
+        pool = make_pool(tmp_path, members=2)
+        starting = asyncio.create_task(pool.start())
+        await wait_for(lambda: bool(member_pids(pool)), 60, "an engine spawned")
+        assert not starting.done(), "too late to cancel the start"
+        spawned = member_pids(pool)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return spawned
+
+    spawned = asyncio.run(go())
+    assert not [pid for pid in spawned if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
 def test_one_broken_member_does_not_stop_the_pool(pool_env: Path, tmp_path: Path) -> None:
     async def go() -> Collector:
         c = Collector()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +25,7 @@ from katapool.client.transport import EmbeddedChannel
 from katapool.errors import ConfigError, GameRecordError
 from katapool.game.record import GameRecord, load_sgf
 from katapool.review.annotate import write_annotated
-from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, plan_checks, review_games
+from katapool.review.batch import DEFAULT_TRUST_VISITS, GameReview, deepen, fill_reviews, plan_checks
 from katapool.review.budget import Speed, format_duration, parse_duration, plan_review
 from katapool.review.words import counted
 
@@ -120,11 +122,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     _check_out_dir(args.out)  # an unwritable -o must not cost a whole review first
     run = asyncio.run(_run(args, games, budget, started))
+    if run.interrupted:
+        return report_interrupted(run, stems, labels, args)
     failed = report_reviews(run, stems, labels, args)
     if not args.json:
         err.print(f"reviewed in {format_duration(time.monotonic() - started)}"
                   + (f" (budget {format_duration(budget)})" if budget else ""))
     return 1 if failed or unreadable else 0
+
+
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # the shells' 128 + signal number
+
+
+def report_interrupted(run: ReviewRun, stems: list[str], labels: list[str],
+                       args: argparse.Namespace) -> int:
+    """The games whose every position was evaluated are written and reported as usual (their
+    swings not yet re-searched show as unchecked); the others are named, with how far they got."""
+    how = "interrupted" if run.interrupted == "SIGINT" else "stopped (SIGTERM)"
+    code = INTERRUPTED_EXIT.get(run.interrupted or "", 130)
+    if not any(r.evaluations for r in run.reviews):
+        err.print(f"{how} before any position was reviewed: nothing written")
+        return code
+    for review in run.reviews:
+        if review.error is None and not review.complete:
+            review.error = (f"{how} after {len(review.evaluations)} of "
+                            f"{counted(review.positions, 'position')}: not written")
+    finished = sum(r.error is None for r in run.reviews)
+    report_reviews(run, stems, labels, args)
+    err.print(f"{how}: {finished} of {counted(len(run.reviews), 'game')} reviewed and written"
+              + (f" to {args.out}" if finished else ""), soft_wrap=True, highlight=False)
+    return code
 
 
 def load_games(paths: list[Path], as_json: bool) -> tuple[list[tuple[Path, GameRecord]], int]:
@@ -197,6 +224,7 @@ class ReviewRun:
     visits: int
     trust_visits: int
     checked: int  # positions re-searched at trust_visits
+    interrupted: str | None = None  # "SIGINT"/"SIGTERM": cut short, the finished games kept
 
     def depth_text(self) -> str:
         text = f"{counted(self.visits, 'visit')} per position"
@@ -208,6 +236,38 @@ class ReviewRun:
 
 async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                budget: float | None, started: float) -> ReviewRun:
+    """The review; cut short by Ctrl-C or SIGTERM, it returns what was done (``interrupted``
+    set) instead of losing every game for the sake of the unfinished ones."""
+    run = ReviewRun([GameReview(p, r, trust_visits=args.trust_visits) for p, r in games],
+                    args.visits or 0, args.trust_visits, 0)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        if task is not None and not terminated:
+            terminated = True
+            task.cancel()
+
+    # asyncio.run already turns the first Ctrl-C into a cancellation of this task (a second
+    # one interrupts outright); SIGTERM (a service manager, `kill`) gets the same treatment.
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows; not the main thread
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await _review(args, run, games, budget, started)
+    except asyncio.CancelledError:
+        if task is not None:
+            task.uncancel()
+        run.interrupted = "SIGTERM" if terminated else "SIGINT"
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+    return run
+
+
+async def _review(args: argparse.Namespace, run: ReviewRun, games: list[tuple[Path, GameRecord]],
+                  budget: float | None, started: float) -> None:
     positions = sum(len(r.moves) + 1 for _, r in games)
     model = args.model if args.connect is not None else None
     with ProgressReport(err, transient=args.json) as report:
@@ -222,8 +282,8 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
             pool = Pool.embedded(args.model, members=args.members, gpus=args.gpus,
                                  preset=args.preset, katago=args.katago, batch=True)
             client = AsyncClient(EmbeddedChannel(pool, own=True))
-            await client.open()
         try:
+            await client.open()  # inside the try: a pool interrupted while starting is stopped
             checks = args.checks if args.checks is not None else 2 * args.top
             if budget is not None:
                 speed = await measure_speed(client, games, model)
@@ -249,11 +309,12 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
                 visits = args.visits
                 if visits >= args.trust_visits:
                     checks = 0
+            run.visits = visits
             report.start(f"{counted(len(games), 'game')}, {counted(visits, 'visit')}/position",
                          positions)
             pass_started = time.monotonic()
-            reviews = await review_games(client, games, visits, report.advance, model=model,
-                                         trust_visits=args.trust_visits)
+            await fill_reviews(client, run.reviews, visits, report.advance, model=model)
+            reviews = run.reviews
             if budget is not None and visits < args.trust_visits:
                 # Re-fit the checks to the time left, at the speed the first pass really had
                 # (the probe is short: a slower or faster machine shows here).
@@ -278,8 +339,12 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
             if todo:
                 report.start(f"checking the largest swings at {counted(args.trust_visits, 'visit')}",
                              todo)
-                await deepen(client, plan_list, report.advance, model=model)
-            return ReviewRun(reviews, visits, args.trust_visits, todo)
+
+                def checked() -> None:  # counted as they come: an interrupted run says how many
+                    run.checked += 1
+                    report.advance()
+
+                await deepen(client, plan_list, checked, model=model)
         finally:
             await client.close()
 

@@ -147,6 +147,13 @@ class Pool:
     async def start(self, wait: str = "any") -> None:
         """Start every member; return when one is ready (``wait="any"``), when all have
         settled (``"all"``), or at once (``"none"``)."""
+        try:
+            await self._start(wait)
+        except asyncio.CancelledError:  # Ctrl-C while starting: no engine is left running
+            await self.close()
+            raise
+
+    async def _start(self, wait: str) -> None:
         await self._prepared()
         await self.supervisor.start()
         self._deadline_task = asyncio.create_task(self.router.watch_deadlines())

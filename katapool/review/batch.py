@@ -34,6 +34,15 @@ class GameReview:
     trust_visits: int = DEFAULT_TRUST_VISITS
 
     @property
+    def positions(self) -> int:
+        return len(self.record.moves) + 1
+
+    @property
+    def complete(self) -> bool:
+        """Every position evaluated (an interrupted review may have only some)."""
+        return len(self.evaluations) == self.positions
+
+    @property
     def moves(self) -> list[MoveReview]:
         evals = self.evaluations
         return [MoveReview(i + 1, player, move, evals[i], evals[i + 1])
@@ -63,18 +72,26 @@ async def review_games(client: AsyncClient, games: list[tuple[Path, GameRecord]]
                        on_position: Callable[[], None] | None = None,
                        model: str | None = None,
                        trust_visits: int = DEFAULT_TRUST_VISITS) -> list[GameReview]:
-    async def one(path: Path, record: GameRecord) -> GameReview:
-        review = GameReview(path, record, trust_visits=trust_visits)
+    reviews = [GameReview(path, record, trust_visits=trust_visits) for path, record in games]
+    await fill_reviews(client, reviews, visits, on_position, model)
+    return reviews
+
+
+async def fill_reviews(client: AsyncClient, reviews: list[GameReview], visits: int,
+                       on_position: Callable[[], None] | None = None,
+                       model: str | None = None) -> None:
+    """Every position of every game at ``visits``, into the reviews as the results come: a
+    review cut short (Ctrl-C) keeps what was done, and its finished games can still be written."""
+    async def one(review: GameReview) -> None:
         try:
-            async for evaluation in _evaluate(client, record, visits, None, model):
+            async for evaluation in _evaluate(client, review.record, visits, None, model):
                 review.evaluations.append(evaluation)
                 if on_position:
                     on_position()
         except KatapoolError as exc:  # this game only: the others go on
-            review.error = explain_engine_error(str(exc), record)
-        return review
+            review.error = explain_engine_error(str(exc), review.record)
 
-    return list(await asyncio.gather(*(one(p, r) for p, r in games)))
+    await asyncio.gather(*(one(review) for review in reviews))
 
 
 # KataGo counts the moves of a query from 0; a user reading "move 1" looks at the first move.
