@@ -123,6 +123,34 @@ def test_a_default_engine_without_its_binary_names_both_ways_out(
     assert code == 0 and json.loads(out)["path"] == str(FAKE_EIGEN)
 
 
+def test_a_moved_data_directory_keeps_its_installed_engines(
+        isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole data directory moved (a home restored elsewhere, a cache unpacked at another
+    path): the engines installed in it are found where they now lie, not called missing."""
+    before = isolated_env / "old-home" / "engines" / "fake-1"
+    (before / "bin").mkdir(parents=True)
+    (before / "bin" / "katago").write_bytes(FAKE_EIGEN.read_bytes())
+    (before / "bin" / "katago").chmod(0o755)
+    (before / "net.bin.gz").write_bytes(b"not read here")
+    record = {**_record("fake-1", before / "bin" / "katago", source="release"),
+              "directory": str(before), "model": str(before / "net.bin.gz")}
+    _write_manifest(isolated_env / "old-home", json.dumps({"default": "fake-1",
+                                                           "engines": [record]}))
+    data = isolated_env / "data"
+    data.mkdir(exist_ok=True)
+    (isolated_env / "old-home" / "engines").rename(data / "engines")
+
+    code, out, err = _cli(["engine", "info", "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["path"] == str(data / "engines" / "fake-1" / "bin" / "katago")
+    from katapool.engine.manifest import load_manifest
+
+    [moved] = load_manifest().engines
+    assert moved.directory == data / "engines" / "fake-1"
+    assert moved.model == data / "engines" / "fake-1" / "net.bin.gz"
+
+
 # --- installs cut short, or run at once -------------------------------------------------------
 
 def test_what_a_killed_install_left_is_removed_by_the_next_one(isolated_env: Path) -> None:

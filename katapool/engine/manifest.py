@@ -75,7 +75,7 @@ def load_manifest(path: Path | None = None) -> Manifest:
         raise KatapoolError(f"cannot read the engine manifest {path}: {exc.strerror} (run as "
                             f"the user who installed the engines, or: {fix})", fix=fix) from None
     try:
-        return Manifest.model_validate_json(data)
+        manifest = Manifest.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -84,6 +84,27 @@ def load_manifest(path: Path | None = None) -> Manifest:
         fix = f"mv {path} {path}.damaged && katapool engine install"
         raise KatapoolError(f"engine manifest {path} is damaged ({problem}); set it aside "
                             f"and install again: {fix}", fix=fix) from None
+    for record in manifest.engines:
+        _follow_a_moved_data_dir(record, path.parent)
+    return manifest
+
+
+def _follow_a_moved_data_dir(record: EngineRecord, engines_dir: Path) -> None:
+    """A managed engine recorded under another data directory (the folder was moved or copied,
+    a home restored elsewhere, a cache unpacked at another path) is found where it now lies:
+    its folder of the same name beside this manifest."""
+    old = record.directory
+    if not record.managed or old is None or old.exists():
+        return
+    new = engines_dir / old.name
+    if not new.is_dir():
+        return
+    record.directory = new
+    for field in ("path", "model"):
+        value: Path | None = getattr(record, field)
+        if value is not None:
+            with contextlib.suppress(ValueError):  # a file outside its folder stays as it is
+                setattr(record, field, new / value.relative_to(old))
 
 
 def save_manifest(manifest: Manifest, path: Path | None = None) -> None:
