@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Which calibration choices help INT8 stay within KataGo's FP16 limits: activation ranges by
-percentile (three levels), entropy and min/max; calibration with the 8 symmetries or without;
-32 or 96 calibration positions; signed or unsigned activations. For each choice: the whole
-trunk INT8 and the mixed-precision search (int8_mixed), both judged on held-out positions.
+percentile (three levels), entropy, min/max and least squared error (MSE); calibration with
+the 8 symmetries or without; 32 or 96 calibration positions; signed or unsigned activations.
+For each choice: the whole trunk INT8 and the mixed-precision search (int8_mixed), both
+judged on held-out positions.
 
     .venv/bin/python benchmarks/int8_calibration_choices.py --net NET [--budget 0.8]
         [--cache DIR] [--json OUT.json]
@@ -28,6 +29,9 @@ CHOICES: list[dict[str, Any]] = [
     {"label": "percentile 99.9", "percentile": 99.9},
     {"label": "entropy", "method": "entropy"},
     {"label": "min/max", "method": "minmax"},
+    {"label": "MSE", "method": "mse"},
+    {"label": "MSE, u8 activations, 7-bit weights", "method": "mse", "activations": "uint8",
+     "reduce_range": True},
     {"label": "no symmetries", "symmetries": False},
     {"label": "32 positions", "positions": 32},
     {"label": "u8 activations", "activations": "uint8"},

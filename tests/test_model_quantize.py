@@ -159,6 +159,41 @@ def test_minmax_calibration_over_a_multiple_of_four_batches(g170: onnx.ModelProt
     assert quantize.precision_of(q).startswith("int8 (minmax, 32 positions)")
 
 
+def test_mse_clip_cuts_rare_outliers_and_keeps_common_ones() -> None:
+    """Least squared error: one far value among a million is partly clipped (coarser steps for
+    all the others cost more than its own error); a thousand of them are kept whole."""
+    rng = np.random.default_rng(7)
+    bulk = rng.uniform(0, 1, 1_000_000)
+    for outliers, clipped in ((1, True), (1000, False)):
+        values = np.concatenate([bulk, np.full(outliers, 100.0)])
+        counts, edges = np.histogram(values, 2048)
+        clip = quantize.mse_clip(counts, edges, 100.0, 255)
+        assert 0 < clip <= 100.0
+        assert (clip < 60.0) if clipped else (clip > 90.0), (outliers, clip)
+
+
+def test_mse_ranges_stay_within_the_values_seen(g170: onnx.ModelProto) -> None:
+    """`--calibration-method mse`: every activation's range is inside min/max's (a clip, never
+    a widening), some strictly, and the file says how it was calibrated."""
+    feeds = [_feeds(g170, 1) for _ in range(8)]
+
+    def activation_scales(q: onnx.ModelProto) -> dict[str, float]:
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in q.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+                and inits[n.input[1]].size == 1}
+
+    mse = quantize.to_int8(g170, feeds, quantize.Int8Options(method="mse"))
+    minmax = quantize.to_int8(g170, feeds, quantize.Int8Options(method="minmax"))
+    assert quantize.precision_of(mse).startswith("int8 (mse, 8 positions)")
+    ours, widest = activation_scales(mse), activation_scales(minmax)
+    assert ours.keys() == widest.keys() and len(ours) >= 10
+    assert all(ours[t] <= widest[t] * 1.0001 for t in ours)
+    assert sum(ours[t] < widest[t] * 0.9 for t in ours) >= 3
+    out = _run(mse, feeds[0])
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
 def test_quantize_refuses_other_onnx_files(g170: onnx.ModelProto) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     foreign = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",

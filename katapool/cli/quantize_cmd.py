@@ -37,9 +37,9 @@ def register_quantize(msub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="games to take INT8 calibration positions from (also validation "
                         "positions unless --sgf is given)")
     q.add_argument("--calibration-positions", type=int, default=64, metavar="N")
-    q.add_argument("--calibration-method", choices=["percentile", "minmax", "entropy"],
+    q.add_argument("--calibration-method", choices=["percentile", "minmax", "entropy", "mse"],
                    default="percentile", help="how activation ranges are chosen (default "
-                   "percentile)")
+                   "percentile; mse: the clip of least squared error per tensor)")
     q.add_argument("--activations", choices=["int8", "uint8"], default="int8",
                    help="INT8 activations: int8 symmetric (default; what TensorRT takes) or "
                         "uint8 asymmetric (faster with ONNX Runtime on x86 CPUs)")

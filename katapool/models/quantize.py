@@ -28,7 +28,7 @@ HIGH_PRECISION_PARTS = frozenset({"mask", "stem", "tip", "policy", "value", "pos
 FP16_KEEP_STEPS = frozenset({"rms", "pool"})
 INT8_SKIP_STEPS = frozenset({"rms", "pool", "scores"})
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 def _parts(node: Any) -> list[str]:
@@ -220,8 +220,6 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
-        QuantFormat,
-        QuantType,
         quantize_static,
     )
 
@@ -232,8 +230,10 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     if options.method not in CALIBRATION_METHODS:
         raise ModelError(f"calibration method {options.method!r}: use one of "
                          f"{', '.join(CALIBRATION_METHODS)}")
+    # "mse": ranges of our own (_mse_cache), handed over as a percentile calibration's.
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[options.method]
+              "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Percentile,
+              }[options.method]
     if options.activations not in ("int8", "uint8"):
         raise ModelError(f"activations {options.activations!r}: use int8 or uint8")
     signed = options.activations == "int8"
@@ -253,25 +253,100 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     with tempfile.TemporaryDirectory(prefix="katapool-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
-        # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
-        # and advises a pre-processing pass that would rename the nodes we exclude by name.
-        with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
-                as_model_error("INT8 quantization"):
-            quantize_static(str(src), str(dst),
-                            _Batches(calibration, options.batch) if calibration else None,
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
-                            per_channel=True, reduce_range=options.reduce_range,
-                            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(exclude if exclude is not None
-                                                  else int8_excluded_nodes(proto)),
-                            nodes_to_quantize=list(include) if include is not None else None,
-                            calibrate_method=method, extra_options=extra,
-                            calibration_cache_path=ranges)
+        cache = ranges
+        if options.method == "mse" and not (ranges is not None and ranges.is_file()):
+            cache = ranges if ranges is not None else Path(tmp) / "ranges.json"
+            _mse_cache(src, calibration, options, cache, Path(tmp))
+        _quantize(quantize_static, src, dst, calibration, options, method, extra, cache,
+                  nodes_to_exclude=list(exclude if exclude is not None
+                                        else int8_excluded_nodes(proto)),
+                  nodes_to_quantize=list(include) if include is not None else None)
         quantized = onnx.load(str(dst))
     mark_precision(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
                      f"{len(calibration)} positions)")
     return quantized
+
+
+def _quantize(quantize_static: Any, src: Path, dst: Path,
+              calibration: Sequence[dict[str, np.ndarray]], options: Int8Options, method: Any,
+              extra: dict[str, Any], cache: Path | None, *, nodes_to_exclude: list[str],
+              nodes_to_quantize: list[str] | None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
+    # and advises a pre-processing pass that would rename the nodes we exclude by name.
+    with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
+            as_model_error("INT8 quantization"):
+        quantize_static(str(src), str(dst),
+                        _Batches(calibration, options.batch) if calibration else None,
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
+                        per_channel=True, reduce_range=options.reduce_range,
+                        activation_type=(QuantType.QInt8 if options.activations == "int8"
+                                         else QuantType.QUInt8),
+                        weight_type=QuantType.QInt8,
+                        nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
+                        calibrate_method=method, extra_options=extra,
+                        calibration_cache_path=cache)
+
+
+def mse_clip(counts: np.ndarray, edges: np.ndarray, top: float, levels: int,
+             steps: int = 400) -> float:
+    """The clip T (0 < T <= ``top``) of least squared error over a histogram of |x|, when
+    [0, T] is rounded to ``levels`` steps and larger values are cut to T."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    weights = counts.astype(np.float64)
+    best, best_error = top, np.inf
+    for clip in np.linspace(top / steps, top, steps):
+        step = clip / levels
+        # Inside: uniform rounding noise, but never more than the value itself (below half a
+        # step a value rounds to 0 — most of a ReLU output's values are such).
+        error = float(weights @ np.where(centres > clip, (centres - clip) ** 2,
+                                         np.minimum(step * step / 12, centres * centres)))
+        if error < best_error:
+            best, best_error = float(clip), error
+    return best
+
+
+def _mse_cache(src: Path, calibration: Sequence[dict[str, np.ndarray]], options: Int8Options,
+               cache: Path, tmp: Path) -> None:
+    """Activation ranges of least squared error — the "MSE" choice of the quantization
+    literature, which ONNX Runtime does not offer — written as its calibration cache: each
+    tensor's histogram of |x| (ONNX Runtime's collector, one batch at a time), then per tensor
+    the clip that ``mse_clip`` finds."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    with contextlib.redirect_stdout(sys.stderr), as_model_error("INT8 calibration"):
+        calibrator = create_calibrator(src, ["Conv", "MatMul"],
+                                       augmented_model_path=str(tmp / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Percentile,
+                                       extra_options={"symmetric": True, "num_bins": 2048})
+        batches = _Batches(calibration, options.batch)
+        for i in range(len(batches)):
+            batches.set_range(i, i + 1)
+            calibrator.collect_data(batches)
+    signed = options.activations == "int8"
+    ranges = {}
+    for name, (counts, edges, lowest, highest, *_) in calibrator.collector.histogram_dict.items():
+        lo, hi = min(0.0, float(lowest)), max(0.0, float(highest))
+        top = max(-lo, hi)
+        if top <= 0:
+            clip = 0.0
+        elif signed:  # [-T, T] in 254 steps
+            clip = mse_clip(counts, edges, top, 127)
+        else:  # [lo, hi] in 255 steps, the larger side holding its share of them
+            clip = mse_clip(counts, edges, top, max(1, round(255 * top / (hi - lo))))
+        f = clip / top if top > 0 else 1.0
+        dtype = np.asarray(lowest).dtype
+        low, high = (-clip, clip) if signed else (f * lo, f * hi)
+        ranges[name] = TensorData(lowest=np.array(low, dtype=dtype),
+                                  highest=np.array(high, dtype=dtype))
+    save_tensors_data(TensorsData(CalibrationMethod.Percentile, ranges), cache)
 
 
 @contextlib.contextmanager
