@@ -256,7 +256,7 @@ def test_sigterm_in_the_first_pass_writes_the_finished_games_only(kp: Katapool,
 
     def partway(line: str) -> bool:
         done = re.match(rf" +\d+% \((\d+)/{total}\)", line)
-        return done is not None and int(done[1]) >= 20
+        return done is not None and int(done[1]) >= 8
 
     said = _stderr_until(proc, partway)
     proc.send_signal(signal.SIGTERM)
