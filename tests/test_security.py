@@ -21,7 +21,7 @@ import websocket  # websocket-client: what KaTrain's remote engine uses
 from daemon_helpers import Started, running_daemon
 
 from conftest import G170, Katapool
-from katapool.client import Client, ConnectionLost
+from katapool.client import Client, ConnectionLost, Position
 from katapool.client.transport import WebSocketChannel, channel_for, resolve_token
 from katapool.config.poolfile import Listen, is_loopback
 from katapool.errors import KatapoolError
@@ -85,6 +85,29 @@ def open_daemon(kp: Katapool, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with running_daemon(kp, root, "--members", "1", "--model", str(G170), "--listen", "unix:",
                         "--listen", "ws://127.0.0.1:0") as started:
         yield started
+
+
+@pytest.mark.engine
+def test_a_client_connects_again_after_the_daemon_restarts(kp: Katapool, tmp_path: Path) -> None:
+    """A desktop GUI's client outlives a daemon restart: the call in the gap fails with a clear
+    ConnectionLost, and the same client, reconnected, is answered by the new daemon."""
+    args = ("--members", "1", "--model", str(G170), "--listen", "unix:")
+    position = Position.from_moves(["Q16", "D4"])
+    with running_daemon(kp, tmp_path, *args) as first:
+        client = Client.connect(f"unix:{first.socket}")
+        assert client.analyze(position, visits=2).best_move
+    try:
+        with pytest.raises(ConnectionLost):
+            client.analyze(position, visits=2)
+        with pytest.raises(ConnectionLost, match="no katapool daemon"):
+            client.reconnect()  # nobody there yet: said, and the client still usable later
+        with running_daemon(kp, tmp_path, *args) as second:  # the same state dir: same socket
+            assert second.socket == first.socket
+            client.reconnect()
+            assert client.analyze(position, visits=2).best_move
+            assert client.analyze(position, visits=2).best_move
+    finally:
+        client.close()
 
 
 def _port(daemon: Started) -> int:

@@ -105,6 +105,12 @@ class AsyncClient:
         return cls(EmbeddedChannel(pool, own=own))
 
     async def open(self) -> None:
+        """Connect (or start the embedded pool). After a lost connection (a daemon restarted)
+        it connects again: the queries that were in flight then have failed with
+        :class:`ConnectionLost` and are not sent again — nothing is answered twice."""
+        if self._opened and self._closed_reason is not None:
+            self._opened = False
+            await self.channel.close()  # the old connection's reader, if it still runs
         if not self._opened:
             self._closed_reason = None
             await self.channel.open(self._on_message, self._on_closed)

@@ -127,6 +127,11 @@ class Client:
     def cancel(self, query_id: str | None = None) -> None:
         self._call(self._async.cancel(query_id))
 
+    def reconnect(self, timeout: float | None = 30.0) -> None:
+        """Connect again after :class:`ConnectionLost` (a daemon restarted); the queries in
+        flight when it was lost are not sent again."""
+        self._call(self._async.open(), timeout)
+
     def query_version(self, *, timeout: float | None = ACTION_TIMEOUT) -> dict[str, Any]:
         return self._call(self._async.query_version(timeout=timeout))
 
