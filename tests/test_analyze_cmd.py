@@ -273,13 +273,19 @@ def test_sigterm_in_the_first_pass_writes_the_finished_games_only(kp: Katapool,
     assert sorted(p.name for p in out.iterdir()) == ["tiny.sgf"]  # no half-written file either
 
 
-def test_ctrl_c_while_the_engine_starts(kp: Katapool, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_while_the_engine_starts(kp: Katapool, tmp_path: Path, as_json: bool) -> None:
     proc = _start_review(kp, str(SHORT_SGF), "--visits", "1", "--model", str(G170),
-                         "-o", str(tmp_path / "out"))
+                         "-o", str(tmp_path / "out"), *(["--json"] if as_json else []))
     said = _stderr_until(proc, lambda line: "starting the engine" in line)
     proc.send_signal(signal.SIGINT)
     stdout, rest = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(said) + rest
     assert rest.strip().splitlines()[-1] == "interrupted before any position was reviewed: nothing written"
-    assert "Traceback" not in rest and stdout == ""
+    assert "Traceback" not in rest
+    if as_json:  # still one object per game, saying why it has no review
+        assert [json.loads(line) for line in stdout.splitlines()] == [
+            {"game": str(SHORT_SGF), "error": "interrupted before it was reviewed"}]
+    else:
+        assert stdout == ""
     assert not any((tmp_path / "out").iterdir())

@@ -141,6 +141,10 @@ def report_interrupted(run: ReviewRun, stems: list[str], labels: list[str],
     how = "interrupted" if run.interrupted == "SIGINT" else "stopped (SIGTERM)"
     code = INTERRUPTED_EXIT.get(run.interrupted or "", 130)
     if not any(r.evaluations for r in run.reviews):
+        if args.json:  # still one object per game
+            for review in run.reviews:
+                out.out(json.dumps({"game": str(review.source),
+                                    "error": f"{how} before it was reviewed"}))
         err.print(f"{how} before any position was reviewed: nothing written")
         return code
     for review in run.reviews:
