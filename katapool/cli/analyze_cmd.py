@@ -272,7 +272,7 @@ async def _run(args: argparse.Namespace, games: list[tuple[Path, GameRecord]],
 
 async def _review(args: argparse.Namespace, run: ReviewRun, games: list[tuple[Path, GameRecord]],
                   budget: float | None, started: float) -> None:
-    positions = sum(len(r.moves) + 1 for _, r in games)
+    positions = sum(r.positions for r in run.reviews)
     model = args.model if args.connect is not None else None
     with ProgressReport(err, transient=args.json) as report:
         report.note("connecting to the daemon" if args.connect is not None

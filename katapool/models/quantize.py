@@ -220,6 +220,8 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
+        QuantFormat,
+        QuantType,
         quantize_static,
     )
 
@@ -257,36 +259,25 @@ def to_int8(proto: Any, calibration: Sequence[dict[str, np.ndarray]],
         if options.method == "mse" and not (ranges is not None and ranges.is_file()):
             cache = ranges if ranges is not None else Path(tmp) / "ranges.json"
             _mse_cache(src, calibration, options, cache, Path(tmp))
-        _quantize(quantize_static, src, dst, calibration, options, method, extra, cache,
-                  nodes_to_exclude=list(exclude if exclude is not None
-                                        else int8_excluded_nodes(proto)),
-                  nodes_to_quantize=list(include) if include is not None else None)
+        # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
+        # and advises a pre-processing pass that would rename the nodes we exclude by name.
+        with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
+                as_model_error("INT8 quantization"):
+            quantize_static(str(src), str(dst),
+                            _Batches(calibration, options.batch) if calibration else None,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
+                            per_channel=True, reduce_range=options.reduce_range,
+                            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude if exclude is not None
+                                                  else int8_excluded_nodes(proto)),
+                            nodes_to_quantize=list(include) if include is not None else None,
+                            calibrate_method=method, extra_options=extra,
+                            calibration_cache_path=cache)
         quantized = onnx.load(str(dst))
     mark_precision(quantized, f"int8 ({'' if signed else 'u8 activations, '}{options.method}, "
                      f"{len(calibration)} positions)")
     return quantized
-
-
-def _quantize(quantize_static: Any, src: Path, dst: Path,
-              calibration: Sequence[dict[str, np.ndarray]], options: Int8Options, method: Any,
-              extra: dict[str, Any], cache: Path | None, *, nodes_to_exclude: list[str],
-              nodes_to_quantize: list[str] | None) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType
-
-    # ONNX Runtime prints its calibration progress on stdout, which belongs to the caller,
-    # and advises a pre-processing pass that would rename the nodes we exclude by name.
-    with contextlib.redirect_stdout(sys.stderr), _without_preprocessing_advice(), \
-            as_model_error("INT8 quantization"):
-        quantize_static(str(src), str(dst),
-                        _Batches(calibration, options.batch) if calibration else None,
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul"],
-                        per_channel=True, reduce_range=options.reduce_range,
-                        activation_type=(QuantType.QInt8 if options.activations == "int8"
-                                         else QuantType.QUInt8),
-                        weight_type=QuantType.QInt8,
-                        nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
-                        calibrate_method=method, extra_options=extra,
-                        calibration_cache_path=cache)
 
 
 def mse_clip(counts: np.ndarray, edges: np.ndarray, top: float, levels: int,
@@ -335,15 +326,15 @@ def _mse_cache(src: Path, calibration: Sequence[dict[str, np.ndarray]], options:
     for name, (counts, edges, lowest, highest, *_) in calibrator.collector.histogram_dict.items():
         lo, hi = min(0.0, float(lowest)), max(0.0, float(highest))
         top = max(-lo, hi)
-        if top <= 0:
-            clip = 0.0
+        if top <= 0:  # all zeros
+            low = high = 0.0
         elif signed:  # [-T, T] in 254 steps
-            clip = mse_clip(counts, edges, top, 127)
+            high = mse_clip(counts, edges, top, 127)
+            low = -high
         else:  # [lo, hi] in 255 steps, the larger side holding its share of them
-            clip = mse_clip(counts, edges, top, max(1, round(255 * top / (hi - lo))))
-        f = clip / top if top > 0 else 1.0
+            f = mse_clip(counts, edges, top, max(1, round(255 * top / (hi - lo)))) / top
+            low, high = f * lo, f * hi
         dtype = np.asarray(lowest).dtype
-        low, high = (-clip, clip) if signed else (f * lo, f * hi)
         ranges[name] = TensorData(lowest=np.array(low, dtype=dtype),
                                   highest=np.array(high, dtype=dtype))
     save_tensors_data(TensorsData(CalibrationMethod.Percentile, ranges), cache)

@@ -149,7 +149,7 @@ class Pool:
         settled (``"all"``), or at once (``"none"``)."""
         try:
             await self._start(wait)
-        except asyncio.CancelledError:  # Ctrl-C while starting: no engine is left running
+        except BaseException:  # no member could start, or Ctrl-C: no engine is left running
             await self.close()
             raise
 
@@ -159,13 +159,11 @@ class Pool:
         self._deadline_task = asyncio.create_task(self.router.watch_deadlines())
         if wait == "any" and not await self.supervisor.wait_until_any_ready():
             causes = "; ".join(f"{s.name}: {s.last_cause}" for s in self.supervisor.slots)
-            await self.close()
             raise EngineStartError(f"no pool member could start ({causes})")
         if wait == "all":
             await self.supervisor.wait_until_all_settled()
             if not any(s.ready for s in self.supervisor.slots):
                 causes = "; ".join(f"{s.name}: {s.last_cause}" for s in self.supervisor.slots)
-                await self.close()
                 raise EngineStartError(f"no pool member could start ({causes})")
 
     def session(self, deliver: Deliver) -> Session:
